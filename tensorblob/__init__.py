@@ -1,0 +1,38 @@
+"""tensorblob: crash-safe, growable, memory-mapped storage for same-shaped tensors."""
+
+from ._blob import TensorBlob
+from .errors import (
+    BlobClosedError,
+    BlobNotFoundError,
+    BlobTypeError,
+    CorruptBlobError,
+    DTypeMismatchError,
+    InvalidArgumentError,
+    InvalidIndexError,
+    LockTimeoutError,
+    NotABlobError,
+    ShapeMismatchError,
+    TensorBlobError,
+    UnsupportedOperationError,
+    UnsupportedVersionError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlobClosedError",
+    "BlobNotFoundError",
+    "BlobTypeError",
+    "CorruptBlobError",
+    "DTypeMismatchError",
+    "InvalidArgumentError",
+    "InvalidIndexError",
+    "LockTimeoutError",
+    "NotABlobError",
+    "ShapeMismatchError",
+    "TensorBlob",
+    "TensorBlobError",
+    "UnsupportedOperationError",
+    "UnsupportedVersionError",
+    "__version__",
+]

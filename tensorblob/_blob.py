@@ -1,0 +1,763 @@
+"""``TensorBlob``: the public, file-like API over the engine."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import operator
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _durable, _recovery
+from ._blocks import BLOCKS, BlockStore, default_max_cached, parse_block_name
+from ._journal import JOURNAL, JournalWriter, encode_journal
+from ._locking import LOCK, READERS, ReaderLease, WriterLock
+from ._manifest import MANIFEST, State
+from ._meta import META, Meta, parse_dtype, parse_shape, read_meta
+from ._txn import Engine
+from .errors import (
+    BlobClosedError,
+    BlobNotFoundError,
+    BlobTypeError,
+    DTypeMismatchError,
+    InvalidArgumentError,
+    InvalidIndexError,
+    NotABlobError,
+    ShapeMismatchError,
+    TensorBlobError,
+    UnsupportedOperationError,
+)
+
+_MODES = ("r", "w", "a", "r+", "w+", "a+")
+_SYNC = ("normal", "full")
+DEFAULT_BLOCK_SIZE = 8192
+DEFAULT_TIMEOUT = 30.0
+_KNOWN_FILES = {META, MANIFEST, JOURNAL, BLOCKS, LOCK, READERS, MANIFEST + ".tmp", JOURNAL + ".tmp"}
+
+
+def _abspath(path: str | os.PathLike[str]) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise BlobTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _create(path: str, meta: Meta) -> bool:
+    """Create a blob at ``path`` atomically; return False if one appeared there meanwhile.
+
+    The blob is built complete and durable in a hidden sibling directory, then
+    renamed into place (the creation's commit point), then the parent is
+    fsynced. ``path`` may be absent or an empty directory.
+    """
+    parent, name = os.path.split(path)
+    if not os.path.isdir(parent):
+        raise BlobNotFoundError(f"cannot create blob {path!r}: directory {parent!r} does not exist")
+    tmp = os.path.join(parent, f".{name}.creating-{secrets.token_hex(4)}")
+    _durable.mkdir(tmp)
+    try:
+        state = State(meta.uuid)
+        _durable.create_file(os.path.join(tmp, META), meta.encode(), sync=True)
+        _durable.create_file(os.path.join(tmp, MANIFEST), state.encode(), sync=True)
+        journal = encode_journal(meta.uuid, state.gen, secrets.randbits(32), closed=True)
+        _durable.create_file(os.path.join(tmp, JOURNAL), journal, sync=True)
+        _durable.create_file(os.path.join(tmp, LOCK), b"", sync=False)
+        _durable.create_file(os.path.join(tmp, READERS), b"", sync=False)
+        _durable.mkdir(os.path.join(tmp, BLOCKS))
+        _durable.fsync_dir(tmp)
+        try:
+            _durable.rename(tmp, path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                _remove_tree(tmp)
+                return False
+            raise
+    except BaseException:
+        if os.path.isdir(tmp):
+            _remove_tree(tmp)
+        raise
+    _durable.fsync_dir(parent)
+    return True
+
+
+def _remove_tree(root: str) -> None:
+    """Remove a blob directory that nothing else can see any more (created or tombstoned)."""
+    blocks = os.path.join(root, BLOCKS)
+    if os.path.isdir(blocks):
+        for name in os.listdir(blocks):
+            _durable.unlink(os.path.join(blocks, name))
+        _durable.rmdir(blocks)
+    for name in os.listdir(root):
+        _durable.unlink(os.path.join(root, name))
+    _durable.rmdir(root)
+
+
+def _as_rows(t: object, meta: Meta) -> torch.Tensor:
+    """Validate a tensor to write and return it as contiguous CPU rows ``(n, *shape)``."""
+    if not isinstance(t, torch.Tensor):
+        raise BlobTypeError(f"write() takes a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != meta.dtype:
+        raise DTypeMismatchError(
+            f"write(): tensor dtype {t.dtype} does not match the blob's {meta.dtype}; "
+            "cast it explicitly with .to(dtype)"
+        )
+    shape = tuple(t.shape)
+    if shape == meta.shape:
+        rows = t.reshape(1, *meta.shape)
+    elif shape[1:] == meta.shape:
+        rows = t
+    elif t.dim() == 1 and meta.shape and t.numel() % meta.row_numel == 0:
+        rows = t.reshape(-1, *meta.shape)
+    else:
+        raise ShapeMismatchError(
+            f"write(): tensor of shape {shape} is not a row {meta.shape}, a batch "
+            f"(n, *{meta.shape}), or a flat tensor of a multiple of {meta.row_numel} elements"
+        )
+    if rows.device.type != "cpu":
+        rows = rows.cpu()
+    return rows.contiguous()
+
+
+class TensorBlob:
+    """A growable on-disk array of same-shaped tensors with a file-like API.
+
+    Open one with :meth:`TensorBlob.open`. Every mutating call is one atomic,
+    crash-safe transaction; :meth:`transaction` groups several. See
+    docs/guide.md for modes, indexing, durability and concurrency.
+    """
+
+    def __init__(self) -> None:  # use TensorBlob.open()
+        self._closed = True
+
+    # -- opening and closing ----------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        mode: str = "r",
+        *,
+        dtype: str | torch.dtype | None = None,
+        shape: int | tuple[int, ...] | None = None,
+        block_size: int | None = None,
+        max_cached_blocks: int | None = None,
+        sync: str = "normal",
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> TensorBlob:
+        """Open the blob at ``path`` (a directory), creating it if the mode allows.
+
+        Modes follow Python files: ``"r"`` reads an existing blob; ``"w"``
+        creates it or empties an existing one; ``"a"`` creates it if missing,
+        starts at the end and every write appends; ``"+"`` adds the other
+        direction. ``dtype``, ``shape`` and ``block_size`` (default 8192 rows)
+        are needed only to create; given for an existing blob they must match.
+
+        ``sync="normal"``: a committed transaction survives the death of the
+        process; ``flush()`` and ``close()`` make everything so far survive
+        power loss. ``sync="full"``: every transaction survives power loss when
+        it returns. Writable modes take the writer lock, waiting up to
+        ``timeout`` seconds, and recover an interrupted transaction.
+
+        Raises:
+            BlobNotFoundError: ``"r"``/``"r+"`` and nothing at ``path``.
+            NotABlobError: ``path`` is a file or a directory tensorblob did not create.
+            InvalidArgumentError: bad mode, sync, dtype, shape, block_size, or a
+                dtype/shape that conflicts with the existing blob.
+            LockTimeoutError: another writer kept the lock past ``timeout``.
+            CorruptBlobError: a file of the blob is damaged.
+            UnsupportedVersionError: the blob has a newer format version.
+        """
+        if not isinstance(mode, str) or mode not in _MODES:
+            raise InvalidArgumentError(f"mode={mode!r}: must be one of {', '.join(_MODES)}")
+        if sync not in _SYNC:
+            raise InvalidArgumentError(f"sync={sync!r}: must be 'normal' or 'full'")
+        if max_cached_blocks is not None and (
+            not isinstance(max_cached_blocks, int) or max_cached_blocks < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_cached_blocks={max_cached_blocks!r}: must be a positive int or None"
+            )
+        if block_size is not None and (
+            not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1
+        ):
+            raise InvalidArgumentError(f"block_size={block_size!r}: must be a positive int")
+        if not isinstance(timeout, (int, float)) or timeout < 0:
+            raise InvalidArgumentError(f"timeout={timeout!r}: must be a non-negative number")
+        want_dtype = parse_dtype(dtype) if dtype is not None else None
+        want_shape = parse_shape(shape) if shape is not None else None
+        root = _abspath(path)
+
+        creating = mode[0] in "wa"
+        if not os.path.exists(root) or (creating and os.path.isdir(root) and not os.listdir(root)):
+            if not creating:
+                raise BlobNotFoundError(
+                    f"no blob at {root!r} (mode {mode!r} needs an existing one)"
+                )
+            if want_dtype is None or want_shape is None:
+                raise InvalidArgumentError(
+                    f"creating blob {root!r}: dtype= and shape= are required for a new blob"
+                )
+            meta = Meta(
+                secrets.token_bytes(16), want_dtype, want_shape, block_size or DEFAULT_BLOCK_SIZE
+            )
+            _create(root, meta)  # if another process won the race, open theirs below
+        elif not os.path.isdir(root):
+            raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)")
+
+        meta = read_meta(root)
+        for name, want, have in (
+            ("dtype", want_dtype, meta.dtype),
+            ("shape", want_shape, meta.shape),
+            ("block_size", block_size, meta.block_size),
+        ):
+            if want is not None and want != have:
+                raise InvalidArgumentError(
+                    f"{name}={want!r} conflicts with blob {root!r}, which has {name} {have!r}; "
+                    "a blob's layout is fixed at creation (TensorBlob.unlink it to start over)"
+                )
+        blob = cls()
+        blob._setup(root, mode, meta, max_cached_blocks or default_max_cached(), sync, timeout)
+        return blob
+
+    def _setup(  # noqa: PLR0917 - private, called once from open()
+        self, root: str, mode: str, meta: Meta, max_cached: int, sync: str, timeout: float
+    ) -> None:
+        self._path = root
+        self._mode = mode
+        self._meta = meta
+        self._sync = sync
+        self._readable = mode[0] == "r" or "+" in mode
+        self._writable = mode != "r"
+        self._append = mode[0] == "a"
+        self._engine: Engine | None = None
+        self._lock: WriterLock | None = None
+        self._lease: ReaderLease | None = None
+        self._depth = 0
+        self._doomed = False
+        self._saved_pos = 0
+        self.recovery_actions: list[str] = []
+        self._blocks = BlockStore(root, meta, writable=self._writable, max_cached=max_cached)
+        if self._writable:
+            self._lock = WriterLock(root, timeout)
+            self._lock.acquire()
+            try:
+                self._open_writer()
+            except BaseException:
+                self._lock.release()
+                raise
+        else:
+            self._lease = ReaderLease(root)
+            try:
+                self._state = _recovery.load(root, meta).state
+            except BaseException:
+                self._lease.release()
+                raise
+        self._closed = False
+        self._pos = self._state.length if self._append else 0
+        if mode[0] == "w" and self._state.length:
+            try:
+                with self._mutation() as engine:
+                    engine.truncate(0)
+            except BaseException:
+                self.close()
+                raise
+
+    def _open_writer(self) -> None:
+        loaded = _recovery.load(self._path, self._meta)
+        if not loaded.clean:
+            self.recovery_actions = _recovery.recover(self._path, self._meta, self._blocks, loaded)
+            loaded = _recovery.load(self._path, self._meta)
+        j = loaded.journal
+        assert j is not None
+        journal = JournalWriter(self._path, j.salt, len(j.records))
+        self._engine = Engine(
+            self._path,
+            self._meta,
+            loaded.state,
+            self._blocks,
+            journal,
+            full=self._sync == "full",
+            dirty=set(),
+            last_closed=loaded.clean,
+        )
+        self._state = loaded.state
+
+    def close(self) -> None:
+        """Close the blob: roll back an open transaction, make commits durable, release locks.
+
+        Closing twice is allowed. After close every other call raises BlobClosedError.
+        """
+        if getattr(self, "_closed", True):
+            return
+        try:
+            if self._engine is not None:
+                if self._engine.txn is not None:
+                    self._engine.rollback()
+                self._engine.durable_point(closing=True)
+        finally:
+            self._closed = True
+            if self._engine is not None:
+                self._engine.close()
+            self._blocks.close()
+            if self._lock is not None:
+                self._lock.release()
+            if self._lease is not None:
+                self._lease.release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __enter__(self) -> TensorBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise UnsupportedOperationError(
+            f"blob {self._path!r} cannot be pickled yet; open it in each process instead"
+        )
+
+    @classmethod
+    def unlink(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        missing_ok: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        """Delete the blob at ``path``, atomically: after a crash it is either whole or gone.
+
+        Takes the writer lock first. Refuses a directory that holds files
+        tensorblob did not create, so it never deletes anything else.
+
+        Raises:
+            BlobNotFoundError: nothing at ``path`` (unless ``missing_ok``).
+            NotABlobError: ``path`` is not a blob, or holds foreign files.
+            LockTimeoutError: a writer kept the lock past ``timeout``.
+        """
+        root = _abspath(path)
+        if not os.path.lexists(root):
+            if missing_ok:
+                return
+            raise BlobNotFoundError(f"no blob at {root!r}")
+        if not os.path.isdir(root) or os.path.islink(root):
+            raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)")
+        read_meta(root)
+        foreign = sorted(set(os.listdir(root)) - _KNOWN_FILES)
+        blocks_dir = os.path.join(root, BLOCKS)
+        if os.path.isdir(blocks_dir):
+            foreign += [
+                f"{BLOCKS}/{n}" for n in os.listdir(blocks_dir) if parse_block_name(n) is None
+            ]
+        if foreign:
+            raise NotABlobError(
+                f"refusing to delete {root!r}: it holds files tensorblob did not create: "
+                f"{', '.join(foreign[:5])}"
+            )
+        lock = WriterLock(root, timeout)
+        lock.acquire()
+        parent, name = os.path.split(root)
+        tomb = os.path.join(parent, f".{name}.deleting-{secrets.token_hex(4)}")
+        try:
+            _durable.rename(root, tomb)  # the commit point: the blob is gone
+            _durable.fsync_dir(parent)
+        finally:
+            lock.release()
+        _remove_tree(tomb)
+
+    # -- properties -------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """Absolute path of the blob directory."""
+        return self._path
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._meta.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one row."""
+        return self._meta.shape
+
+    @property
+    def block_size(self) -> int:
+        return self._meta.block_size
+
+    @property
+    def sync(self) -> str:
+        return self._sync
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self)} rows"
+        return (
+            f"TensorBlob({self._path!r}, mode={self._mode!r}, dtype={self.dtype}, "
+            f"shape={self.shape}, {state})"
+        )
+
+    # -- checks -----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BlobClosedError(f"I/O operation on closed blob {self._path!r}")
+
+    def _check_readable(self) -> None:
+        self._check_open()
+        if not self._readable:
+            raise UnsupportedOperationError(
+                f"blob {self._path!r} is not open for reading (mode {self._mode!r})"
+            )
+
+    def _check_writable(self) -> Engine:
+        self._check_open()
+        if self._engine is None:
+            raise UnsupportedOperationError(
+                f"blob {self._path!r} is not open for writing (mode {self._mode!r})"
+            )
+        return self._engine
+
+    # -- transactions -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[TensorBlob]:
+        """Group the calls inside into one atomic commit.
+
+        On an exception inside, data, length and cursor roll back and the
+        exception propagates. Nested ``transaction()`` blocks join the outer one.
+
+        Raises:
+            UnsupportedOperationError: the blob is not writable.
+            TensorBlobError: an operation inside failed and its exception was
+                swallowed; the whole transaction was rolled back.
+        """
+        engine = self._check_writable()
+        outer = self._depth == 0
+        if outer:
+            engine.begin()
+            self._saved_pos = self._pos
+            self._doomed = False
+        self._depth += 1
+        try:
+            yield self
+        except BaseException:
+            self._depth -= 1
+            if outer:
+                self._rollback()
+            raise
+        self._depth -= 1
+        if outer:
+            if self._doomed:
+                self._rollback()
+                raise TensorBlobError(
+                    f"transaction on {self._path!r} rolled back: an operation inside it failed"
+                )
+            try:
+                engine.commit()
+            except BaseException:
+                if engine.txn is not None:
+                    self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        engine = self._engine
+        assert engine is not None
+        if engine.txn is not None:
+            engine.rollback()
+        self._pos = self._saved_pos
+        self._doomed = False
+
+    @contextlib.contextmanager
+    def _mutation(self) -> Iterator[Engine]:
+        """Run one mutating call as its own transaction, or as part of the open one."""
+        engine = self._check_writable()
+        if self._depth:
+            try:
+                yield engine
+            except BaseException:
+                self._doomed = True
+                raise
+            return
+        with self.transaction():
+            yield engine
+
+    # -- writing ----------------------------------------------------------
+
+    def write(self, t: torch.Tensor) -> int:
+        """Write rows at the cursor (at the end in append modes); return how many.
+
+        ``t`` is a row of ``shape``, a batch ``(n, *shape)``, or a flat 1-D
+        tensor of whole rows, with exactly the blob's dtype. Rows past the end
+        grow the blob; rows before it are overwritten, atomically.
+
+        Raises:
+            UnsupportedOperationError: the blob is open read-only.
+            DTypeMismatchError: wrong dtype (nothing is cast silently).
+            ShapeMismatchError: not a row, batch or flat run of rows.
+        """
+        engine = self._check_writable()
+        rows = _as_rows(t, self._meta)
+        n = rows.shape[0]
+        if n == 0:
+            return 0
+        with self._mutation():
+            pos = self._state.length if self._append else self._pos
+            engine.write(pos, rows)
+            self._pos = pos + n
+        return n
+
+    def truncate(self, pos: int | None = None) -> int:
+        """Cut the blob to ``pos`` rows (default: the cursor); return the new length.
+
+        A ``pos`` past the end changes nothing. The cursor is kept unless it
+        lies past the new end, where it moves to the end.
+
+        Raises:
+            InvalidArgumentError: ``pos`` is negative.
+        """
+        engine = self._check_writable()
+        pos = self._pos if pos is None else self._as_int(pos, "truncate(pos)")
+        if pos < 0:
+            raise InvalidArgumentError(f"truncate({pos}): the size must not be negative")
+        if pos < self._state.length:
+            with self._mutation():
+                engine.truncate(pos)
+                self._pos = min(self._pos, pos)
+        return self._state.length
+
+    def extend(self, other: TensorBlob, maintain_order: bool = True) -> int:
+        """Append all rows of ``other`` (another open blob) as one transaction; return the count.
+
+        With ``maintain_order=False`` whole blocks of ``other`` are copied as
+        files, which is faster for large blobs; the rows then come in this
+        order: this blob's full blocks, ``other``'s full blocks, this blob's
+        last partial block, ``other``'s last partial block.
+
+        Raises:
+            BlobTypeError: ``other`` is not a TensorBlob.
+            DTypeMismatchError, ShapeMismatchError: the layouts differ.
+        """
+        engine = self._check_writable()
+        if not isinstance(other, TensorBlob):
+            raise BlobTypeError(f"extend() takes a TensorBlob, got {type(other).__name__}")
+        other._check_open()
+        if other.dtype != self.dtype:
+            raise DTypeMismatchError(
+                f"extend(): other blob has dtype {other.dtype}, this one {self.dtype}"
+            )
+        if other.shape != self.shape:
+            raise ShapeMismatchError(
+                f"extend(): other blob has row shape {other.shape}, this one {self.shape}"
+            )
+        total = len(other)
+        if total == 0:
+            return 0
+        other_blocks = list(other._state.blocks)
+        B = self.block_size
+        with self._mutation():
+            if not maintain_order and other.block_size == B and total >= B:
+                nfull = total // B
+                sources = [other._blocks.path(b) for b in other_blocks[:nfull]]
+                engine.append_blocks(sources, other._range(nfull * B, total))
+            else:
+                for start in range(0, total, B):
+                    engine.write(self._state.length, other._range(start, min(start + B, total)))
+            self._pos = self._state.length
+        return total
+
+    def flush(self) -> None:
+        """Make every committed transaction survive power loss (a durable point).
+
+        A no-op on a read-only blob. Raises BlobClosedError if closed.
+        """
+        self._check_open()
+        if self._engine is not None and self._depth == 0:
+            self._engine.durable_point(closing=False)
+
+    # -- cursor -----------------------------------------------------------
+
+    @staticmethod
+    def _as_int(x: object, what: str) -> int:
+        if isinstance(x, bool):
+            raise BlobTypeError(f"{what} must be an int, got bool")
+        try:
+            return operator.index(x)  # type: ignore[arg-type]
+        except TypeError:
+            raise BlobTypeError(f"{what} must be an int, got {type(x).__name__}") from None
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        """Move the cursor; return the new position, clamped to ``[0, len(blob)]``.
+
+        Raises:
+            InvalidArgumentError: ``whence`` is not SEEK_SET, SEEK_CUR or SEEK_END.
+        """
+        self._check_open()
+        pos = self._as_int(pos, "seek(pos)")
+        if whence == io.SEEK_SET:
+            new = pos
+        elif whence == io.SEEK_CUR:
+            new = self._pos + pos
+        elif whence == io.SEEK_END:
+            new = self._state.length + pos
+        else:
+            raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2")
+        self._pos = max(0, min(new, self._state.length))
+        return self._pos
+
+    def tell(self) -> int:
+        """Return the cursor position (a row number)."""
+        self._check_open()
+        return self._pos
+
+    # -- reading ----------------------------------------------------------
+
+    def __len__(self) -> int:
+        self._check_open()
+        return self._state.length
+
+    def read(self, size: int | None = None) -> torch.Tensor:
+        """Read up to ``size`` rows from the cursor (all the rest if None or negative).
+
+        Returns a new tensor ``(k, *shape)``; ``k == 0`` at the end.
+
+        Raises:
+            UnsupportedOperationError: the blob is open write-only.
+        """
+        self._check_readable()
+        n = self._state.length
+        if size is None:
+            size = -1
+        size = self._as_int(size, "read(size)")
+        end = n if size < 0 else min(n, self._pos + size)
+        out = self._range(self._pos, max(self._pos, end))
+        self._pos = max(self._pos, end)
+        return out
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """Yield rows from the cursor to the end, advancing the cursor."""
+        self._check_readable()
+        B = self.block_size
+        while self._pos < self._state.length:
+            start = self._pos
+            chunk = self._range(start, min(self._state.length, (start // B + 1) * B))
+            for i in range(chunk.shape[0]):
+                self._pos = start + i + 1
+                yield chunk[i]
+
+    def _range(self, start: int, stop: int) -> torch.Tensor:
+        """Copy rows ``start:stop`` (within bounds) into a new tensor."""
+        B = self.block_size
+        blocks, get = self._state.blocks, self._blocks.get
+        s0, o0 = divmod(start, B)
+        if stop - start <= B - o0:
+            return get(blocks[s0])[o0 : o0 + stop - start].clone()
+        out = torch.empty((stop - start, *self.shape), dtype=self.dtype)
+        pos = start
+        while pos < stop:
+            slot, off = divmod(pos, B)
+            k = min(B - off, stop - pos)
+            out[pos - start : pos - start + k].copy_(get(blocks[slot])[off : off + k])
+            pos += k
+        return out
+
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows at the int64 positions ``idx`` (1-D, any order, repeats allowed)."""
+        n = self._state.length
+        if idx.numel() == 0:
+            return torch.empty((0, *self.shape), dtype=self.dtype)
+        idx = torch.where(idx < 0, idx + n, idx)
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= n:
+            bad = lo if lo < 0 else hi
+            raise InvalidIndexError(
+                f"index {bad if bad >= 0 else bad - n} is out of range "
+                f"for blob {self._path!r} of length {n}"
+            )
+        B = self.block_size
+        blocks, get = self._state.blocks, self._blocks.get
+        if lo // B == hi // B:
+            return get(blocks[lo // B]).index_select(0, idx - (lo // B) * B)
+        slots = torch.div(idx, B, rounding_mode="floor")
+        order = torch.argsort(slots, stable=True)
+        sorted_slots = slots[order]
+        uniq, counts = torch.unique_consecutive(sorted_slots, return_counts=True)
+        out = torch.empty((idx.shape[0], *self.shape), dtype=self.dtype)
+        offs = (idx - slots * B)[order]
+        start = 0
+        for slot, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+            pos = order[start : start + c]
+            out.index_copy_(0, pos, get(blocks[slot]).index_select(0, offs[start : start + c]))
+            start += c
+        return out
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        """``blob[i]``, ``blob[a:b:c]``, ``blob[list | tuple | 1-D int tensor | ndarray]``.
+
+        Always returns a new tensor that does not alias the blob's files.
+
+        Raises:
+            InvalidIndexError: an index is out of range.
+            BlobTypeError: the index is of an unsupported type (str, float, bool, ...).
+        """
+        self._check_open()
+        n = self._state.length
+        if isinstance(index, np.integer) or (
+            isinstance(index, torch.Tensor)
+            and index.dim() == 0
+            and not index.dtype.is_floating_point
+            and index.dtype != torch.bool
+        ):
+            index = int(index)
+        if isinstance(index, int) and not isinstance(index, bool):
+            i = index + n if index < 0 else index
+            if not 0 <= i < n:
+                raise InvalidIndexError(
+                    f"index {index} is out of range for blob {self._path!r} of length {n}"
+                )
+            slot, off = divmod(i, self.block_size)
+            return self._blocks.get(self._state.blocks[slot])[off].clone()
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step == 1:
+                if stop <= start:
+                    return torch.empty((0, *self.shape), dtype=self.dtype)
+                return self._range(start, stop)
+            return self._gather(torch.arange(start, stop, step, dtype=torch.int64))
+        return self._gather(self._index_tensor(index))
+
+    def _index_tensor(self, index: Any) -> torch.Tensor:
+        if isinstance(index, (list, tuple)):
+            if not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+                for i in index
+            ):
+                raise BlobTypeError("a list or tuple index must hold only ints")
+            return torch.tensor([int(i) for i in index], dtype=torch.int64)
+        if isinstance(index, np.ndarray):
+            if index.dtype.kind not in "iu":
+                raise BlobTypeError(f"an ndarray index must be of integers, not {index.dtype}")
+            index = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+        if isinstance(index, torch.Tensor):
+            if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+                raise BlobTypeError(f"a tensor index must be of integers, not {index.dtype}")
+            if index.dim() > 1:
+                raise BlobTypeError(f"a tensor index must be 1-D, got shape {tuple(index.shape)}")
+            return index.reshape(-1).to(device="cpu", dtype=torch.int64)
+        raise BlobTypeError(
+            f"blob indices must be int, slice, list, tuple, 1-D int tensor or ndarray, "
+            f"not {type(index).__name__}"
+        )

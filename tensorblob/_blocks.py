@@ -1,0 +1,130 @@
+"""Block files: fixed-size raw row arrays under ``blocks/``, mapped through an LRU cache (F8).
+
+Block ``id`` lives in ``blocks/<id as 16 hex digits>`` and holds exactly
+``block_size * row_bytes`` bytes, row-major, native byte order, no header.
+Blocks are mapped with tensordict's ``MemoryMappedTensor``: shared (writes
+reach the file) for a writer, copy-on-write private for a reader, so a reader
+never needs write permission. At most ``max_cached`` blocks stay mapped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+from tensordict import MemoryMappedTensor
+
+from . import _durable
+from ._meta import Meta
+from .errors import CorruptBlobError
+
+BLOCKS = "blocks"
+
+
+def default_max_cached() -> int:
+    """A sixteenth of the kernel's map-count limit (at least 128): room for everything else."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read().strip())
+    except (OSError, ValueError):
+        limit = 65530
+    return max(128, limit // 16)
+
+
+def block_name(bid: int) -> str:
+    return f"{bid:016x}"
+
+
+def parse_block_name(name: str) -> int | None:
+    if len(name) == 16:
+        try:
+            return int(name, 16)
+        except ValueError:
+            return None
+    return None
+
+
+class BlockStore:
+    """Maps block ids to tensors of shape ``(block_size, *row_shape)``, LRU-bounded."""
+
+    def __init__(self, root: str, meta: Meta, *, writable: bool, max_cached: int) -> None:
+        self.dir = os.path.join(root, BLOCKS)
+        self.meta = meta
+        self.writable = writable
+        self.max_cached = max_cached
+        self.nbytes = meta.block_size * meta.row_bytes
+        self.block_shape = (meta.block_size, *meta.shape)
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def path(self, bid: int) -> str:
+        return os.path.join(self.dir, block_name(bid))
+
+    def get(self, bid: int) -> torch.Tensor:
+        cache = self._cache
+        t = cache.get(bid)
+        if t is not None:
+            cache.move_to_end(bid)
+            return t
+        t = self._map(bid)
+        cache[bid] = t
+        if len(cache) > self.max_cached:
+            cache.popitem(last=False)
+        return t
+
+    def _map(self, bid: int) -> torch.Tensor:
+        path = self.path(bid)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise CorruptBlobError(f"block file {path!r} is missing") from None
+        if size != self.nbytes:
+            raise CorruptBlobError(f"block file {path!r} has {size} bytes, expected {self.nbytes}")
+        mmt = MemoryMappedTensor.from_filename(
+            path, dtype=self.meta.dtype, shape=self.block_shape, mode="r+" if self.writable else "r"
+        )
+        # A plain tensor view of the same mapped storage: indexing it skips the
+        # subclass dispatch of MemoryMappedTensor on every row access.
+        return mmt.as_subclass(torch.Tensor)
+
+    def allocate(self, bid: int) -> None:
+        """Create block ``bid`` zero-filled. Not durable until ``sync``."""
+        _durable.allocate(self.path(bid), self.nbytes)
+
+    def copy(self, src: int, dst: int) -> None:
+        """Create block ``dst`` as a copy of block ``src`` (copy-on-write). Not durable."""
+        _durable.copy_file(self.path(src), self.path(dst), self.nbytes)
+
+    def copy_foreign(self, src_path: str, dst: int) -> None:
+        """Create block ``dst`` as a copy of another blob's block file."""
+        _durable.copy_file(src_path, self.path(dst), self.nbytes)
+
+    def sync(self, bids: set[int] | list[int], *, new_files: bool) -> None:
+        """Make the listed blocks durable (and their directory entries, if ``new_files``)."""
+        for bid in sorted(bids):
+            if os.path.exists(self.path(bid)):
+                _durable.fsync_path(self.path(bid))
+        if new_files:
+            _durable.fsync_dir(self.dir)
+
+    def delete(self, bid: int) -> None:
+        self._cache.pop(bid, None)
+        _durable.unlink(self.path(bid), missing_ok=True)
+
+    def forget(self, bid: int) -> None:
+        self._cache.pop(bid, None)
+
+    def list_ids(self) -> tuple[set[int], list[str]]:
+        """Return the block ids present on disk and any names that are not block names."""
+        ids: set[int] = set()
+        other: list[str] = []
+        for name in os.listdir(self.dir):
+            bid = parse_block_name(name)
+            if bid is None:
+                other.append(name)
+            else:
+                ids.add(bid)
+        return ids, other
+
+    def close(self) -> None:
+        self._cache.clear()

@@ -1,0 +1,213 @@
+"""Every operation that changes the disk, and nothing else: the crash-injection seam.
+
+No other module of tensorblob writes, renames, unlinks, truncates, creates or
+fsyncs anything. Each public function here performs one or more *steps*, and
+before every step it calls the installed fault hook (if any) with the step's
+name and path. Crash tests install a hook that kills the process at the N-th
+step, then reopen the blob and compare it with a model.
+
+Function names state their guarantee: ``write_atomic`` is all-or-nothing and
+durable once it returns; ``append`` is a complete write but *not* durable
+until ``fdatasync``; ``allocate`` creates a zero-filled file that is durable
+only after ``fsync_path`` and a ``fsync_dir`` of its directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+
+import torch
+
+__all__ = [
+    "allocate",
+    "append",
+    "boot_id",
+    "copy_file",
+    "create_file",
+    "fdatasync",
+    "fsync_dir",
+    "fsync_path",
+    "mkdir",
+    "rename",
+    "rmdir",
+    "set_fault_hook",
+    "unlink",
+    "write_atomic",
+    "write_rows",
+]
+
+FaultHook = Callable[[str, str], None]
+
+_hook: FaultHook | None = None
+
+
+def set_fault_hook(hook: FaultHook | None) -> FaultHook | None:
+    """Install ``hook(step, path)``, called before every disk-changing step; return the old one."""
+    global _hook  # one process-wide seam, by design
+    old, _hook = _hook, hook
+    return old
+
+
+def _step(step: str, path: str) -> None:
+    if _hook is not None:
+        _hook(step, path)
+
+
+def boot_id() -> str:
+    """Identify the running kernel boot; a change means the page cache was lost.
+
+    Linux exposes a random id per boot. Where it is missing, the empty string
+    is returned and tensorblob treats every unsynced commit as possibly lost
+    after any restart (see docs/design.md).
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return f.read().strip().decode("ascii")
+    except OSError:
+        return ""
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def create_file(path: str, data: bytes, *, sync: bool) -> None:
+    """Create ``path`` exclusively holding ``data``; with ``sync``, fsync it (not its directory)."""
+    _step("create", path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        if data:
+            _step("write", path)
+            _write_all(fd, data)
+        if sync:
+            _step("fsync", path)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` all-or-nothing, durably.
+
+    Steps: write ``path.tmp``, fsync it, rename it over ``path``, fsync the
+    directory. A crash leaves either the old file (and maybe a stray ``.tmp``,
+    which recovery removes) or the new one, never a mix.
+    """
+    tmp = path + ".tmp"
+    unlink(tmp, missing_ok=True)
+    create_file(tmp, data, sync=True)
+    rename(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def append(fd: int, data: bytes, path: str) -> None:
+    """Append ``data`` to the ``O_APPEND`` file ``fd``. Not durable until ``fdatasync``."""
+    _step("append", path)
+    _write_all(fd, data)
+
+
+def fdatasync(fd: int, path: str) -> None:
+    """Make the data already written to ``fd`` durable."""
+    _step("fdatasync", path)
+    os.fdatasync(fd)
+
+
+def fsync_path(path: str) -> None:
+    """Make the file at ``path`` durable, including pages dirtied through a shared mapping."""
+    _step("fsync", path)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` (creations, renames, unlinks) durable."""
+    _step("fsync_dir", path)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rename(src: str, dst: str) -> None:
+    """Atomically rename ``src`` to ``dst``. Durable only after ``fsync_dir``."""
+    _step("rename", dst)
+    os.rename(src, dst)
+
+
+def unlink(path: str, *, missing_ok: bool = False) -> None:
+    """Remove the file at ``path``. Durable only after ``fsync_dir``."""
+    _step("unlink", path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def mkdir(path: str) -> None:
+    """Create directory ``path`` (must not exist). Durable after ``fsync_dir`` of its parent."""
+    _step("mkdir", path)
+    os.mkdir(path, 0o755)
+
+
+def rmdir(path: str) -> None:
+    """Remove the empty directory ``path``."""
+    _step("rmdir", path)
+    os.rmdir(path)
+
+
+def allocate(path: str, nbytes: int) -> None:
+    """Create ``path`` exclusively as a zero-filled file of ``nbytes`` (sparse). Not durable."""
+    _step("create", path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _step("ftruncate", path)
+        os.ftruncate(fd, nbytes)
+    finally:
+        os.close(fd)
+
+
+def copy_file(src: str, dst: str, nbytes: int) -> None:
+    """Create ``dst`` exclusively as a copy of the first ``nbytes`` of ``src``. Not durable."""
+    _step("create", dst)
+    fdst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        fsrc = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _step("copy", dst)
+            done = 0
+            while done < nbytes:
+                try:
+                    n = os.copy_file_range(fsrc, fdst, nbytes - done)
+                except OSError as exc:  # pragma: no cover - filesystems without copy_file_range
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    n = 0
+                if n == 0:  # EOF of a short source, or no copy_file_range: copy by hand
+                    chunk = os.pread(fsrc, min(1 << 24, nbytes - done), done)
+                    if not chunk:
+                        break
+                    os.pwrite(fdst, chunk, done)
+                    n = len(chunk)
+                done += n
+            _step("ftruncate", dst)
+            os.ftruncate(fdst, nbytes)
+        finally:
+            os.close(fsrc)
+    finally:
+        os.close(fdst)
+
+
+def write_rows(dst: torch.Tensor, src: torch.Tensor, path: str) -> None:
+    """Copy ``src`` into ``dst``, a slice of a block mapped shared from ``path``. Not durable."""
+    _step("write_rows", path)
+    dst.copy_(src)

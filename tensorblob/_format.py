@@ -1,0 +1,194 @@
+"""The byte format, and nothing but the byte format: magic, version, framing, CRC, schemas.
+
+Pure functions (no I/O). docs/format.md is the normative description; the
+rule numbers cited here (F1, F2, ...) refer to it.
+
+Every file that is not a block starts with the same 20-byte header (F1)::
+
+    offset size  field
+    0      8     magic         b"TBLBMETA" | b"TBLBMANI" | b"TBLBJRNL"
+    8      2     version       u16 little-endian, format version (1)
+    10     2     reserved      u16, zero
+    12     4     body_len      u32, length of the msgpack body that follows
+    16     4     body_crc      u32, zlib.crc32(body)
+
+The journal continues after its body with frames (F4)::
+
+    [u32 payload_len][u32 crc32(salt_le32 || payload)][payload: msgpack map]
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import msgpack
+
+from .errors import CorruptBlobError, NotABlobError, UnsupportedVersionError
+
+FORMAT_VERSION = 1
+MAGIC_META = b"TBLBMETA"
+MAGIC_MANIFEST = b"TBLBMANI"
+MAGIC_JOURNAL = b"TBLBJRNL"
+
+_HEADER = struct.Struct("<8sHHII")
+HEADER_SIZE = _HEADER.size  # 20
+_FRAME = struct.Struct("<II")
+FRAME_HEADER_SIZE = _FRAME.size  # 8
+MAX_FRAME = 1 << 26  # a frame larger than this is garbage, not a record (F5)
+
+# Record types inside journal frames (F6).
+REC_COMMIT = "c"
+REC_SYNC = "s"
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(body: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated classes
+        raise CorruptBlobError(f"{what}: body is not valid msgpack ({exc})") from None
+
+
+def encode_file(magic: bytes, body: dict[str, Any]) -> bytes:
+    payload = pack(body)
+    return _HEADER.pack(magic, FORMAT_VERSION, 0, len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_header(magic: bytes, data: bytes, what: str) -> tuple[dict[str, Any], int]:
+    """Decode a header and its body; return the body and the offset just past it (F1-F3)."""
+    if len(data) < HEADER_SIZE:
+        if magic == MAGIC_META and data[: len(magic)] != magic[: len(data)]:
+            raise NotABlobError(f"{what}: not a tensorblob meta file")
+        raise CorruptBlobError(f"{what}: file is truncated ({len(data)} bytes, header needs 20)")
+    got_magic, version, _reserved, body_len, body_crc = _HEADER.unpack_from(data)
+    if got_magic != magic:
+        if magic == MAGIC_META:
+            raise NotABlobError(f"{what}: not a tensorblob meta file (magic {got_magic!r})")
+        raise CorruptBlobError(f"{what}: wrong magic {got_magic!r}, expected {magic!r}")
+    if version > FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"{what}: format version {version} is newer than this library reads "
+            f"({FORMAT_VERSION}); upgrade tensorblob"
+        )
+    if version < 1:
+        raise CorruptBlobError(f"{what}: invalid format version {version}")
+    end = HEADER_SIZE + body_len
+    if len(data) < end:
+        raise CorruptBlobError(f"{what}: body is truncated ({len(data) - HEADER_SIZE}/{body_len})")
+    body = data[HEADER_SIZE:end]
+    if zlib.crc32(body) != body_crc:
+        raise CorruptBlobError(f"{what}: checksum mismatch, the file is damaged")
+    obj = _unpack(body, what)
+    if not isinstance(obj, dict):
+        raise CorruptBlobError(f"{what}: body is not a map")
+    return obj, end
+
+
+def decode_file(magic: bytes, data: bytes, what: str) -> dict[str, Any]:
+    obj, end = decode_header(magic, data, what)
+    if end != len(data):
+        raise CorruptBlobError(f"{what}: {len(data) - end} unexpected bytes after the body")
+    return obj
+
+
+# -- journal frames ---------------------------------------------------------
+
+
+def encode_frame(salt: int, record: dict[str, Any]) -> bytes:
+    payload = pack(record)
+    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<I", salt)))
+    return _FRAME.pack(len(payload), crc) + payload
+
+
+def decode_frames(
+    data: bytes | memoryview, start: int, salt: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Decode frames from ``start``; stop at the first one that is not valid (F5).
+
+    Returns the records and the offset just past the last valid frame. A frame
+    is valid iff its length is in ``1..MAX_FRAME``, it lies wholly inside
+    ``data``, its CRC (seeded with the journal's salt) matches, its payload is
+    a msgpack map with a known ``t`` and its ``q`` is one more than the
+    previous frame's (the first frame has ``q == 1``).
+    """
+    records: list[dict[str, Any]] = []
+    salt_crc = zlib.crc32(struct.pack("<I", salt))
+    pos, size = start, len(data)
+    while pos + FRAME_HEADER_SIZE <= size:
+        length, crc = _FRAME.unpack_from(data, pos)
+        end = pos + FRAME_HEADER_SIZE + length
+        if length == 0 or length > MAX_FRAME or end > size:
+            break
+        payload = bytes(data[pos + FRAME_HEADER_SIZE : end])
+        if zlib.crc32(payload, salt_crc) != crc:
+            break
+        try:
+            rec = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        except Exception:
+            break
+        if not isinstance(rec, dict) or rec.get("q") != len(records) + 1:
+            break
+        if rec.get("t") not in (REC_COMMIT, REC_SYNC):
+            break
+        records.append(rec)
+        pos = end
+    return records, pos
+
+
+# -- schema checks: a CRC-valid body with the wrong shape is still damage ----
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def require(cond: bool, what: str, detail: str) -> None:
+    if not cond:
+        raise CorruptBlobError(f"{what}: {detail}")
+
+
+def check_meta(m: dict[str, Any], what: str) -> None:
+    require(isinstance(m.get("uuid"), bytes) and len(m["uuid"]) == 16, what, "bad uuid")
+    require(isinstance(m.get("dtype"), str), what, "bad dtype")
+    shape = m.get("shape")
+    require(isinstance(shape, list) and all(_is_int(d) for d in shape), what, "bad shape")
+    require(_is_int(m.get("block_size")) and m["block_size"] > 0, what, "bad block_size")
+
+
+def check_manifest(m: dict[str, Any], what: str) -> None:
+    require(isinstance(m.get("uuid"), bytes), what, "bad uuid")
+    for key in ("gen", "length", "next_id"):
+        require(_is_int(m.get(key)), what, f"bad {key}")
+    blocks, hwm, free = m.get("blocks"), m.get("hwm"), m.get("free")
+    require(isinstance(blocks, list) and all(_is_int(b) for b in blocks), what, "bad blocks")
+    require(isinstance(hwm, list) and len(hwm) == len(blocks), what, "bad hwm")
+    require(all(_is_int(h) for h in hwm), what, "bad hwm")
+    require(isinstance(free, list) and all(_is_int(b) for b in free), what, "bad free list")
+
+
+def check_journal_header(h: dict[str, Any], what: str) -> None:
+    require(isinstance(h.get("uuid"), bytes), what, "bad uuid")
+    require(_is_int(h.get("gen")), what, "bad gen")
+    require(_is_int(h.get("salt")) and h["salt"] < 1 << 32, what, "bad salt")
+
+
+def _pairs(x: Any) -> bool:
+    return isinstance(x, list) and all(
+        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_int(p[1]) for p in x
+    )
+
+
+def check_commit(r: dict[str, Any], what: str) -> None:
+    for key in ("n", "k", "x"):
+        require(_is_int(r.get(key)), what, f"commit record q={r.get('q')}: bad {key}")
+    require(_pairs(r.get("s")), what, f"commit record q={r.get('q')}: bad slots")
+    require(_pairs(r.get("h")), what, f"commit record q={r.get('q')}: bad hwm")
+    for key in ("f", "w"):
+        v = r.get(key)
+        require(isinstance(v, list) and all(_is_int(b) for b in v), what, f"bad {key}")
+    require(isinstance(r.get("b"), str), what, f"commit record q={r.get('q')}: bad boot id")

@@ -1,0 +1,98 @@
+"""The ``journal``: CRC-framed msgpack records appended since the last checkpoint (F4-F7).
+
+A journal names the manifest generation it follows. A writer creates a new,
+empty journal at every checkpoint (temp + fsync + rename + fsync dir) and then
+appends one frame per transaction with a single ``write``. A frame exists once
+it is complete and its CRC checks; a torn or garbage tail is simply where the
+journal ends.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _durable, _format
+from .errors import CorruptBlobError
+
+JOURNAL = "journal"
+
+
+@dataclass
+class JournalImage:
+    """A journal as read from disk: header, valid records, and where they end."""
+
+    gen: int
+    salt: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    end: int = 0
+    size: int = 0
+
+    @property
+    def torn(self) -> bool:
+        """True if bytes follow the last valid frame (a torn or garbage tail)."""
+        return self.end != self.size
+
+
+def encode_journal(uuid: bytes, gen: int, salt: int, *, closed: bool) -> bytes:
+    """A journal file with no commits; with ``closed``, one close marker (a clean blob)."""
+    data = _format.encode_file(_format.MAGIC_JOURNAL, {"uuid": uuid, "gen": gen, "salt": salt})
+    if closed:
+        marker = {"t": _format.REC_SYNC, "b": "", "c": True, "q": 1}
+        data += _format.encode_frame(salt, marker)
+    return data
+
+
+def create_journal(root: str, uuid: bytes, gen: int) -> int:
+    """Durably replace the journal with an empty one following ``gen``; return its salt."""
+    salt = secrets.randbits(32)
+    data = encode_journal(uuid, gen, salt, closed=False)
+    _durable.write_atomic(os.path.join(root, JOURNAL), data)
+    return salt
+
+
+def read_journal(root: str, uuid: bytes) -> JournalImage:
+    path = os.path.join(root, JOURNAL)
+    what = f"journal {path!r}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CorruptBlobError(f"{what} is missing; run `tensorblob recover`") from None
+    header, start = _format.decode_header(_format.MAGIC_JOURNAL, data, what)
+    _format.check_journal_header(header, what)
+    if header["uuid"] != uuid:
+        raise CorruptBlobError(f"{what} belongs to another blob (uuid mismatch)")
+    records, end = _format.decode_frames(data, start, header["salt"])
+    for rec in records:
+        if rec["t"] == _format.REC_COMMIT:
+            _format.check_commit(rec, what)
+    return JournalImage(header["gen"], header["salt"], records, end, len(data))
+
+
+class JournalWriter:
+    """Appends frames to the journal through the durable seam."""
+
+    def __init__(self, root: str, salt: int, seq: int) -> None:
+        self.path = os.path.join(root, JOURNAL)
+        self.salt = salt
+        self.seq = seq  # frames already in the journal
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.size = os.fstat(self.fd).st_size
+
+    def append(self, record: dict[str, Any]) -> None:
+        record["q"] = self.seq + 1
+        frame = _format.encode_frame(self.salt, record)
+        _durable.append(self.fd, frame, self.path)
+        self.seq += 1
+        self.size += len(frame)
+
+    def sync(self) -> None:
+        _durable.fdatasync(self.fd, self.path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,111 @@
+"""The ``manifest`` (last checkpoint) and ``State``, the committed shape of a blob (F3, F6).
+
+A State is what a snapshot is: the row count, the block id in each slot, each
+block's high-water mark (the most rows any committed snapshot has exposed from
+it; rows below it are never overwritten in place), the blocks freed but not yet
+deleted, and the next unused block id. The manifest stores one State; journal
+commit records are deltas applied to it in order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _durable, _format
+from .errors import CorruptBlobError
+
+MANIFEST = "manifest"
+
+
+@dataclass
+class State:
+    uuid: bytes
+    gen: int = 1
+    length: int = 0
+    blocks: list[int] = field(default_factory=list)
+    hwm: dict[int, int] = field(default_factory=dict)
+    free: list[int] = field(default_factory=list)
+    next_id: int = 0
+
+    def copy(self) -> State:
+        return State(
+            self.uuid,
+            self.gen,
+            self.length,
+            list(self.blocks),
+            dict(self.hwm),
+            list(self.free),
+            self.next_id,
+        )
+
+    def apply(self, rec: dict[str, Any], block_size: int, what: str) -> None:
+        """Apply one commit record (F6); raise CorruptBlobError if it does not fit."""
+        k = rec["k"]
+        del self.blocks[k:]
+        self.blocks.extend([-1] * (k - len(self.blocks)))
+        for slot, bid in rec["s"]:
+            _format.require(slot < k, what, f"commit q={rec['q']} sets slot {slot} >= {k}")
+            self.blocks[slot] = bid
+        for bid, h in rec["h"]:
+            self.hwm[bid] = h
+        for bid in rec["f"]:
+            self.hwm.pop(bid, None)
+            self.free.append(bid)
+        self.length = rec["n"]
+        self.next_id = rec["x"]
+        self.validate(block_size, f"{what}: after commit q={rec['q']}")
+
+    def validate(self, block_size: int, what: str) -> None:
+        need = -(-self.length // block_size)
+        _format.require(
+            len(self.blocks) == need,
+            what,
+            f"{len(self.blocks)} blocks for {self.length} rows of block_size {block_size}",
+        )
+        for bid in self.blocks:
+            _format.require(bid in self.hwm and bid < self.next_id, what, f"bad block id {bid}")
+        _format.require(len(set(self.blocks)) == len(self.blocks), what, "block listed twice")
+
+    def encode(self) -> bytes:
+        body = {
+            "uuid": self.uuid,
+            "gen": self.gen,
+            "length": self.length,
+            "blocks": self.blocks,
+            "hwm": [self.hwm[b] for b in self.blocks],
+            "free": self.free,
+            "next_id": self.next_id,
+        }
+        return _format.encode_file(_format.MAGIC_MANIFEST, body)
+
+
+def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
+    path = os.path.join(root, MANIFEST)
+    what = f"manifest {path!r}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CorruptBlobError(f"{what} is missing; run `tensorblob check`") from None
+    body = _format.decode_file(_format.MAGIC_MANIFEST, data, what)
+    _format.check_manifest(body, what)
+    if body["uuid"] != uuid:
+        raise CorruptBlobError(f"{what} belongs to another blob (uuid mismatch)")
+    st = State(
+        uuid,
+        body["gen"],
+        body["length"],
+        body["blocks"],
+        dict(zip(body["blocks"], body["hwm"], strict=True)),
+        body["free"],
+        body["next_id"],
+    )
+    st.validate(block_size, what)
+    return st
+
+
+def write_manifest(root: str, state: State) -> None:
+    """Durably replace the manifest with ``state`` (temp, fsync, rename, fsync dir)."""
+    _durable.write_atomic(os.path.join(root, MANIFEST), state.encode())

@@ -1,0 +1,161 @@
+"""Reading a committed snapshot, and the writer's recovery after a crash (F9, docs/design.md).
+
+``load`` builds the newest committed State from manifest + journal without
+changing any file: readers use it as is. It applies the power-loss rule:
+commit records after the last *durable marker* (a sync record, or a commit
+made with ``sync="full"``) are kept only if they were written during the
+current kernel boot. Same boot means only the process died, and the page
+cache still holds every row those commits reference; another boot means the
+machine lost power or restarted, and those rows may never have reached the
+disk, so those commits are discarded as if they had never happened.
+
+``recover`` is the writer's half: it makes the replayed commits durable,
+removes what crashed transactions left behind, and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import _durable, _format, _locking
+from ._blocks import BlockStore
+from ._journal import JOURNAL, JournalImage, create_journal, read_journal
+from ._manifest import MANIFEST, State, read_manifest, write_manifest
+from ._meta import Meta
+from .errors import CorruptBlobError
+
+_RETRIES = 50
+
+
+@dataclass
+class Loaded:
+    """A snapshot as found on disk, with what recovery needs to know about it."""
+
+    state: State
+    journal: JournalImage | None  # None when the journal is stale (older generation)
+    kept: int = 0  # commit records replayed
+    discarded: int = 0  # commit records dropped by the power-loss rule
+    dirty: set[int] = field(default_factory=set)  # blocks written by non-durable kept commits
+
+    @property
+    def clean(self) -> bool:
+        """True if the last writer closed cleanly: nothing to replay, discard or remove."""
+        j = self.journal
+        if j is None or j.torn or self.discarded:
+            return False
+        last = j.records[-1] if j.records else None
+        return last is not None and last["t"] == _format.REC_SYNC and bool(last.get("c"))
+
+
+def load(root: str, meta: Meta) -> Loaded:
+    """Read the newest committed snapshot; retry if a checkpoint races with the read."""
+    for _ in range(_RETRIES):
+        state = read_manifest(root, meta.uuid, meta.block_size)
+        journal = read_journal(root, meta.uuid)
+        if journal.gen == state.gen:
+            return _replay(state, journal, meta)
+        if journal.gen < state.gen:  # checkpoint between manifest and journal renames
+            return Loaded(state, None)
+        # journal.gen > state.gen: we read the manifest just before a checkpoint
+        # replaced both; read again.
+    raise CorruptBlobError(
+        f"journal of {root!r} follows generation {journal.gen} but the manifest is "
+        f"generation {state.gen}; the manifest may have been replaced by an older copy"
+    )
+
+
+def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
+    records = journal.records
+    last_durable = -1
+    for i, rec in enumerate(records):
+        if rec["t"] == _format.REC_SYNC or rec.get("d"):
+            last_durable = i
+    boot = _durable.boot_id()
+    tail = records[last_durable + 1 :]
+    discarded = 0
+    if any(rec["b"] != boot for rec in tail):
+        discarded = sum(rec["t"] == _format.REC_COMMIT for rec in tail)
+        records = records[: last_durable + 1]
+        tail = []
+    loaded = Loaded(state, journal, discarded=discarded)
+    what = f"journal of generation {journal.gen}"
+    for rec in records:
+        if rec["t"] == _format.REC_COMMIT:
+            state.apply(rec, meta.block_size, what)
+            loaded.kept += 1
+    for rec in tail:
+        if rec["t"] == _format.REC_COMMIT:
+            loaded.dirty.update(rec["w"])
+    return loaded
+
+
+def checkpoint(root: str, state: State) -> int:
+    """Write ``state`` as the next generation's manifest and start an empty journal.
+
+    The caller has made every block the state references durable. Steps:
+    manifest.tmp, fsync, rename, fsync dir (the checkpoint's commit point),
+    then journal.tmp, fsync, rename, fsync dir. A crash between the two
+    renames leaves a journal of the previous generation, which ``load``
+    ignores. Returns the new journal's salt.
+    """
+    state.gen += 1
+    write_manifest(root, state)
+    return create_journal(root, state.uuid, state.gen)
+
+
+def reap(root: str, state: State, blocks: BlockStore) -> int:
+    """Delete freed blocks if no reader holds the lease; return how many were deleted."""
+    if not state.free:
+        return 0
+    lease = _locking.no_readers(root)
+    if lease is None:
+        return 0
+    with lease:
+        n = len(state.free)
+        for bid in state.free:
+            blocks.delete(bid)
+        state.free.clear()
+        _durable.fsync_dir(blocks.dir)
+    return n
+
+
+def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[str]:
+    """Bring the blob to a clean checkpoint after an unclean shutdown; return what was done.
+
+    Runs under the writer lock. Idempotent: a crash at any step leaves a blob
+    that the next call recovers to the same state.
+    """
+    state = loaded.state
+    actions: list[str] = []
+    if loaded.kept:
+        actions.append(f"replayed {loaded.kept} committed transaction(s) from the journal")
+    if loaded.discarded:
+        actions.append(
+            f"discarded {loaded.discarded} transaction(s) committed with sync='normal' "
+            "before a power loss or reboot (their rows may not have reached the disk)"
+        )
+    if loaded.journal is not None and loaded.journal.torn:
+        actions.append(
+            f"discarded a torn journal tail of {loaded.journal.size - loaded.journal.end} bytes"
+        )
+    if loaded.dirty:
+        blocks.sync(loaded.dirty, new_files=True)
+    for name in (MANIFEST + ".tmp", JOURNAL + ".tmp"):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            _durable.unlink(path)
+            actions.append(f"removed stray temporary file {name}")
+    on_disk, _others = blocks.list_ids()
+    orphans = on_disk - set(state.blocks) - set(state.free)
+    for bid in sorted(orphans):
+        blocks.delete(bid)
+    if orphans:
+        _durable.fsync_dir(blocks.dir)
+        actions.append(f"deleted {len(orphans)} block(s) of uncommitted transactions")
+    checkpoint(root, state)
+    actions.append(f"wrote checkpoint generation {state.gen} ({state.length} rows)")
+    n = reap(root, state, blocks)
+    if n:
+        actions.append(f"deleted {n} freed block(s)")
+    return actions

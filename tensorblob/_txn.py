@@ -1,0 +1,296 @@
+"""The writer's engine: transactions, copy-on-write, the commit protocol, durable points.
+
+One ``Engine`` per writable open blob. Its ``state`` is the working state: it
+equals the last committed State between transactions and is changed in place
+inside one, with enough remembered to roll back.
+
+Copy-on-write rule: rows of a block below its high-water mark (rows some
+committed snapshot has exposed) are never written in place. A write there
+first copies the block to a fresh file, private to the transaction, and the
+commit swaps it in. Appends past the mark go in place.
+
+Commit, in order (docs/design.md, "The atomic commit"):
+
+1. ``full`` only: fsync every block file the transaction wrote, then the
+   ``blocks/`` directory if it created files.
+2. Append one commit record to the journal in a single ``write``.
+   **Commit point** for process death: once the frame is complete, the
+   transaction is committed.
+3. ``full`` only: fdatasync the journal. **Commit point** for power loss.
+4. Apply the delta to the in-memory committed state; delete the blocks the
+   transaction allocated but did not keep.
+5. Delete superseded blocks, but only once their freeing is durable (at once
+   under ``full``, at the next durable point under ``normal``) and no reader
+   holds the lease. Checkpoint if the journal has grown past its bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import _durable, _format, _recovery
+from ._blocks import BlockStore
+from ._journal import JournalWriter
+from ._manifest import State
+from ._meta import Meta
+
+CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
+
+
+@dataclass
+class _Txn:
+    length0: int
+    nslots0: int
+    blocks0: list[int] | None = None  # copy of the slot list, made on first in-place change
+    changed: set[int] = field(default_factory=set)  # slots assigned a different block
+    private: set[int] = field(default_factory=set)  # blocks created by this transaction
+    touched: set[int] = field(default_factory=set)  # blocks written by this transaction
+
+
+class Engine:
+    """Transactions over one writable blob. Not thread-safe: one thread per blob handle."""
+
+    def __init__(
+        self,
+        root: str,
+        meta: Meta,
+        state: State,
+        blocks: BlockStore,
+        journal: JournalWriter,
+        *,
+        full: bool,
+        dirty: set[int],
+        last_closed: bool,
+    ) -> None:
+        self.root = root
+        self.meta = meta
+        self.state = state
+        self.blocks = blocks
+        self.journal = journal
+        self.full = full
+        self.boot = _durable.boot_id()
+        self.dirty = dirty  # blocks written since the last durable point
+        self.new_files = bool(dirty)  # block files created since the last durable point
+        self.since_durable = 0  # commits since the last durable point
+        self.last_closed = last_closed  # the journal ends with a close marker
+        self.txn: _Txn | None = None
+
+    # -- transaction lifecycle --------------------------------------------
+
+    def begin(self) -> None:
+        assert self.txn is None
+        self.txn = _Txn(self.state.length, len(self.state.blocks))
+
+    def rollback(self) -> None:
+        """Undo the open transaction: restore the slot list and length, delete its blocks."""
+        t, st = self.txn, self.state
+        assert t is not None
+        self.txn = None
+        if t.blocks0 is not None:
+            st.blocks = t.blocks0
+        else:
+            del st.blocks[t.nslots0 :]
+        st.length = t.length0
+        for bid in t.private:
+            self.blocks.delete(bid)
+
+    def commit(self) -> None:
+        """Commit the open transaction (the numbered steps in the module docstring)."""
+        t, st = self.txn, self.state
+        assert t is not None
+        if st.length == t.length0 and not t.changed and not t.touched:
+            self.txn = None
+            return
+        B = self.meta.block_size
+        final = st.blocks
+        k = len(final)
+        kept_private = t.private.intersection(final) if t.private else set()
+        dropped_private = t.private - kept_private
+        # Slots whose exposed row count may grow: those past the old length, and swapped ones.
+        first = min(t.length0, st.length) // B
+        hwm_updates: list[list[int]] = []
+        for slot in sorted(set(range(first, k)) | {s for s in t.changed if s < k}):
+            bid = final[slot]
+            visible = min(B, st.length - slot * B)
+            if bid in kept_private or st.hwm[bid] < visible:
+                hwm_updates.append([bid, visible])
+        freed: list[int] = []
+        if t.blocks0 is not None:
+            keep = set(final)
+            freed = [b for b in t.blocks0 if b not in keep]
+        written = sorted(t.touched.intersection(final)) if t.touched else []
+        record: dict[str, Any] = {
+            "t": _format.REC_COMMIT,
+            "b": self.boot,
+            "d": self.full,
+            "n": st.length,
+            "k": k,
+            "s": [[s, final[s]] for s in sorted(t.changed) if s < k],
+            "h": hwm_updates,
+            "f": freed,
+            "w": written,
+            "x": st.next_id,
+        }
+        # Step 1: under "full", the rows reach the disk before the record does.
+        if self.full:
+            self.blocks.sync(written, new_files=bool(kept_private))
+        # Step 2: the commit point (process death).
+        self.journal.append(record)
+        # Step 3: the commit point (power loss), "full" only.
+        if self.full:
+            self.journal.sync()
+        # Step 4: the transaction is committed; bring memory in line.
+        self.txn = None
+        for bid, h in hwm_updates:
+            st.hwm[bid] = h
+        for bid in freed:
+            st.hwm.pop(bid, None)
+            self.blocks.forget(bid)
+        st.free.extend(freed)
+        for bid in dropped_private:
+            self.blocks.delete(bid)
+        self.last_closed = False
+        if self.full:
+            self.since_durable = 0
+        else:
+            self.dirty.update(written)
+            self.new_files |= bool(kept_private)
+            self.since_durable += 1
+        # Step 5: deferred deletions and the checkpoint bound.
+        if self.journal.size > CHECKPOINT_BYTES:
+            self.checkpoint()
+        elif self.full and st.free:
+            _recovery.reap(self.root, st, self.blocks)
+
+    # -- mutations (inside a transaction) --------------------------------
+
+    def _save_slots(self) -> None:
+        """Remember the committed slot list before the first change below the old end."""
+        t = self.txn
+        assert t is not None
+        if t.blocks0 is None:
+            t.blocks0 = self.state.blocks[: t.nslots0]
+
+    def _alloc_id(self) -> int:
+        bid = self.state.next_id
+        self.state.next_id += 1
+        return bid
+
+    def _slot_for_write(self, slot: int, off: int) -> int:
+        """Return a block id for ``slot`` that may be written from row ``off`` on."""
+        t, st = self.txn, self.state
+        assert t is not None
+        if slot == len(st.blocks):
+            bid = self._alloc_id()
+            t.private.add(bid)  # before the file exists: a failed allocate is cleaned up
+            self.blocks.allocate(bid)
+            st.blocks.append(bid)
+            t.changed.add(slot)
+            return bid
+        bid = st.blocks[slot]
+        if bid in t.private or off >= st.hwm[bid]:
+            return bid
+        new = self._alloc_id()
+        t.private.add(new)
+        self.blocks.copy(bid, new)
+        self._save_slots()
+        st.blocks[slot] = new
+        t.changed.add(slot)
+        return new
+
+    def write(self, pos: int, rows: torch.Tensor) -> None:
+        """Write ``rows`` (contiguous, CPU, right dtype) at row ``pos <= length``."""
+        t, st = self.txn, self.state
+        assert t is not None
+        B = self.meta.block_size
+        n = rows.shape[0]
+        done = 0
+        while done < n:
+            slot, off = divmod(pos + done, B)
+            k = min(B - off, n - done)
+            bid = self._slot_for_write(slot, off)
+            t.touched.add(bid)
+            block = self.blocks.get(bid)
+            _durable.write_rows(block[off : off + k], rows[done : done + k], self.blocks.path(bid))
+            done += k
+            st.length = max(st.length, pos + done)
+
+    def truncate(self, length: int) -> None:
+        t, st = self.txn, self.state
+        assert t is not None
+        k = -(-length // self.meta.block_size)
+        if k < len(st.blocks):
+            if k < t.nslots0:
+                self._save_slots()
+            del st.blocks[k:]
+        st.length = min(st.length, length)
+
+    def append_blocks(self, sources: list[str], tail: torch.Tensor) -> None:
+        """Append whole foreign block files, then ``tail`` rows (extend without order).
+
+        The blob's own partial last block, if any, moves after the copied
+        blocks as a whole file (its rows keep their place inside the file),
+        so only the other blob's full blocks are copied.
+        """
+        t, st = self.txn, self.state
+        assert t is not None
+        B = self.meta.block_size
+        full_slots, rem = divmod(st.length, B)
+        tail_bid = None
+        if rem:
+            if full_slots < t.nslots0:
+                self._save_slots()
+            tail_bid = st.blocks.pop()
+        for src in sources:
+            bid = self._alloc_id()
+            t.private.add(bid)
+            self.blocks.copy_foreign(src, bid)
+            t.touched.add(bid)
+            t.changed.add(len(st.blocks))
+            st.blocks.append(bid)
+        st.length = len(st.blocks) * B
+        if tail_bid is not None:
+            t.changed.add(len(st.blocks))
+            st.blocks.append(tail_bid)
+            st.length += rem
+        if tail.shape[0]:
+            self.write(st.length, tail)
+
+    # -- durable points ---------------------------------------------------
+
+    def durable_point(self, *, closing: bool) -> None:
+        """Make every commit so far survive power loss (``flush()`` / ``close()``)."""
+        assert self.txn is None
+        if self.since_durable == 0 and not self.dirty and (self.last_closed or not closing):
+            return
+        if self.journal.size > CHECKPOINT_BYTES:
+            self.checkpoint()  # makes everything durable, then a marker below says "closed"
+        elif self.dirty or self.new_files:
+            self.blocks.sync(self.dirty, new_files=True)
+        self.journal.append({"t": _format.REC_SYNC, "b": self.boot, "c": closing})
+        self.journal.sync()
+        self.dirty.clear()
+        self.new_files = False
+        self.since_durable = 0
+        self.last_closed = closing
+        _recovery.reap(self.root, self.state, self.blocks)
+
+    def checkpoint(self) -> None:
+        """Make all blocks durable, write a new manifest and start an empty journal."""
+        assert self.txn is None
+        if self.dirty or self.new_files:
+            self.blocks.sync(self.dirty, new_files=True)
+        self.dirty.clear()
+        self.new_files = False
+        self.since_durable = 0
+        salt = _recovery.checkpoint(self.root, self.state)
+        self.journal.close()
+        self.journal = JournalWriter(self.root, salt, 0)
+        self.last_closed = False  # only a close marker says "clean"; an empty journal does not
+        _recovery.reap(self.root, self.state, self.blocks)
+
+    def close(self) -> None:
+        self.journal.close()
