@@ -38,21 +38,25 @@ __all__ = [
     "write_rows",
 ]
 
-FaultHook = Callable[[str, str], None]
+FaultHook = Callable[[str, str, "tuple[int, int] | None"], None]
 
 _hook: FaultHook | None = None
 
 
 def set_fault_hook(hook: FaultHook | None) -> FaultHook | None:
-    """Install ``hook(step, path)``, called before every disk-changing step; return the old one."""
+    """Install ``hook(step, path, extent)``, called before every disk-changing step.
+
+    ``extent`` is ``(byte_offset, nbytes)`` for ``write_rows`` and None
+    otherwise. Returns the previously installed hook.
+    """
     global _hook  # one process-wide seam, by design
     old, _hook = _hook, hook
     return old
 
 
-def _step(step: str, path: str) -> None:
+def _step(step: str, path: str, extent: tuple[int, int] | None = None) -> None:
     if _hook is not None:
-        _hook(step, path)
+        _hook(step, path, extent)
 
 
 def boot_id() -> str:
@@ -207,7 +211,9 @@ def copy_file(src: str, dst: str, nbytes: int) -> None:
         os.close(fdst)
 
 
-def write_rows(dst: torch.Tensor, src: torch.Tensor, path: str) -> None:
-    """Copy ``src`` into ``dst``, a slice of a block mapped shared from ``path``. Not durable."""
-    _step("write_rows", path)
-    dst.copy_(src)
+def write_rows(block: torch.Tensor, row: int, src: torch.Tensor, path: str) -> None:
+    """Copy ``src`` into ``block[row:]``, a block mapped shared from ``path``. Not durable."""
+    n = src.shape[0]
+    row_bytes = src[0].numel() * src.element_size()
+    _step("write_rows", path, (row * row_bytes, n * row_bytes))
+    block[row : row + n].copy_(src)

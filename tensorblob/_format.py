@@ -41,6 +41,7 @@ MAX_FRAME = 1 << 26  # a frame larger than this is garbage, not a record (F5)
 # Record types inside journal frames (F6).
 REC_COMMIT = "c"
 REC_SYNC = "s"
+REC_OPEN = "o"
 
 
 def pack(obj: Any) -> bytes:
@@ -133,7 +134,7 @@ def decode_frames(
             break
         if not isinstance(rec, dict) or rec.get("q") != len(records) + 1:
             break
-        if rec.get("t") not in (REC_COMMIT, REC_SYNC):
+        if rec.get("t") not in (REC_COMMIT, REC_SYNC, REC_OPEN):
             break
         records.append(rec)
         pos = end

@@ -77,6 +77,18 @@ class Engine:
         self.since_durable = 0  # commits since the last durable point
         self.last_closed = last_closed  # the journal ends with a close marker
         self.txn: _Txn | None = None
+        # An open marker makes a crash of this session visible to the next open,
+        # even one that dies before its first commit (it must then delete any
+        # block files this session created). It is made durable before the
+        # session's first block file is created.
+        self.journal.append({"t": _format.REC_OPEN, "b": self.boot})
+        self.last_closed = False
+        self.marker_durable = False
+
+    def _before_new_file(self) -> None:
+        if not self.marker_durable:
+            self.journal.sync()
+            self.marker_durable = True
 
     # -- transaction lifecycle --------------------------------------------
 
@@ -186,6 +198,7 @@ class Engine:
         if slot == len(st.blocks):
             bid = self._alloc_id()
             t.private.add(bid)  # before the file exists: a failed allocate is cleaned up
+            self._before_new_file()
             self.blocks.allocate(bid)
             st.blocks.append(bid)
             t.changed.add(slot)
@@ -195,6 +208,7 @@ class Engine:
             return bid
         new = self._alloc_id()
         t.private.add(new)
+        self._before_new_file()
         self.blocks.copy(bid, new)
         self._save_slots()
         st.blocks[slot] = new
@@ -214,7 +228,7 @@ class Engine:
             bid = self._slot_for_write(slot, off)
             t.touched.add(bid)
             block = self.blocks.get(bid)
-            _durable.write_rows(block[off : off + k], rows[done : done + k], self.blocks.path(bid))
+            _durable.write_rows(block, off, rows[done : done + k], self.blocks.path(bid))
             done += k
             st.length = max(st.length, pos + done)
 
@@ -247,6 +261,7 @@ class Engine:
         for src in sources:
             bid = self._alloc_id()
             t.private.add(bid)
+            self._before_new_file()
             self.blocks.copy_foreign(src, bid)
             t.touched.add(bid)
             t.changed.add(len(st.blocks))
@@ -289,7 +304,9 @@ class Engine:
         salt = _recovery.checkpoint(self.root, self.state)
         self.journal.close()
         self.journal = JournalWriter(self.root, salt, 0)
-        self.last_closed = False  # only a close marker says "clean"; an empty journal does not
+        self.journal.append({"t": _format.REC_OPEN, "b": self.boot})
+        self.marker_durable = False
+        self.last_closed = False
         _recovery.reap(self.root, self.state, self.blocks)
 
     def close(self) -> None:

@@ -1,0 +1,345 @@
+"""Crash-injection harness: workloads as data, a model of them, and a killable child runner.
+
+A workload is a list of ops (JSON-able lists). The same list drives the real
+blob (in a child process) and the model (plain torch tensors, in the test
+process). ``expected_states`` gives the model state after every
+state-changing op; a child that is SIGKILLed at the N-th disk-changing step
+of ``tensorblob._durable`` records how many ops were acknowledged, so the
+reopened blob must equal the state after the last acknowledged op or the one
+in flight, and nothing else.
+
+Ops::
+
+    ["open", mode, sync, {"dtype":..., "shape":..., "block_size":...}]
+    ["write", n, seed]          # n rows with values seed*1000 + i
+    ["seek", pos, whence]
+    ["truncate", pos]           # pos may be None: at the cursor
+    ["extend", other, ordered]  # other: path of a prepared blob
+    ["txn", [ops...]]           # one transaction
+    ["flush"] | ["close"]
+    ["checkpoint_every", nbytes]  # lower the journal bound in the child
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tensorblob import TensorBlob, _durable, _txn
+
+ABSENT = None  # the blob does not exist
+ROW_SHAPE = (3,)
+DTYPE = torch.float32
+MUTATING = {"write", "truncate", "extend", "txn"}
+
+
+def rows(n: int, seed: int) -> torch.Tensor:
+    base = torch.arange(n * ROW_SHAPE[0], dtype=DTYPE).reshape(n, *ROW_SHAPE)
+    return base + seed * 1000
+
+
+# -- the model -------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    data: torch.Tensor | None = None  # None: blob absent
+    pos: int = 0
+    mode: str = ""
+    block_size: int = 0
+    others: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def apply(self, op: list[Any]) -> None:
+        kind = op[0]
+        if kind == "open":
+            mode, _sync, extra = op[1], op[2], op[3]
+            if self.data is None:
+                self.block_size = extra.get("block_size", 8192)
+                self.data = torch.empty((0, *ROW_SHAPE), dtype=DTYPE)
+            if mode[0] == "w":
+                self.data = self.data[:0]
+            self.mode = mode
+            self.pos = len(self.data) if mode[0] == "a" else 0
+        elif kind == "write":
+            assert self.data is not None
+            new = rows(op[1], op[2])
+            at = len(self.data) if self.mode[0] == "a" else self.pos
+            end = at + len(new)
+            tail = self.data[end:]
+            self.data = torch.cat([self.data[:at], new, tail])
+            self.pos = end
+        elif kind == "seek":
+            n = len(self.data)
+            base = {0: 0, 1: self.pos, 2: n}[op[2]]
+            self.pos = max(0, min(n, base + op[1]))
+        elif kind == "truncate":
+            cut = self.pos if op[1] is None else op[1]
+            if cut < len(self.data):
+                self.data = self.data[:cut]
+                self.pos = min(self.pos, cut)
+        elif kind == "extend":
+            other = self.others[op[1]]
+            if op[2] or len(other) < self.block_size:
+                self.data = torch.cat([self.data, other])
+            else:
+                b = self.block_size
+                sf, of = len(self.data) // b * b, len(other) // b * b
+                self.data = torch.cat([self.data[:sf], other[:of], self.data[sf:], other[of:]])
+            self.pos = len(self.data)
+        elif kind == "txn":
+            for sub in op[1]:
+                self.apply(sub)
+        elif kind in ("flush", "close", "checkpoint_every"):
+            pass
+        else:  # pragma: no cover - a typo in a workload
+            raise ValueError(op)
+
+
+def expected_states(ops: list[list[Any]], others: dict[str, torch.Tensor]) -> list[Any]:
+    """State 0 is before the workload; state i follows the i-th acknowledged op."""
+    m = Model(others=others)
+    states: list[Any] = [ABSENT]
+    for op in ops:
+        m.apply(op)
+        if op[0] in MUTATING or (op[0] == "open" and op[1][0] in "wa"):
+            states.append(m.data.clone())
+    return states
+
+
+# -- the child --------------------------------------------------------------
+
+
+def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
+
+    blob = None
+    acks = 0
+
+    def ack() -> None:
+        nonlocal acks
+        acks += 1
+        os.write(ack_fd, b"%d\n" % acks)
+
+    def do(op: list[Any]) -> None:
+        kind = op[0]
+        if kind == "write":
+            blob.write(rows(op[1], op[2]))
+        elif kind == "seek":
+            blob.seek(op[1], op[2])
+        elif kind == "truncate":
+            blob.truncate(op[1])
+        elif kind == "extend":
+            with TensorBlob.open(op[1], "r") as other:
+                blob.extend(other, maintain_order=op[2])
+        elif kind == "txn":
+            with blob.transaction():
+                for sub in op[1]:
+                    do(sub)
+        elif kind == "flush":
+            blob.flush()
+            os.write(ack_fd, b"D%d\n" % acks)
+
+    for op in ops:
+        kind = op[0]
+        if kind == "open":
+            extra = dict(op[3])
+            if "shape" in extra:
+                extra["shape"] = tuple(extra["shape"])
+            blob = TensorBlob.open(path, op[1], sync=op[2], **extra)
+            if op[1][0] in "wa":
+                ack()
+        elif kind == "close":
+            blob.close()
+            os.write(ack_fd, b"D%d\n" % acks)  # a durable point: all acks so far survive power loss
+        elif kind == "checkpoint_every":
+            _txn.CHECKPOINT_BYTES = op[1]
+        else:
+            do(op)
+            if kind in MUTATING:
+                ack()
+    if blob is not None:
+        blob.close()
+
+
+def child_main(
+    path: str, ops: list[list[Any]], crash_at: int, ack_path: str, log_path: str
+) -> None:
+    """Run ``ops``; SIGKILL ourselves just before disk step ``crash_at`` (1-based; 0: never)."""
+
+    torch.set_num_threads(1)
+    ack_fd = os.open(ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    count = 0
+
+    def hook(step: str, p: str, extent: tuple[int, int] | None) -> None:
+        nonlocal count
+        count += 1
+        if count == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        info = ""
+        if extent is not None:
+            info = f"{extent[0]},{extent[1]}"
+        elif step == "fdatasync":
+            info = str(os.path.getsize(p))  # what this fdatasync will make durable
+        elif step == "rename" and os.path.exists(p + ".tmp"):
+            info = str(os.path.getsize(p + ".tmp"))  # fsynced before the rename
+        os.write(log_fd, f"{count}\t{step}\t{p}\t{info}\n".encode())
+
+    _durable.set_fault_hook(hook)
+    _run_ops(path, ops, ack_fd)
+    os._exit(0)
+
+
+_ctx: Any = None
+
+
+def _context() -> Any:
+    global _ctx  # noqa: PLW0603 - one fork server per session: torch is imported once
+    if _ctx is None:
+        _ctx = multiprocessing.get_context("forkserver")
+        _ctx.set_forkserver_preload(["torch", "tensorblob", "harness"])
+    return _ctx
+
+
+@dataclass
+class Run:
+    exitcode: int
+    acks: int  # state-changing ops that returned
+    durable: int  # acks at the last flush()/close() that returned
+    log: list[tuple[str, str, str]]  # steps completed before the crash: (step, path, info)
+
+
+def run_child(path: str, ops: list[list[Any]], crash_at: int, workdir: str) -> Run:
+    ack_path = os.path.join(workdir, "acks")
+    log_path = os.path.join(workdir, "steps")
+    for p in (ack_path, log_path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+    proc = _context().Process(target=child_main, args=(path, ops, crash_at, ack_path, log_path))
+    proc.start()
+    proc.join(120)
+    if proc.exitcode is None:  # pragma: no cover - a hang is a failure
+        proc.kill()
+        raise AssertionError(f"child hung at crash point {crash_at}")
+    acks = durable = 0
+    if os.path.exists(ack_path):
+        with open(ack_path) as f:
+            for line in f.read().split():
+                if line.startswith("D"):
+                    durable = int(line[1:])
+                else:
+                    acks = int(line)
+    log: list[tuple[str, str, str]] = []  # steps completed before the crash
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            for line in f:
+                _, step, p, info = line.rstrip("\n").split("\t")
+                log.append((step, p, info))
+    return Run(proc.exitcode, acks, durable, log)
+
+
+# -- checks -----------------------------------------------------------------
+
+
+def snapshot_files(root: str) -> dict[str, tuple[bytes, int]]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            st = os.stat(p)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = (f.read(), st.st_mtime_ns)
+    return out
+
+
+def read_all(path: str) -> torch.Tensor | None:
+
+    if not os.path.exists(path):
+        return ABSENT
+    with TensorBlob.open(path, "r") as b:
+        return b[:]
+
+
+def same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+def describe(x: Any) -> str:
+    return "absent" if x is None else f"{len(x)} rows"
+
+
+@contextlib.contextmanager
+def fake_boot(boot: str) -> Iterator[None]:
+    """Make this process believe the machine rebooted (a different kernel boot id)."""
+
+    real = _durable.boot_id
+    _durable.boot_id = lambda: boot
+    try:
+        yield
+    finally:
+        _durable.boot_id = real
+
+
+def drop_unsynced(log: list[tuple[str, str, str]], root: str, *, keep_journal: bool) -> list[str]:
+    """Simulate a power cut at the crash: undo what the step log shows was never made durable.
+
+    Journal bytes past the size it had at its last fdatasync (or at the rename
+    that installed it, after an fsync) are cut off, unless ``keep_journal``:
+    then they are kept, as when the kernel wrote the journal's pages back but
+    not the blocks' (the trap of docs/design.md, "power loss"); block byte ranges written
+    since their file's last fsync, and files created or copied since then,
+    become garbage. Renames and creations are kept (a coarser model than
+    fuzz/'s). Returns what was done.
+    """
+    done: list[str] = []
+    journal = os.path.join(root, "journal")
+    durable_size: int | None = None
+    dirty: dict[str, list[tuple[int, int]] | None] = {}  # None: the whole file
+    for step, p, info in log:
+        if p == journal and step in ("fdatasync", "rename"):
+            durable_size = int(info)
+        elif "/blocks/" in p:
+            if step == "write_rows":
+                off, n = map(int, info.split(","))
+                if dirty.get(p, []) is not None:
+                    dirty.setdefault(p, []).append((off, n))
+            elif step in ("create", "copy", "ftruncate"):
+                dirty[p] = None
+            elif step == "fsync":
+                dirty.pop(p, None)
+    if not keep_journal and durable_size is not None and os.path.exists(journal):
+        cur = os.path.getsize(journal)
+        if cur > durable_size:
+            os.truncate(journal, durable_size)
+            done.append(f"journal cut {cur} -> {durable_size}")
+    g = torch.Generator().manual_seed(7)
+    for p, extents in sorted(dirty.items(), key=lambda kv: kv[0]):
+        if not os.path.exists(p):
+            continue
+        size = os.path.getsize(p)
+        with open(p, "r+b") as f:
+            for off, n in extents if extents is not None else [(0, size)]:
+                junk = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g)
+                f.seek(off)
+                f.write(junk.numpy().tobytes())
+        done.append(f"garbled {os.path.basename(p)}")
+    return done
+
+
+def exercise(path: str) -> None:
+    """A recovered blob must keep working: append, reopen, read back."""
+
+    with TensorBlob.open(path, "a") as b:
+        n = len(b)
+        b.write(rows(2, 99))
+    with TensorBlob.open(path, "r") as b:
+        assert len(b) == n + 2
+        assert torch.equal(b[n:], rows(2, 99))
