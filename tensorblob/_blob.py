@@ -461,6 +461,10 @@ class TensorBlob:
             raise
         self._depth -= 1
         if outer:
+            if engine.txn is None:  # close() inside the block rolled it back
+                raise BlobClosedError(
+                    f"blob {self._path!r} was closed inside transaction(); it was rolled back"
+                )
             if self._doomed:
                 self._rollback()
                 raise TensorBlobError(
@@ -565,6 +569,7 @@ class TensorBlob:
             )
         total = len(other)
         if total == 0:
+            self._pos = self._state.length
             return 0
         other_blocks = list(other._state.blocks)
         B = self.block_size
@@ -607,6 +612,8 @@ class TensorBlob:
         """
         self._check_open()
         pos = self._as_int(pos, "seek(pos)")
+        if not isinstance(whence, int) or isinstance(whence, bool):
+            raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2")
         if whence == io.SEEK_SET:
             new = pos
         elif whence == io.SEEK_CUR:
@@ -650,6 +657,9 @@ class TensorBlob:
     def __iter__(self) -> Iterator[torch.Tensor]:
         """Yield rows from the cursor to the end, advancing the cursor."""
         self._check_readable()
+        return self._iter_rows()
+
+    def _iter_rows(self) -> Iterator[torch.Tensor]:
         B = self.block_size
         while self._pos < self._state.length:
             start = self._pos
@@ -660,6 +670,8 @@ class TensorBlob:
 
     def _range(self, start: int, stop: int) -> torch.Tensor:
         """Copy rows ``start:stop`` (within bounds) into a new tensor."""
+        if stop <= start:
+            return torch.empty((0, *self.shape), dtype=self.dtype)
         B = self.block_size
         blocks, get = self._state.blocks, self._blocks.get
         s0, o0 = divmod(start, B)
@@ -731,12 +743,18 @@ class TensorBlob:
             slot, off = divmod(i, self.block_size)
             return self._blocks.get(self._state.blocks[slot])[off].clone()
         if isinstance(index, slice):
-            start, stop, step = index.indices(n)
+            if index.step == 0:
+                raise InvalidArgumentError("slice step cannot be zero")
+            try:
+                start, stop, step = index.indices(n)
+            except TypeError:
+                raise BlobTypeError(f"slice bounds must be ints or None, got {index!r}") from None
             if step == 1:
-                if stop <= start:
-                    return torch.empty((0, *self.shape), dtype=self.dtype)
                 return self._range(start, stop)
-            return self._gather(torch.arange(start, stop, step, dtype=torch.int64))
+            r = range(start, stop, step)
+            if not r:
+                return torch.empty((0, *self.shape), dtype=self.dtype)
+            return self._gather(torch.arange(r.start, r.stop, r.step, dtype=torch.int64))
         return self._gather(self._index_tensor(index))
 
     def _index_tensor(self, index: Any) -> torch.Tensor:
@@ -750,7 +768,7 @@ class TensorBlob:
         if isinstance(index, np.ndarray):
             if index.dtype.kind not in "iu":
                 raise BlobTypeError(f"an ndarray index must be of integers, not {index.dtype}")
-            index = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+            index = torch.from_numpy(np.array(index, dtype=np.int64, copy=True))
         if isinstance(index, torch.Tensor):
             if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
                 raise BlobTypeError(f"a tensor index must be of integers, not {index.dtype}")

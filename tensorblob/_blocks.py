@@ -74,12 +74,7 @@ class BlockStore:
 
     def _map(self, bid: int) -> torch.Tensor:
         path = self.path(bid)
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            raise CorruptBlobError(f"block file {path!r} is missing") from None
-        if size != self.nbytes:
-            raise CorruptBlobError(f"block file {path!r} has {size} bytes, expected {self.nbytes}")
+        self._check_size(path)
         mmt = MemoryMappedTensor.from_filename(
             path, dtype=self.meta.dtype, shape=self.block_shape, mode="r+" if self.writable else "r"
         )
@@ -91,12 +86,21 @@ class BlockStore:
         """Create block ``bid`` zero-filled. Not durable until ``sync``."""
         _durable.allocate(self.path(bid), self.nbytes)
 
+    def _check_size(self, path: str) -> None:
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise CorruptBlobError(f"block file {path!r} is missing") from None
+        if size != self.nbytes:
+            raise CorruptBlobError(f"block file {path!r} has {size} bytes, expected {self.nbytes}")
+
     def copy(self, src: int, dst: int) -> None:
         """Create block ``dst`` as a copy of block ``src`` (copy-on-write). Not durable."""
-        _durable.copy_file(self.path(src), self.path(dst), self.nbytes)
+        self.copy_foreign(self.path(src), dst)
 
     def copy_foreign(self, src_path: str, dst: int) -> None:
-        """Create block ``dst`` as a copy of another blob's block file."""
+        """Create block ``dst`` as a copy of the block file ``src_path`` (maybe another blob's)."""
+        self._check_size(src_path)
         _durable.copy_file(src_path, self.path(dst), self.nbytes)
 
     def sync(self, bids: set[int] | list[int], *, new_files: bool) -> None:

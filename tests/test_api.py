@@ -1,0 +1,1193 @@
+"""The public API of TensorBlob, one user-visible behaviour per test.
+
+Every test uses real blobs in ``tmp_path``; the expected values come from a
+plain in-memory reference tensor (or a Python list, for indexing semantics
+torch itself does not support, such as negative slice steps).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tensorblob
+import tensorblob.errors as tb_errors
+from tensorblob import (
+    BlobNotFoundError,
+    LockTimeoutError,
+    NotABlobError,
+    TensorBlob,
+    TensorBlobError,
+    UnsupportedOperationError,
+)
+
+# -- helpers ---------------------------------------------------------------
+
+
+def rows(n: int, shape: tuple[int, ...] = (3,), dtype=torch.float32, start: int = 0):
+    """``n`` distinct rows of ``shape``: row ``i`` holds ``(start + i) * numel + 0..numel-1``."""
+    numel = math.prod(shape)
+    flat = torch.arange(start * numel, (start + n) * numel, dtype=torch.int64)
+    return flat.reshape(n, *shape).to(dtype)
+
+
+def new_blob(
+    path,
+    data: torch.Tensor | None = None,
+    *,
+    mode: str = "w+",
+    shape: tuple[int, ...] = (3,),
+    dtype=torch.float32,
+    block_size: int = 4,
+) -> TensorBlob:
+    blob = TensorBlob.open(path, mode, dtype=dtype, shape=shape, block_size=block_size)
+    if data is not None:
+        assert blob.write(data) == data.shape[0]
+    return blob
+
+
+def make_blob(path, data: torch.Tensor, **kw) -> None:
+    """Create a blob holding ``data`` and close it."""
+    with new_blob(path, data, **kw):
+        pass
+
+
+def stored(path) -> torch.Tensor:
+    """All rows of the blob at ``path``, read through a fresh read-only handle.
+
+    Uses a full slice rather than ``read()`` so that a fault in ``read`` shows up
+    only in the tests about ``read``.
+    """
+    with TensorBlob.open(path, "r") as blob:
+        return blob[:]
+
+
+def list_index(ref: torch.Tensor, key) -> torch.Tensor:
+    """``ref`` indexed with Python list semantics (negative steps allowed)."""
+    idx = list(range(ref.shape[0]))[key]
+    return ref[torch.tensor(idx, dtype=torch.int64)]
+
+
+class Boom(Exception):
+    """Raised on purpose inside a transaction."""
+
+
+def fail_in_transaction(blob: TensorBlob, *steps) -> None:
+    """Run ``steps`` inside one transaction, then raise Boom out of it."""
+    with blob.transaction():
+        for step in steps:
+            step()
+        raise Boom
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "blob"
+
+
+# -- creation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "torch.float32", torch.float32])
+def test_dtype_can_be_given_as_a_name_or_a_torch_dtype(path, dtype):
+    with TensorBlob.open(path, "w", dtype=dtype, shape=3) as blob:
+        assert blob.dtype is torch.float32
+    with TensorBlob.open(path, "r") as blob:
+        assert blob.dtype is torch.float32
+
+
+def test_int_shape_means_one_dimensional_rows(path):
+    with TensorBlob.open(path, "w+", dtype="int64", shape=5) as blob:
+        assert blob.shape == (5,)
+        blob.write(rows(2, (5,), torch.int64))
+        assert blob[0].shape == (5,)
+    with TensorBlob.open(path, "r") as blob:
+        assert blob.shape == (5,)
+
+
+def test_tuple_shape_is_the_shape_of_every_row(path):
+    with TensorBlob.open(path, "w+", dtype="float32", shape=(2, 3, 4), block_size=2) as blob:
+        assert blob.shape == (2, 3, 4)
+        data = rows(5, (2, 3, 4))
+        blob.write(data)
+        blob.seek(0)
+        assert torch.equal(blob.read(), data)
+        assert blob[3].shape == (2, 3, 4)
+    assert torch.equal(stored(path), data)
+
+
+def test_empty_tuple_shape_stores_scalar_rows(path):
+    with TensorBlob.open(path, "w+", dtype="int32", shape=(), block_size=4) as blob:
+        assert blob.shape == ()
+        assert blob.write(torch.tensor(7, dtype=torch.int32)) == 1
+        assert blob.write(torch.arange(10, dtype=torch.int32)) == 10
+        assert len(blob) == 11
+        assert blob[0].shape == ()
+        assert int(blob[0]) == 7
+        assert int(blob[-1]) == 9
+        blob.seek(0)
+        assert blob.read(3).shape == (3,)
+    assert torch.equal(stored(path), torch.tensor([7, *range(10)], dtype=torch.int32))
+
+
+def test_block_size_defaults_to_8192_rows(path):
+    with TensorBlob.open(path, "w", dtype="uint8", shape=1) as blob:
+        assert blob.block_size == 8192
+
+
+def test_open_accepts_a_str_path_and_reports_it_absolute(path, monkeypatch):
+    monkeypatch.chdir(path.parent)
+    with TensorBlob.open("blob", "w", dtype="float32", shape=1) as blob:
+        assert blob.path == str(path)
+    with TensorBlob.open(str(path), "r") as blob:
+        assert blob.path == str(path)
+
+
+def test_a_blob_can_be_created_in_an_existing_empty_directory(path):
+    path.mkdir()
+    with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=4) as blob:
+        blob.write(rows(5))
+    assert torch.equal(stored(path), rows(5))
+
+
+def _random_rows(dtype: torch.dtype, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1234)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, (n, *shape), generator=gen).bool()
+    size = torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (n * math.prod(shape) * size,), dtype=torch.uint8, generator=gen)
+    return raw.view(dtype).reshape(n, *shape)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.complex64,
+    ],
+    ids=str,
+)
+def test_every_dtype_round_trips_bit_exactly(path, dtype):
+    # Random bit patterns: NaN payloads, infinities, -0.0 and subnormals included.
+    data = _random_rows(dtype, 11, (2, 3))
+    with new_blob(path, data, dtype=dtype, shape=(2, 3), block_size=4) as blob:
+        assert same_bits(blob[0:11], data)
+    with TensorBlob.open(path, "r") as blob:
+        assert blob.dtype == dtype
+        got = blob.read()
+        assert same_bits(got, data)
+        assert same_bits(blob[[10, 0, 5]], data[[10, 0, 5]])
+        assert same_bits(blob[7], data[7])
+
+
+# -- writing ---------------------------------------------------------------
+
+
+def test_writing_one_row_returns_one(path):
+    with new_blob(path) as blob:
+        assert blob.write(torch.tensor([1.0, 2.0, 3.0])) == 1
+        assert len(blob) == 1
+        assert blob.tell() == 1
+        assert torch.equal(blob[0], torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_writing_a_batch_returns_its_row_count(path):
+    with new_blob(path) as blob:
+        assert blob.write(rows(9)) == 9
+        assert len(blob) == 9
+        assert blob.tell() == 9
+    assert torch.equal(stored(path), rows(9))
+
+
+def test_writing_a_flat_run_of_rows_returns_the_number_of_rows(path):
+    with new_blob(path, shape=(2, 3)) as blob:
+        assert blob.write(torch.arange(30, dtype=torch.float32)) == 5
+        assert len(blob) == 5
+    assert torch.equal(stored(path), torch.arange(30, dtype=torch.float32).reshape(5, 2, 3))
+
+
+def test_writing_an_empty_batch_returns_zero_and_changes_nothing(path):
+    with new_blob(path, rows(3)) as blob:
+        blob.seek(1)
+        assert blob.write(torch.empty(0, 3)) == 0
+        assert len(blob) == 3
+        assert blob.tell() == 1
+    assert torch.equal(stored(path), rows(3))
+
+
+def test_a_non_contiguous_tensor_is_written_in_logical_order(path):
+    wide = rows(10, (6,))
+    strided = wide[:, ::2]  # (10, 3), non-contiguous
+    assert not strided.is_contiguous()
+    with new_blob(path, strided):
+        pass
+    assert torch.equal(stored(path), strided.contiguous())
+
+
+def test_a_transposed_tensor_is_written_in_logical_order(path):
+    data = rows(3, (7,)).T  # (7, 3), a transposed view
+    assert not data.is_contiguous()
+    with new_blob(path, data):
+        pass
+    assert torch.equal(stored(path), data.contiguous())
+
+
+def test_a_broadcast_tensor_is_written_as_repeated_rows(path):
+    data = torch.tensor([1.0, 2.0, 3.0]).expand(6, 3)  # stride 0 along rows
+    with new_blob(path, data):
+        pass
+    assert torch.equal(stored(path), data.contiguous())
+
+
+def test_writes_reaching_past_the_end_grow_the_blob(path):
+    with new_blob(path, rows(6)) as blob:
+        blob.seek(4)
+        assert blob.write(rows(5, start=100)) == 5
+        assert len(blob) == 9
+        assert blob.tell() == 9
+    assert torch.equal(stored(path), torch.cat([rows(4), rows(5, start=100)]))
+
+
+# -- modes -----------------------------------------------------------------
+
+
+def test_read_mode_starts_at_row_zero_and_reads_but_does_not_write(path):
+    make_blob(path, rows(6))
+    with TensorBlob.open(path, "r") as blob:
+        assert blob.tell() == 0
+        assert torch.equal(blob.read(), rows(6))
+        with pytest.raises(UnsupportedOperationError):
+            blob.write(rows(1))
+    assert torch.equal(stored(path), rows(6))
+
+
+def test_write_mode_creates_a_missing_blob(path):
+    with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=4) as blob:
+        assert len(blob) == 0
+        assert blob.tell() == 0
+        blob.write(rows(5))
+    assert torch.equal(stored(path), rows(5))
+
+
+def test_write_mode_empties_an_existing_blob(path):
+    make_blob(path, rows(9))
+    with TensorBlob.open(path, "w") as blob:
+        assert len(blob) == 0
+        assert blob.tell() == 0
+    assert stored(path).shape == (0, 3)
+
+
+def test_write_mode_cannot_read(path):
+    with TensorBlob.open(path, "w", dtype="float32", shape=3) as blob:
+        blob.write(rows(2))
+        with pytest.raises(UnsupportedOperationError):
+            blob.read()
+
+
+def test_write_plus_mode_empties_the_blob_and_can_read_back(path):
+    make_blob(path, rows(9))
+    with TensorBlob.open(path, "w+") as blob:
+        assert len(blob) == 0
+        blob.write(rows(2, start=50))
+        blob.seek(0)
+        assert torch.equal(blob.read(), rows(2, start=50))
+    assert torch.equal(stored(path), rows(2, start=50))
+
+
+def test_read_plus_mode_starts_at_row_zero_and_overwrites_there(path):
+    make_blob(path, rows(6))
+    with TensorBlob.open(path, "r+") as blob:
+        assert blob.tell() == 0
+        assert len(blob) == 6
+        blob.write(rows(2, start=100))
+        assert blob.tell() == 2
+        assert torch.equal(blob.read(1), rows(1, start=2))
+    assert torch.equal(stored(path), torch.cat([rows(2, start=100), rows(4, start=2)]))
+
+
+def test_append_mode_starts_at_the_end(path):
+    make_blob(path, rows(6))
+    with TensorBlob.open(path, "a") as blob:
+        assert blob.tell() == 6
+        assert len(blob) == 6
+
+
+def test_append_mode_writes_at_the_end_even_after_seek(path):
+    make_blob(path, rows(6))
+    with TensorBlob.open(path, "a") as blob:
+        assert blob.seek(1) == 1
+        blob.write(rows(2, start=100))
+        assert blob.tell() == 8
+        assert len(blob) == 8
+        with pytest.raises(UnsupportedOperationError):
+            blob.read()
+    assert torch.equal(stored(path), torch.cat([rows(6), rows(2, start=100)]))
+
+
+def test_append_plus_mode_reads_at_the_cursor_and_writes_at_the_end(path):
+    make_blob(path, rows(6))
+    with TensorBlob.open(path, "a+") as blob:
+        assert blob.tell() == 6
+        blob.seek(2)
+        assert torch.equal(blob.read(2), rows(2, start=2))
+        blob.write(rows(1, start=100))
+        assert blob.tell() == 7
+        blob.seek(0)
+        assert torch.equal(blob.read(), torch.cat([rows(6), rows(1, start=100)]))
+
+
+@pytest.mark.parametrize("mode", ["a", "a+"])
+def test_append_modes_create_a_missing_blob_when_dtype_and_shape_are_given(path, mode):
+    with TensorBlob.open(path, mode, dtype="int16", shape=(2,), block_size=4) as blob:
+        assert len(blob) == 0
+        assert blob.tell() == 0
+        blob.write(rows(3, (2,), torch.int16))
+    assert torch.equal(stored(path), rows(3, (2,), torch.int16))
+
+
+@pytest.mark.parametrize("mode", ["r", "r+", "a", "a+", "w", "w+"])
+def test_matching_dtype_shape_and_block_size_may_be_repeated_when_opening(path, mode):
+    make_blob(path, rows(5))
+    with TensorBlob.open(path, mode, dtype="float32", shape=3, block_size=4) as blob:
+        assert (blob.dtype, blob.shape, blob.block_size, blob.mode) == (
+            torch.float32,
+            (3,),
+            4,
+            mode,
+        )
+
+
+# -- seek and tell ---------------------------------------------------------
+
+
+def test_seek_set_cur_and_end_return_the_new_position(path):
+    with new_blob(path, rows(10)) as blob:
+        assert blob.seek(3) == 3
+        assert blob.tell() == 3
+        assert blob.seek(4, io.SEEK_CUR) == 7
+        assert blob.seek(-2, io.SEEK_CUR) == 5
+        assert blob.seek(-1, io.SEEK_END) == 9
+        assert blob.seek(0, io.SEEK_END) == 10
+        assert blob.seek(0, io.SEEK_SET) == 0
+        assert blob.seek(np.int64(2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("pos", "whence", "expected"),
+    [
+        (-5, io.SEEK_SET, 0),
+        (99, io.SEEK_SET, 10),
+        (-99, io.SEEK_CUR, 0),
+        (99, io.SEEK_CUR, 10),
+        (5, io.SEEK_END, 10),
+        (-99, io.SEEK_END, 0),
+    ],
+)
+def test_seek_is_clamped_to_the_blob(path, pos, whence, expected):
+    with new_blob(path, rows(10)) as blob:
+        blob.seek(4)
+        assert blob.seek(pos, whence) == expected
+        assert blob.tell() == expected
+
+
+# -- reading ---------------------------------------------------------------
+
+
+def test_read_with_size_returns_up_to_size_rows_and_advances(path):
+    with new_blob(path, rows(10)) as blob:
+        blob.seek(1)
+        got = blob.read(6)  # crosses two block boundaries
+        assert torch.equal(got, rows(6, start=1))
+        assert blob.tell() == 7
+        got = blob.read(100)
+        assert torch.equal(got, rows(3, start=7))
+        assert blob.tell() == 10
+
+
+@pytest.mark.parametrize("size", [None, -1, -100])
+def test_read_without_a_size_returns_the_rest(path, size):
+    with new_blob(path, rows(10)) as blob:
+        blob.seek(3)
+        got = blob.read() if size is None else blob.read(size)
+        assert torch.equal(got, rows(7, start=3))
+        assert blob.tell() == 10
+
+
+def test_read_zero_returns_no_rows_and_keeps_the_cursor(path):
+    with new_blob(path, rows(10), shape=(3,)) as blob:
+        blob.seek(4)
+        got = blob.read(0)
+        assert got.shape == (0, 3)
+        assert got.dtype == torch.float32
+        assert blob.tell() == 4
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 2), ()])
+@pytest.mark.parametrize("n", [5, 8], ids=["mid-block", "block-aligned"])
+def test_read_at_the_end_returns_an_empty_batch_of_the_row_shape(path, shape, n):
+    with new_blob(path, rows(n, shape), shape=shape, block_size=4) as blob:
+        assert blob.tell() == n
+        for got in (blob.read(), blob.read(3), blob.read(0), blob.read()):
+            assert got.shape == (0, *shape)
+            assert got.dtype == torch.float32
+        assert blob.tell() == n
+
+
+def test_read_on_an_empty_blob_returns_an_empty_batch(path):
+    with new_blob(path, shape=(2, 2)) as blob:
+        assert blob.read().shape == (0, 2, 2)
+        assert blob[0:5].shape == (0, 2, 2)
+        assert list(blob) == []
+
+
+def test_iteration_yields_rows_from_the_cursor_and_advances_it(path):
+    with new_blob(path, rows(10)) as blob:
+        blob.seek(3)
+        it = iter(blob)
+        first = next(it)
+        assert first.shape == (3,)
+        assert torch.equal(first, rows(1, start=3)[0])
+        assert blob.tell() == 4
+        rest = list(it)
+        assert torch.equal(torch.stack(rest), rows(6, start=4))
+        assert blob.tell() == 10
+        assert list(blob) == []
+
+
+def test_breaking_out_of_iteration_leaves_the_cursor_after_the_last_row_seen(path):
+    with new_blob(path, rows(10)) as blob:
+        blob.seek(0)
+        seen = []
+        for row in blob:
+            seen.append(row)
+            if len(seen) == 6:
+                break
+        assert blob.tell() == 6
+        assert torch.equal(blob.read(1), rows(1, start=6))
+
+
+def test_len_is_the_row_count(path):
+    with new_blob(path) as blob:
+        assert len(blob) == 0
+        blob.write(rows(7))
+        assert len(blob) == 7
+
+
+# -- indexing --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        (0, 0),
+        (5, 5),
+        (10, 10),
+        (-1, 10),
+        (-11, 0),
+        (np.int64(6), 6),
+        (np.int32(-2), 9),
+        (np.uint8(3), 3),
+        (torch.tensor(7), 7),
+        (torch.tensor(-3, dtype=torch.int32), 8),
+    ],
+    ids=repr,
+)
+def test_an_integer_index_returns_one_row_of_the_row_shape(path, key, expected):
+    ref = rows(11, (2, 3))
+    with new_blob(path, ref, shape=(2, 3)) as blob:
+        got = blob[key]
+        assert got.shape == (2, 3)
+        assert torch.equal(got, ref[expected])
+        assert blob.tell() == 11  # indexing does not move the cursor
+
+
+SLICES = [
+    slice(None),
+    slice(2, 9),
+    slice(3, 4),
+    slice(4, 8),
+    slice(5, 5),
+    slice(9, 2),
+    slice(9, 2, 3),
+    slice(-5, None),
+    slice(-100, 100),
+    slice(None, None, 2),
+    slice(1, 20, 3),
+    slice(None, None, 5),
+    slice(None, None, 100),
+    slice(None, None, -1),
+    slice(None, None, -3),
+    slice(-1, 2, -4),
+    slice(15, 3, -2),
+    slice(2, 15, -1),
+    slice(100, -100, -7),
+    slice(-2, None, -1),
+    slice(None, -100, -1),
+]
+
+
+@pytest.mark.parametrize("key", SLICES, ids=repr)
+def test_slices_with_any_step_follow_python_list_semantics(path, key):
+    ref = rows(23)
+    with new_blob(path, ref, block_size=4) as blob:
+        got = blob[key]
+        want = list_index(ref, key)
+        assert got.shape == want.shape
+        assert torch.equal(got, want)
+
+
+def test_the_readme_negative_step_slice_on_a_large_blob(path):
+    n = 100_000
+    ref = torch.arange(n * 8, dtype=torch.int32).reshape(n, 8)
+    with TensorBlob.open(path, "w+", dtype="int32", shape=8) as blob:
+        blob.write(ref)
+        got = blob[-1:16384:-12345]
+    want = list_index(ref, slice(-1, 16384, -12345))
+    assert want.shape == (7, 8)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        [3, 0, 22, 7, 7, -1, 5, -23],
+        (21, 4, 4, 9, -2),
+        torch.tensor([0, 12, 12, 3, -1, 19]),
+        torch.tensor([5, -5, 5], dtype=torch.int32),
+        np.array([22, 1, 1, 16, -8]),
+        np.array([2, 3, 2], dtype=np.uint16),
+        [],
+        [6],
+        torch.tensor([9, 10, 11]),  # all inside one block
+    ],
+    ids=repr,
+)
+def test_batch_indexing_keeps_order_repeats_and_negative_entries(path, key):
+    ref = rows(23, (2,))
+    with new_blob(path, ref, shape=(2,), block_size=4) as blob:
+        got = blob[key]
+    idx = [int(i) for i in key]
+    want = ref[torch.tensor(idx, dtype=torch.int64)].reshape(len(idx), 2)
+    assert got.shape == (len(idx), 2)
+    assert torch.equal(got, want)
+
+
+def test_a_read_only_ndarray_works_as_an_index_without_warnings(path):
+    # np.frombuffer and friends give read-only arrays; under -W error a warning is a failure.
+    key = np.array([4, 0, 9])
+    key.setflags(write=False)
+    ref = rows(10)
+    with new_blob(path, ref) as blob:
+        got = blob[key]
+    assert torch.equal(got, ref[[4, 0, 9]])
+
+
+@pytest.mark.parametrize(
+    "get",
+    [
+        lambda b: b[2],
+        lambda b: b[-1],
+        lambda b: b[1:3],
+        lambda b: b[0:10],
+        lambda b: b[::3],
+        lambda b: b[[1, 2]],
+        lambda b: b[torch.tensor([5, 6])],  # one block: the gather fast path
+        lambda b: b.read(),
+        lambda b: next(iter(b)),
+    ],
+    ids=[
+        "int",
+        "negative",
+        "slice-in-block",
+        "slice-across",
+        "step",
+        "list",
+        "tensor",
+        "read",
+        "iter",
+    ],
+)
+def test_returned_tensors_never_alias_the_file(path, get):
+    ref = rows(10)
+    make_blob(path, ref)
+    for mode in ("r", "r+"):
+        with TensorBlob.open(path, mode) as blob:
+            got = get(blob)
+            got.fill_(-1.0)
+            assert torch.equal(blob[0:10], ref)
+    assert torch.equal(stored(path), ref)
+
+
+# -- truncate --------------------------------------------------------------
+
+
+def test_truncate_cuts_the_blob_and_returns_the_new_length(path):
+    with new_blob(path, rows(10)) as blob:
+        assert blob.truncate(5) == 5
+        assert len(blob) == 5
+        assert torch.equal(blob[0:5], rows(5))
+    assert torch.equal(stored(path), rows(5))
+
+
+def test_truncate_without_a_size_cuts_at_the_cursor(path):
+    with new_blob(path, rows(10)) as blob:
+        blob.seek(7)
+        assert blob.truncate() == 7
+        assert blob.tell() == 7
+    assert torch.equal(stored(path), rows(7))
+
+
+def test_truncate_past_the_end_changes_nothing(path):
+    with new_blob(path, rows(10)) as blob:
+        blob.seek(3)
+        assert blob.truncate(10) == 10
+        assert blob.truncate(50) == 10
+        assert len(blob) == 10
+        assert blob.tell() == 3
+    assert torch.equal(stored(path), rows(10))
+
+
+def test_truncate_moves_a_cursor_past_the_new_end_back_to_the_end(path):
+    with new_blob(path, rows(10)) as blob:
+        assert blob.tell() == 10
+        blob.truncate(3)
+        assert blob.tell() == 3
+
+
+def test_truncate_keeps_a_cursor_before_the_new_end(path):
+    with new_blob(path, rows(10)) as blob:
+        blob.seek(2)
+        blob.truncate(6)
+        assert blob.tell() == 2
+
+
+def test_truncate_to_zero_empties_the_blob(path):
+    with new_blob(path, rows(10)) as blob:
+        assert blob.truncate(0) == 0
+        assert blob.tell() == 0
+        assert len(blob) == 0
+        assert blob[:].shape == (0, 3)
+    assert stored(path).shape == (0, 3)
+
+
+@pytest.mark.parametrize("cut", [0, 3, 4, 5, 8, 9])
+def test_regrowing_after_truncate_never_resurrects_old_rows(path, cut):
+    with new_blob(path, rows(10)) as blob:
+        blob.truncate(cut)
+        blob.seek(0, io.SEEK_END)
+        blob.write(rows(1, start=100))
+        blob.write(rows(5, start=200))
+        want = torch.cat([rows(cut), rows(1, start=100), rows(5, start=200)])
+        assert len(blob) == cut + 6
+        blob.seek(0)
+        assert torch.equal(blob.read(), want)
+    assert torch.equal(stored(path), want)
+
+
+def test_regrowing_after_truncate_in_another_session_never_resurrects_old_rows(path):
+    make_blob(path, rows(10))
+    with TensorBlob.open(path, "r+") as blob:
+        blob.truncate(5)
+    with TensorBlob.open(path, "a") as blob:
+        blob.write(rows(1, start=100))
+    want = torch.cat([rows(5), rows(1, start=100)])
+    assert torch.equal(stored(path), want)
+
+
+# -- overwrite -------------------------------------------------------------
+
+
+def test_overwriting_in_read_plus_across_block_boundaries_changes_only_those_rows(path):
+    make_blob(path, rows(14))
+    with TensorBlob.open(path, "r+") as blob:
+        blob.seek(3)
+        assert blob.write(rows(6, start=100)) == 6  # rows 3..8 span blocks 0, 1 and 2
+        assert blob.tell() == 9
+        assert len(blob) == 14
+    want = rows(14)
+    want[3:9] = rows(6, start=100)
+    assert torch.equal(stored(path), want)
+
+
+def test_overwriting_the_same_rows_twice_keeps_the_last_write(path):
+    make_blob(path, rows(8))
+    with TensorBlob.open(path, "r+") as blob:
+        blob.seek(2)
+        blob.write(rows(3, start=100))
+        blob.seek(2)
+        blob.write(rows(3, start=200))
+    want = rows(8)
+    want[2:5] = rows(3, start=200)
+    assert torch.equal(stored(path), want)
+
+
+# -- extend ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n_self", "n_other"), [(0, 5), (10, 11), (8, 8), (3, 2), (9, 0)])
+def test_extend_in_order_appends_the_other_blobs_rows(tmp_path, n_self, n_other):
+    a, b = tmp_path / "a", tmp_path / "b"
+    mine, theirs = rows(n_self), rows(n_other, start=1000)
+    make_blob(b, theirs)
+    with new_blob(a, mine) as blob, TensorBlob.open(b, "r") as other:
+        assert blob.extend(other) == n_other
+        assert blob.tell() == n_self + n_other
+        assert len(blob) == n_self + n_other
+        assert len(other) == n_other
+    assert torch.equal(stored(a), torch.cat([mine, theirs]))
+    assert torch.equal(stored(b), theirs)
+
+
+@pytest.mark.parametrize(
+    ("n_self", "n_other"), [(10, 11), (8, 11), (10, 8), (8, 8), (1, 9), (0, 9), (3, 4)]
+)
+def test_extend_without_order_copies_whole_blocks_in_the_documented_order(
+    tmp_path, n_self, n_other
+):
+    b_size = 4
+    a, b = tmp_path / "a", tmp_path / "b"
+    mine, theirs = rows(n_self), rows(n_other, start=1000)
+    make_blob(b, theirs, block_size=b_size)
+    with new_blob(a, mine, block_size=b_size) as blob, TensorBlob.open(b, "r") as other:
+        assert blob.extend(other, maintain_order=False) == n_other
+        assert blob.tell() == n_self + n_other
+        assert len(blob) == n_self + n_other
+    # self's full blocks, other's full blocks, self's partial block, other's partial block
+    fs, fo = n_self // b_size * b_size, n_other // b_size * b_size
+    want = torch.cat([mine[:fs], theirs[:fo], mine[fs:], theirs[fo:]])
+    assert torch.equal(stored(a), want)
+    assert torch.equal(stored(b), theirs)
+
+
+def test_extend_without_order_then_writing_more_keeps_every_row(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_blob(b, rows(9, start=1000))
+    with new_blob(a, rows(6)) as blob, TensorBlob.open(b, "r") as other:
+        blob.extend(other, maintain_order=False)
+        blob.write(rows(3, start=500))
+        blob.seek(0)
+        got = blob.read()
+    want = torch.cat([rows(4), rows(8, start=1000), rows(2, start=4), rows(1, start=1008)])
+    want = torch.cat([want, rows(3, start=500)])
+    assert torch.equal(got, want)
+    assert torch.equal(stored(a), want)
+
+
+def test_extend_without_order_falls_back_to_order_when_block_sizes_differ(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    mine, theirs = rows(10), rows(13, start=1000)
+    make_blob(b, theirs, block_size=3)
+    with new_blob(a, mine, block_size=4) as blob, TensorBlob.open(b, "r") as other:
+        assert blob.extend(other, maintain_order=False) == 13
+    assert torch.equal(stored(a), torch.cat([mine, theirs]))
+
+
+def test_extend_from_a_writable_handle_of_the_other_blob(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with new_blob(a, rows(5)) as blob, new_blob(b, rows(6, start=1000)) as other:
+        assert blob.extend(other) == 6
+        other.write(rows(1, start=2000))  # other stays usable and unchanged by extend
+    assert torch.equal(stored(a), torch.cat([rows(5), rows(6, start=1000)]))
+    assert torch.equal(stored(b), torch.cat([rows(6, start=1000), rows(1, start=2000)]))
+
+
+def test_extending_a_blob_with_itself_doubles_it(path):
+    with new_blob(path, rows(10)) as blob:
+        assert blob.extend(blob) == 10
+        assert len(blob) == 20
+    assert torch.equal(stored(path), torch.cat([rows(10), rows(10)]))
+
+
+def test_extend_with_an_empty_blob_returns_zero(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_blob(b, rows(0))
+    with new_blob(a, rows(5)) as blob, TensorBlob.open(b, "r") as other:
+        blob.seek(2)
+        assert blob.extend(other) == 0
+        assert blob.extend(other, maintain_order=False) == 0
+        assert len(blob) == 5
+    assert torch.equal(stored(a), rows(5))
+
+
+def test_extend_in_append_mode_appends(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_blob(a, rows(5))
+    make_blob(b, rows(7, start=1000))
+    with TensorBlob.open(a, "a") as blob, TensorBlob.open(b, "r") as other:
+        assert blob.extend(other) == 7
+    assert torch.equal(stored(a), torch.cat([rows(5), rows(7, start=1000)]))
+
+
+# -- transactions ----------------------------------------------------------
+
+
+def test_a_transaction_commits_several_calls_at_once(path):
+    make_blob(path, rows(10))
+    with TensorBlob.open(path, "r+") as blob:
+        with blob.transaction() as same:
+            assert same is blob
+            blob.seek(2)
+            blob.write(rows(3, start=100))
+            blob.truncate(8)
+            blob.seek(0, io.SEEK_END)
+            blob.write(rows(4, start=200))
+            # Nothing is visible to a new reader until the transaction ends.
+            assert torch.equal(stored(path), rows(10))
+            assert len(blob) == 12
+        assert torch.equal(stored(path)[2:5], rows(3, start=100))
+    want = torch.cat([rows(2), rows(3, start=100), rows(3, start=5), rows(4, start=200)])
+    assert torch.equal(stored(path), want)
+
+
+def test_an_exception_in_a_transaction_rolls_back_data_length_and_cursor(path):
+    make_blob(path, rows(10))
+    with TensorBlob.open(path, "r+") as blob:
+        blob.seek(6)
+        with pytest.raises(Boom):
+            fail_in_transaction(
+                blob,
+                lambda: blob.seek(1),
+                lambda: blob.write(rows(2, start=100)),
+                lambda: blob.truncate(5),
+                lambda: blob.write(rows(9, start=200)),
+                lambda: blob.seek(0),
+            )
+        assert len(blob) == 10
+        assert blob.tell() == 6
+        assert torch.equal(blob[0:10], rows(10))
+        blob.seek(0)
+        assert torch.equal(blob.read(), rows(10))
+        # the handle stays usable
+        blob.seek(6)
+        blob.write(rows(1, start=300))
+    want = rows(10)
+    want[6] = rows(1, start=300)[0]
+    assert torch.equal(stored(path), want)
+
+
+def test_an_exception_in_a_transaction_on_a_new_blob_leaves_it_empty(path):
+    with new_blob(path) as blob:
+        with pytest.raises(Boom):
+            fail_in_transaction(blob, lambda: blob.write(rows(9)))
+        assert len(blob) == 0
+    assert stored(path).shape == (0, 3)
+
+
+def test_an_exception_in_a_transaction_with_extend_rolls_it_back(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_blob(b, rows(9, start=1000))
+    with new_blob(a, rows(6)) as blob, TensorBlob.open(b, "r") as other:
+        blob.flush()
+        files = sorted(os.listdir(a / "blocks"))
+        for ordered in (True, False):
+            with pytest.raises(Boom):
+                fail_in_transaction(blob, lambda o=ordered: blob.extend(other, maintain_order=o))
+            assert len(blob) == 6
+            assert torch.equal(blob[0:6], rows(6))
+            assert sorted(os.listdir(a / "blocks")) == files  # no block file left behind
+    assert torch.equal(stored(a), rows(6))
+
+
+def test_a_nested_transaction_joins_the_outer_one(path):
+    make_blob(path, rows(4))
+    with TensorBlob.open(path, "a") as blob:
+
+        def inner() -> None:
+            with blob.transaction():
+                blob.write(rows(2, start=100))
+            # the inner block ended, but nothing is committed yet
+            assert torch.equal(stored(path), rows(4))
+
+        with pytest.raises(Boom):
+            fail_in_transaction(blob, inner)
+        assert len(blob) == 4
+        with blob.transaction():
+            with blob.transaction():
+                blob.write(rows(1, start=200))
+            blob.write(rows(1, start=300))
+    assert torch.equal(stored(path), torch.cat([rows(4), rows(1, start=200), rows(1, start=300)]))
+
+
+def test_closing_inside_a_transaction_rolls_it_back(path):
+    make_blob(path, rows(4))
+    blob = TensorBlob.open(path, "r+")
+    try:
+        with blob.transaction():
+            blob.write(rows(6, start=100))
+            blob.close()
+    except TensorBlobError:
+        pass  # leaving a transaction whose blob was closed may report it, but only this way
+    assert blob.closed
+    assert torch.equal(stored(path), rows(4))
+
+
+def test_transaction_is_refused_on_a_read_only_blob(path):
+    make_blob(path, rows(2))
+    with TensorBlob.open(path, "r") as blob, pytest.raises(UnsupportedOperationError):
+        blob.transaction().__enter__()
+
+
+# -- readers keep their snapshot --------------------------------------------
+
+
+@pytest.mark.parametrize("touch_first", [False, True], ids=["lazy", "mapped"])
+def test_a_reader_keeps_its_snapshot_while_a_writer_changes_the_blob(path, touch_first):
+    ref = rows(10)
+    make_blob(path, ref)
+    reader = TensorBlob.open(path, "r")
+    try:
+        if touch_first:
+            assert torch.equal(reader[0:10], ref)
+        with TensorBlob.open(path, "r+") as writer:
+            writer.seek(1)
+            writer.write(rows(6, start=100))  # overwrite across blocks
+            assert len(reader) == 10
+            assert torch.equal(reader[0:10], ref)
+            writer.truncate(9)
+            writer.seek(0, io.SEEK_END)
+            writer.write(rows(1, start=200))  # overwrite the last row of the old partial block
+            writer.truncate(3)
+            writer.seek(0, io.SEEK_END)
+            writer.write(rows(8, start=300))  # regrow past the old end
+            writer.flush()
+            new = torch.cat([rows(1), rows(2, start=100), rows(8, start=300)])
+            assert torch.equal(stored(path), new)  # a new reader sees the new state
+            assert len(reader) == 10
+            assert torch.equal(reader[0:10], ref)
+            assert torch.equal(reader[[9, 0, 4]], ref[[9, 0, 4]])
+        # still the old snapshot after the writer closed
+        assert len(reader) == 10
+        assert torch.equal(reader.read(), ref)
+    finally:
+        reader.close()
+    assert torch.equal(stored(path), new)
+    # a later writer may now reclaim the old blocks; the blob stays intact
+    with TensorBlob.open(path, "r+"):
+        pass
+    assert torch.equal(stored(path), new)
+
+
+def test_a_reader_opened_after_a_commit_sees_it(path):
+    make_blob(path, rows(3))
+    with TensorBlob.open(path, "a") as writer:
+        writer.write(rows(2, start=100))
+        with TensorBlob.open(path, "r") as reader:
+            assert len(reader) == 5
+            assert torch.equal(reader[3:5], rows(2, start=100))
+
+
+# -- unlink ----------------------------------------------------------------
+
+
+def test_unlink_removes_the_blob_directory(path):
+    make_blob(path, rows(10))
+    TensorBlob.unlink(path)
+    assert not path.exists()
+    assert os.listdir(path.parent) == []
+    with pytest.raises(BlobNotFoundError):
+        TensorBlob.open(path, "r")
+
+
+def test_a_blob_can_be_created_again_after_unlink(path):
+    make_blob(path, rows(10))
+    TensorBlob.unlink(str(path))
+    with TensorBlob.open(path, "w+", dtype="int8", shape=2) as blob:
+        assert len(blob) == 0
+        assert blob.dtype == torch.int8
+
+
+@pytest.mark.parametrize("where", [".", "blocks"])
+def test_unlink_refuses_a_directory_holding_foreign_files(path, where):
+    make_blob(path, rows(10))
+    (path / where / "mine.txt").write_text("keep me")
+    with pytest.raises(NotABlobError, match=r"mine\.txt"):
+        TensorBlob.unlink(path)
+    assert (path / where / "mine.txt").read_text() == "keep me"
+    assert torch.equal(stored(path), rows(10))
+
+
+def test_unlink_of_a_missing_blob_raises_unless_missing_ok(path):
+    with pytest.raises(BlobNotFoundError, match="blob"):
+        TensorBlob.unlink(path)
+    TensorBlob.unlink(path, missing_ok=True)
+    assert not path.exists()
+
+
+def test_unlink_waits_for_the_writer_lock(path):
+    make_blob(path, rows(3))
+    with TensorBlob.open(path, "r+"):
+        with pytest.raises(LockTimeoutError):
+            TensorBlob.unlink(path, timeout=0.1)
+        assert path.is_dir()
+    assert torch.equal(stored(path), rows(3))
+
+
+# -- properties, closing, reopening -----------------------------------------
+
+
+def test_properties_report_the_layout_and_the_open_options(path):
+    with TensorBlob.open(
+        path, "w+", dtype="bfloat16", shape=(2, 5), block_size=16, sync="full"
+    ) as blob:
+        assert blob.dtype is torch.bfloat16
+        assert blob.shape == (2, 5)
+        assert isinstance(blob.shape, tuple)
+        assert blob.block_size == 16
+        assert blob.mode == "w+"
+        assert blob.path == str(path)
+        assert blob.sync == "full"
+        assert blob.closed is False
+    with TensorBlob.open(path, "r") as blob:
+        assert (blob.dtype, blob.shape, blob.block_size) == (torch.bfloat16, (2, 5), 16)
+        assert blob.mode == "r"
+        assert blob.sync == "normal"
+    assert blob.closed is True
+    assert blob.dtype is torch.bfloat16  # layout stays readable after close
+
+
+def test_the_context_manager_closes_the_blob_even_on_error(path):
+    with pytest.raises(ZeroDivisionError), new_blob(path, rows(2)) as blob:
+        1 / 0  # noqa: B018
+    assert blob.closed
+    # the writer lock was released: another writer gets in at once
+    with TensorBlob.open(path, "r+", timeout=0) as again:
+        assert len(again) == 2
+
+
+def test_close_releases_the_writer_lock(path):
+    blob = new_blob(path, rows(2))
+    blob.close()
+    assert blob.closed
+    with TensorBlob.open(path, "a", timeout=0) as again:
+        again.write(rows(1))
+
+
+def test_reopening_after_close_sees_the_data(path):
+    blob = new_blob(path, rows(7, dtype=torch.float64), dtype=torch.float64)
+    blob.close()
+    for mode in ("r", "r+", "a+"):
+        with TensorBlob.open(path, mode) as again:
+            assert len(again) == 7
+            again.seek(0)
+            assert torch.equal(again[:], rows(7, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_both_sync_levels_store_the_same_data(path, sync):
+    with TensorBlob.open(path, "w+", dtype="float32", shape=3, block_size=4, sync=sync) as blob:
+        blob.write(rows(9))
+        blob.flush()
+        blob.seek(2)
+        blob.write(rows(2, start=50))
+        blob.truncate(7)
+    want = rows(7)
+    want[2:4] = rows(2, start=50)
+    assert torch.equal(stored(path), want)
+
+
+def test_flush_keeps_the_blob_usable(path):
+    with new_blob(path, rows(3)) as blob:
+        blob.flush()
+        blob.flush()
+        blob.write(rows(2, start=3))
+        blob.flush()
+        assert len(blob) == 5
+    with TensorBlob.open(path, "r") as blob:
+        blob.flush()  # a no-op for a reader
+        assert torch.equal(blob.read(), rows(5))
+
+
+def test_many_commits_survive_reopen(path):
+    # enough commits to roll the journal over into a checkpoint at least once
+    with new_blob(path, block_size=2) as blob:
+        for i in range(1200):
+            blob.write(rows(1, start=i))
+    assert torch.equal(stored(path), rows(1200))
+
+
+def test_repr_names_the_path_and_the_row_count(path):
+    with new_blob(path, rows(3)) as blob:
+        assert str(path) in repr(blob)
+        assert "3 rows" in repr(blob)
+    assert "closed" in repr(blob)
+
+
+# -- the package surface ---------------------------------------------------
+
+
+def test_all_is_sorted_and_every_name_exists():
+    names = tensorblob.__all__
+    assert names == sorted(names)
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert hasattr(tensorblob, name), name
+    assert "TensorBlob" in names
+
+
+def test_every_error_class_is_exported_from_the_package():
+    for name in tb_errors.__all__:
+        assert getattr(tensorblob, name) is getattr(tb_errors, name)
+
+
+def _error_classes() -> list[type[BaseException]]:
+    found = [
+        obj
+        for obj in vars(tb_errors).values()
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+    ]
+    return sorted(found, key=lambda c: c.__name__)
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
+def test_every_error_subclasses_tensorblob_error_and_pickles(cls):
+    assert issubclass(cls, TensorBlobError)
+    err = cls("blob '/x/y' is broken")
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is cls
+    assert str(again) == str(err)
+    assert again.args == err.args
+
+
+@pytest.mark.parametrize(
+    ("name", "base"),
+    [
+        ("BlobNotFoundError", FileNotFoundError),
+        ("NotABlobError", ValueError),
+        ("CorruptBlobError", ValueError),
+        ("UnsupportedVersionError", ValueError),
+        ("LockTimeoutError", TimeoutError),
+        ("BlobClosedError", ValueError),
+        ("UnsupportedOperationError", io.UnsupportedOperation),
+        ("InvalidArgumentError", ValueError),
+        ("BlobTypeError", TypeError),
+        ("DTypeMismatchError", TypeError),
+        ("ShapeMismatchError", ValueError),
+        ("InvalidIndexError", IndexError),
+    ],
+)
+def test_every_error_is_also_the_standard_exception_a_caller_would_catch(name, base):
+    assert issubclass(getattr(tb_errors, name), base)
