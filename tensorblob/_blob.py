@@ -224,7 +224,14 @@ class TensorBlob:
         return blob
 
     def _setup(  # noqa: PLR0917 - private, called once from open()
-        self, root: str, mode: str, meta: Meta, max_cached: int, sync: str, timeout: float
+        self,
+        root: str,
+        mode: str,
+        meta: Meta,
+        max_cached: int,
+        sync: str,
+        timeout: float,
+        snapshot: tuple[ReaderLease, State] | None = None,
     ) -> None:
         self._path = root
         self._mode = mode
@@ -238,6 +245,8 @@ class TensorBlob:
         self._lease: ReaderLease | None = None
         self._depth = 0
         self._doomed = False
+        self._pid = os.getpid()
+        self._max_cached = max_cached
         self._saved_pos = 0
         self.recovery_actions: list[str] = []
         self._blocks = BlockStore(root, meta, writable=self._writable, max_cached=max_cached)
@@ -246,13 +255,16 @@ class TensorBlob:
             self._lock.acquire()
             try:
                 self._open_writer()
+                self._lock.record_owner()
             except BaseException:
                 self._lock.release()
                 raise
+        elif snapshot is not None:  # unpickling: the lease already holds the state
+            self._lease, self._state = snapshot
         else:
             self._lease = ReaderLease(root)
             try:
-                self._state = _recovery.load(root, meta).state
+                self._state = self._load_snapshot(self._lease)
             except BaseException:
                 self._lease.release()
                 raise
@@ -265,6 +277,28 @@ class TensorBlob:
             except BaseException:
                 self.close()
                 raise
+
+    def _load_snapshot(self, lease: ReaderLease) -> State:
+        """Read the newest commit under a lease that protects it from the first instant."""
+        lease.hold_everything()
+        state = _recovery.load(self._path, self._meta).state
+        lease.hold(state.seq)
+        return state
+
+    def refresh(self) -> int:
+        """Move a reader to the newest committed snapshot; return the new length.
+
+        The cursor is kept (clamped to the new length). A writer always sees
+        its own newest state, so this only returns its length.
+        """
+        self._check_open()
+        if self._lease is not None:
+            if os.getpid() != self._pid:  # a forked child: take a lease of its own
+                self._lease = ReaderLease(self._path)
+                self._pid = os.getpid()
+            self._state = self._load_snapshot(self._lease)
+            self._pos = min(self._pos, self._state.length)
+        return self._state.length
 
     def _open_writer(self) -> None:
         loaded = _recovery.load(self._path, self._meta)
@@ -293,6 +327,11 @@ class TensorBlob:
         """
         if getattr(self, "_closed", True):
             return
+        if os.getpid() != self._pid:
+            # A forked copy: the locks, journal and lease belong to the parent.
+            self._closed = True
+            self._blocks.close()
+            return
         try:
             if self._engine is not None:
                 if self._engine.txn is not None:
@@ -319,9 +358,18 @@ class TensorBlob:
         self.close()
 
     def __reduce__(self) -> Any:
-        raise UnsupportedOperationError(
-            f"blob {self._path!r} cannot be pickled yet; open it in each process instead"
-        )
+        """Pickle a reader as its snapshot (for DataLoader workers); refuse writers.
+
+        The unpickled copy reads the same snapshot if its blocks are still
+        there (they are while the original stays open on it), else the newest.
+        """
+        self._check_open()
+        if self._engine is not None:
+            raise UnsupportedOperationError(
+                f"blob {self._path!r} is open for writing and cannot be pickled; "
+                "open it read-only ('r') for DataLoader workers"
+            )
+        return (_unpickle_reader, (self._path, self._state, self._pos, self._max_cached))
 
     @classmethod
     def unlink(
@@ -425,6 +473,11 @@ class TensorBlob:
 
     def _check_writable(self) -> Engine:
         self._check_open()
+        if self._engine is not None and os.getpid() != self._pid:
+            raise UnsupportedOperationError(
+                f"blob {self._path!r} was opened for writing by process {self._pid}; "
+                "a forked child cannot write through it (open it again in the child)"
+            )
         if self._engine is None:
             raise UnsupportedOperationError(
                 f"blob {self._path!r} is not open for writing (mode {self._mode!r})"
@@ -779,3 +832,23 @@ class TensorBlob:
             f"blob indices must be int, slice, list, tuple, 1-D int tensor or ndarray, "
             f"not {type(index).__name__}"
         )
+
+
+def _unpickle_reader(path: str, state: State, pos: int, max_cached: int) -> TensorBlob:
+    blob = TensorBlob()
+    meta = read_meta(path)
+    lease = ReaderLease(path)
+    try:
+        lease.hold(state.seq)
+        store = BlockStore(path, meta, writable=False, max_cached=max_cached)
+        if not all(os.path.exists(store.path(b)) for b in state.blocks):
+            blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT)
+            lease.release()
+            blob._pos = min(pos, blob._state.length)
+            return blob
+    except BaseException:
+        lease.release()
+        raise
+    blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT, (lease, state))
+    blob._pos = min(pos, state.length)
+    return blob

@@ -35,6 +35,7 @@ __all__ = [
     "set_fault_hook",
     "unlink",
     "write_atomic",
+    "write_lock_owner",
     "write_rows",
 ]
 
@@ -217,3 +218,15 @@ def write_rows(block: torch.Tensor, row: int, src: torch.Tensor, path: str) -> N
     row_bytes = src[0].numel() * src.element_size()
     _step("write_rows", path, (row * row_bytes, n * row_bytes))
     block[row : row + n].copy_(src)
+
+
+def write_lock_owner(path: str, data: bytes) -> None:
+    """Replace the contents of the (held) lock file with ``data``. Informational, not durable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        _step("write", path)
+        os.pwrite(fd, data, 0)
+        _step("ftruncate", path)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)

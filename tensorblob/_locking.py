@@ -1,23 +1,55 @@
-"""Cross-process locks: one writer at a time (filelock), and the readers' lease (flock).
+"""Cross-process locks: one writer at a time (filelock), and the readers' snapshot leases.
 
 ``lock`` is held exclusively by the one writer for as long as it is open. The
-kernel drops it when the holder dies, so a killed writer never leaves the blob
-locked. ``readers`` is held *shared* by every open reader; the writer deletes
-freed blocks only while it can take it exclusively (non-blocking), so a block
-a reader's snapshot may still map is never deleted under it.
+kernel drops it when the holder dies, so a killed writer never leaves the
+blob locked. Once open, the writer records its pid and host in the file (informational:
+a waiting writer names the holder in its error).
+
+``readers`` carries one shared byte-range lock per open reader, at the byte
+whose offset is the reader's snapshot sequence number ``seq`` (see
+``snapshot_seq``). A block first referenced by the commit with sequence
+``born`` and freed by the one with sequence ``F`` is needed only by
+snapshots in ``[born, F)``, so the writer may delete it once no reader holds
+a lock in that range. The locks are Linux open-file-
+description locks: per handle, not per process, released by the kernel when
+the holder dies, and never blocking anyone: a reader never waits for the
+writer and the writer only tests for readers.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import struct
 
 import filelock
 
+from . import _durable
 from .errors import LockTimeoutError
 
 LOCK = "lock"
 READERS = "readers"
+_EOF = 0  # l_len 0: to the end of the file and beyond
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux (x86_64, aarch64)
+
+
+def snapshot_seq(gen: int, q: int) -> int:
+    """Order snapshots: generation, then the journal frame that ends them."""
+    return (gen << 32) | q
+
+
+def _lock_range(fd: int, kind: int, start: int, length: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+
+
+def _holder(root: str) -> str:
+    try:
+        with open(os.path.join(root, LOCK)) as f:
+            text = f.read(200).strip()
+    except OSError:
+        return ""
+    return f" (held by {text})" if text else ""
 
 
 class WriterLock:
@@ -30,16 +62,21 @@ class WriterLock:
             thread_local=False,
             preserve_lock_file=True,
             fallback_to_soft=False,
-            poll_interval=0.01,
+            poll_interval=0.005,
         )
+
+    def record_owner(self) -> None:
+        """Name this process in the lock file, for the error a waiting writer gets."""
+        owner = f"pid {os.getpid()} on {socket.gethostname()}"
+        _durable.write_lock_owner(os.path.join(self.root, LOCK), owner.encode())
 
     def acquire(self) -> None:
         try:
             self._lock.acquire()
         except filelock.Timeout:
             raise LockTimeoutError(
-                f"blob {self.root!r} is locked by another writer; gave up after "
-                f"{self.timeout} s (pass a larger timeout=, or close the other writer)"
+                f"blob {self.root!r} is locked by another writer{_holder(self.root)}; gave up "
+                f"after {self.timeout} s (pass a larger timeout=, or close the other writer)"
             ) from None
 
     def release(self) -> None:
@@ -48,11 +85,21 @@ class WriterLock:
 
 
 class ReaderLease:
-    """A shared flock on ``readers``, held while a reader is open."""
+    """A reader's hold on its snapshot: a shared lock on byte ``seq`` of ``readers``."""
 
     def __init__(self, root: str) -> None:
         self.fd = os.open(os.path.join(root, READERS), os.O_RDONLY | os.O_CLOEXEC)
-        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def hold_everything(self) -> None:
+        """Protect every block while a snapshot is being read (its seq is not known yet)."""
+        _lock_range(self.fd, fcntl.F_RDLCK, 0, _EOF)
+
+    def hold(self, seq: int) -> None:
+        """Narrow the hold to snapshot ``seq``: lock that byte, then release the rest."""
+        _lock_range(self.fd, fcntl.F_RDLCK, seq, 1)
+        if seq:
+            _lock_range(self.fd, fcntl.F_UNLCK, 0, seq)
+        _lock_range(self.fd, fcntl.F_UNLCK, seq + 1, _EOF)
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -60,23 +107,21 @@ class ReaderLease:
             self.fd = -1
 
 
-def no_readers(root: str) -> ExclusiveLease | None:
-    """Take the readers' lease exclusively if no reader holds it; else return None."""
-    fd = os.open(os.path.join(root, READERS), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return ExclusiveLease(fd)
+class ReaderProbe:
+    """The writer's view of the leases: is any snapshot older than ``seq`` still open?"""
 
+    def __init__(self, root: str) -> None:
+        self.fd = os.open(os.path.join(root, READERS), os.O_RDONLY | os.O_CLOEXEC)
 
-class ExclusiveLease:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def readers_in(self, start: int, end: int) -> bool:
+        """True if an open reader's snapshot (or a reader still loading one) is in [start, end)."""
+        if end <= start:
+            return False
+        req = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, end - start, 0)
+        got = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, req)
+        return _FLOCK.unpack(got)[0] != fcntl.F_UNLCK
 
-    def __enter__(self) -> ExclusiveLease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _durable, _format
+from ._locking import snapshot_seq
 from .errors import CorruptBlobError
 
 MANIFEST = "manifest"
@@ -28,31 +29,32 @@ class State:
     hwm: dict[int, int] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)
     next_id: int = 0
-
-    def copy(self) -> State:
-        return State(
-            self.uuid,
-            self.gen,
-            self.length,
-            list(self.blocks),
-            dict(self.hwm),
-            list(self.free),
-            self.next_id,
-        )
+    # In memory only: the snapshot's sequence number; for blocks first
+    # referenced after the manifest, the sequence of that commit; for each
+    # freed block, the sequence of the commit that freed it (an upper bound
+    # for blocks freed before the manifest). Only snapshots in [born, freed)
+    # can use a block; see _locking for how leases use this.
+    seq: int = 0
+    freed_at: dict[int, int] = field(default_factory=dict)
+    born: dict[int, int] = field(default_factory=dict)
 
     def apply(self, rec: dict[str, Any], block_size: int, what: str) -> None:
         """Apply one commit record (F6); raise CorruptBlobError if it does not fit."""
         k = rec["k"]
         del self.blocks[k:]
         self.blocks.extend([-1] * (k - len(self.blocks)))
+        seq = snapshot_seq(self.gen, rec["q"])
         for slot, bid in rec["s"]:
             _format.require(slot < k, what, f"commit q={rec['q']} sets slot {slot} >= {k}")
             self.blocks[slot] = bid
+            self.born.setdefault(bid, seq)
         for bid, h in rec["h"]:
             self.hwm[bid] = h
         for bid in rec["f"]:
             self.hwm.pop(bid, None)
             self.free.append(bid)
+            self.freed_at[bid] = seq
+        self.seq = seq
         self.length = rec["n"]
         self.next_id = rec["x"]
         self.validate(block_size, f"{what}: after commit q={rec['q']}")
@@ -93,6 +95,7 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
     _format.check_manifest(body, what)
     if body["uuid"] != uuid:
         raise CorruptBlobError(f"{what} belongs to another blob (uuid mismatch)")
+    seq = snapshot_seq(body["gen"], 0)
     st = State(
         uuid,
         body["gen"],
@@ -101,6 +104,8 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
         dict(zip(body["blocks"], body["hwm"], strict=True)),
         body["free"],
         body["next_id"],
+        seq,
+        dict.fromkeys(body["free"], seq),
     )
     st.validate(block_size, what)
     return st

@@ -101,23 +101,38 @@ def checkpoint(root: str, state: State) -> int:
     """
     state.gen += 1
     write_manifest(root, state)
-    return create_journal(root, state.uuid, state.gen)
+    salt = create_journal(root, state.uuid, state.gen)
+    state.seq = _locking.snapshot_seq(state.gen, 0)
+    return salt
 
 
-def reap(root: str, state: State, blocks: BlockStore) -> int:
-    """Delete freed blocks if no reader holds the lease; return how many were deleted."""
+def reap(state: State, blocks: BlockStore, probe: _locking.ReaderProbe) -> int:
+    """Delete the freed blocks no open snapshot can need; return how many.
+
+    The caller has made the commits that freed them durable. A block first
+    used at sequence ``born`` and freed at ``F`` is kept while an open
+    reader's snapshot lies in ``[born, F)``.
+    """
     if not state.free:
         return 0
-    lease = _locking.no_readers(root)
-    if lease is None:
+    verdict: dict[tuple[int, int], bool] = {}
+    gone = []
+    for bid in state.free:
+        span = (state.born.get(bid, 0), state.freed_at.get(bid, state.seq + 1))
+        if span not in verdict:
+            verdict[span] = not probe.readers_in(*span)
+        if verdict[span]:
+            gone.append(bid)
+    if not gone:
         return 0
-    with lease:
-        n = len(state.free)
-        for bid in state.free:
-            blocks.delete(bid)
-        state.free.clear()
-        _durable.fsync_dir(blocks.dir)
-    return n
+    for bid in gone:
+        blocks.delete(bid)
+        state.freed_at.pop(bid, None)
+        state.born.pop(bid, None)
+    dead = set(gone)
+    state.free[:] = [b for b in state.free if b not in dead]
+    _durable.fsync_dir(blocks.dir)
+    return len(gone)
 
 
 def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[str]:
@@ -155,7 +170,11 @@ def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[s
         actions.append(f"deleted {len(orphans)} block(s) of uncommitted transactions")
     checkpoint(root, state)
     actions.append(f"wrote checkpoint generation {state.gen} ({state.length} rows)")
-    n = reap(root, state, blocks)
+    probe = _locking.ReaderProbe(root)
+    try:
+        n = reap(state, blocks, probe)
+    finally:
+        probe.close()
     if n:
         actions.append(f"deleted {n} freed block(s)")
     return actions

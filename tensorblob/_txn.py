@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from . import _durable, _format, _recovery
+from . import _durable, _format, _locking, _recovery
 from ._blocks import BlockStore
 from ._journal import JournalWriter
 from ._manifest import State
@@ -77,6 +77,7 @@ class Engine:
         self.since_durable = 0  # commits since the last durable point
         self.last_closed = last_closed  # the journal ends with a close marker
         self.txn: _Txn | None = None
+        self.probe = _locking.ReaderProbe(root)
         # An open marker makes a crash of this session visible to the next open,
         # even one that dies before its first commit (it must then delete any
         # block files this session created). It is made durable before the
@@ -156,10 +157,14 @@ class Engine:
             self.journal.sync()
         # Step 4: the transaction is committed; bring memory in line.
         self.txn = None
+        st.seq = _locking.snapshot_seq(st.gen, record["q"])
         for bid, h in hwm_updates:
             st.hwm[bid] = h
+        for bid in kept_private:
+            st.born[bid] = st.seq
         for bid in freed:
             st.hwm.pop(bid, None)
+            st.freed_at[bid] = st.seq
             self.blocks.forget(bid)
         st.free.extend(freed)
         for bid in dropped_private:
@@ -175,7 +180,7 @@ class Engine:
         if self.journal.size > CHECKPOINT_BYTES:
             self.checkpoint()
         elif self.full and st.free:
-            _recovery.reap(self.root, st, self.blocks)
+            _recovery.reap(st, self.blocks, self.probe)
 
     # -- mutations (inside a transaction) --------------------------------
 
@@ -291,7 +296,7 @@ class Engine:
         self.new_files = False
         self.since_durable = 0
         self.last_closed = closing
-        _recovery.reap(self.root, self.state, self.blocks)
+        _recovery.reap(self.state, self.blocks, self.probe)
 
     def checkpoint(self) -> None:
         """Make all blocks durable, write a new manifest and start an empty journal."""
@@ -307,7 +312,8 @@ class Engine:
         self.journal.append({"t": _format.REC_OPEN, "b": self.boot})
         self.marker_durable = False
         self.last_closed = False
-        _recovery.reap(self.root, self.state, self.blocks)
+        _recovery.reap(self.state, self.blocks, self.probe)
 
     def close(self) -> None:
         self.journal.close()
+        self.probe.close()
