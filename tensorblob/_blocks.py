@@ -10,6 +10,7 @@ never needs write permission. At most ``max_cached`` blocks stay mapped.
 from __future__ import annotations
 
 import os
+import zlib
 from collections import OrderedDict
 
 import torch
@@ -110,6 +111,11 @@ class BlockStore:
                 _durable.fsync_path(self.path(bid))
         if new_files:
             _durable.fsync_dir(self.dir)
+
+    def checksum(self, bid: int) -> int:
+        """crc32 of block ``bid``'s bytes, as stored in the manifest."""
+        raw = self.get(bid).view(torch.uint8).reshape(-1).numpy()
+        return zlib.crc32(raw)
 
     def delete(self, bid: int) -> None:
         self._cache.pop(bid, None)

@@ -170,6 +170,9 @@ def check_manifest(m: dict[str, Any], what: str) -> None:
     require(isinstance(hwm, list) and len(hwm) == len(blocks), what, "bad hwm")
     require(all(_is_int(h) for h in hwm), what, "bad hwm")
     require(isinstance(free, list) and all(_is_int(b) for b in free), what, "bad free list")
+    crc = m.get("crc", [None] * len(blocks))  # absent in manifests written before 0.1.0
+    require(isinstance(crc, list) and len(crc) == len(blocks), what, "bad crc list")
+    require(all(c is None or (_is_int(c) and c < 1 << 32) for c in crc), what, "bad crc list")
 
 
 def check_journal_header(h: dict[str, Any], what: str) -> None:

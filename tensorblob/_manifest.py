@@ -37,6 +37,10 @@ class State:
     seq: int = 0
     freed_at: dict[int, int] = field(default_factory=dict)
     born: dict[int, int] = field(default_factory=dict)
+    # Persisted in the manifest: crc32 of each *full* block's bytes (F3). Rows
+    # below a block's high-water mark never change, so a full block's
+    # checksum stays valid for the block's whole life.
+    crc: dict[int, int] = field(default_factory=dict)
 
     def apply(self, rec: dict[str, Any], block_size: int, what: str) -> None:
         """Apply one commit record (F6); raise CorruptBlobError if it does not fit."""
@@ -52,6 +56,7 @@ class State:
             self.hwm[bid] = h
         for bid in rec["f"]:
             self.hwm.pop(bid, None)
+            self.crc.pop(bid, None)
             self.free.append(bid)
             self.freed_at[bid] = seq
         self.seq = seq
@@ -79,6 +84,7 @@ class State:
             "hwm": [self.hwm[b] for b in self.blocks],
             "free": self.free,
             "next_id": self.next_id,
+            "crc": [self.crc.get(b) for b in self.blocks],
         }
         return _format.encode_file(_format.MAGIC_MANIFEST, body)
 
@@ -107,6 +113,8 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
         seq,
         dict.fromkeys(body["free"], seq),
     )
+    crcs = body.get("crc", [])
+    st.crc = {b: c for b, c in zip(body["blocks"], crcs, strict=False) if c is not None}
     st.validate(block_size, what)
     return st
 

@@ -90,6 +90,28 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
     return loaded
 
 
+def fill_checksums(state: State, blocks: BlockStore, block_size: int) -> int:
+    """Checksum every full block that has no checksum yet; return how many.
+
+    Done at checkpoint time, once per block in its life: the per-write hot
+    path never pays for it.
+    """
+    n = 0
+    for bid in state.blocks:
+        if bid not in state.crc and state.hwm.get(bid) == block_size:
+            state.crc[bid] = blocks.checksum(bid)
+            n += 1
+    return n
+
+
+def verify_checksums(state: State, blocks: BlockStore) -> tuple[int, list[int]]:
+    """Recompute the checksum of every block that has one; return (checked, damaged ids)."""
+    damaged = [
+        bid for bid in state.blocks if bid in state.crc and blocks.checksum(bid) != state.crc[bid]
+    ]
+    return sum(bid in state.crc for bid in state.blocks), damaged
+
+
 def checkpoint(root: str, state: State) -> int:
     """Write ``state`` as the next generation's manifest and start an empty journal.
 
@@ -168,6 +190,7 @@ def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[s
     if orphans:
         _durable.fsync_dir(blocks.dir)
         actions.append(f"deleted {len(orphans)} block(s) of uncommitted transactions")
+    fill_checksums(state, blocks, meta.block_size)
     checkpoint(root, state)
     actions.append(f"wrote checkpoint generation {state.gen} ({state.length} rows)")
     probe = _locking.ReaderProbe(root)

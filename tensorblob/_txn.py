@@ -306,6 +306,7 @@ class Engine:
         self.dirty.clear()
         self.new_files = False
         self.since_durable = 0
+        _recovery.fill_checksums(self.state, self.blocks, self.meta.block_size)
         salt = _recovery.checkpoint(self.root, self.state)
         self.journal.close()
         self.journal = JournalWriter(self.root, salt, 0)
