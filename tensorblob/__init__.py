@@ -3,6 +3,7 @@
 from ._blob import TensorBlob
 from .errors import (
     BlobClosedError,
+    BlobIOError,
     BlobNotFoundError,
     BlobTypeError,
     CorruptBlobError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlobClosedError",
+    "BlobIOError",
     "BlobNotFoundError",
     "BlobTypeError",
     "CorruptBlobError",

@@ -333,11 +333,16 @@ class TensorBlob:
             self._blocks.close()
             return
         try:
-            if self._engine is not None:
+            if self._engine is not None and not self._engine.broken:
                 if self._engine.txn is not None:
                     self._engine.rollback()
                 self._engine.durable_point(closing=True)
         finally:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Release everything without another write (also after the engine gave up)."""
+        if not self._closed:
             self._closed = True
             if self._engine is not None:
                 self._engine.close()
@@ -526,7 +531,9 @@ class TensorBlob:
             try:
                 engine.commit()
             except BaseException:
-                if engine.txn is not None:
+                if engine.broken:
+                    self._abandon()
+                elif engine.txn is not None:
                     self._rollback()
                 raise
 
@@ -644,7 +651,12 @@ class TensorBlob:
         """
         self._check_open()
         if self._engine is not None and self._depth == 0:
-            self._engine.durable_point(closing=False)
+            try:
+                self._engine.durable_point(closing=False)
+            except BaseException:
+                if self._engine.broken:
+                    self._abandon()
+                raise
 
     # -- cursor -----------------------------------------------------------
 
@@ -839,9 +851,11 @@ def _unpickle_reader(path: str, state: State, pos: int, max_cached: int) -> Tens
     meta = read_meta(path)
     lease = ReaderLease(path)
     try:
-        lease.hold(state.seq)
+        lease.pin(state.seq)
         store = BlockStore(path, meta, writable=False, max_cached=max_cached)
-        if not all(os.path.exists(store.path(b)) for b in state.blocks):
+        intact = all(os.path.exists(store.path(b)) for b in state.blocks)
+        lease.hold(state.seq)
+        if not intact:
             blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT)
             lease.release()
             blob._pos = min(pos, blob._state.length)

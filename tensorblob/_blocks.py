@@ -37,12 +37,13 @@ def block_name(bid: int) -> str:
     return f"{bid:016x}"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def parse_block_name(name: str) -> int | None:
-    if len(name) == 16:
-        try:
-            return int(name, 16)
-        except ValueError:
-            return None
+    """The id of a block file name (exactly 16 lowercase hex digits), else None."""
+    if len(name) == 16 and _HEX.issuperset(name):
+        return int(name, 16)
     return None
 
 
@@ -84,8 +85,20 @@ class BlockStore:
         return mmt.as_subclass(torch.Tensor)
 
     def allocate(self, bid: int) -> None:
-        """Create block ``bid`` zero-filled. Not durable until ``sync``."""
-        _durable.allocate(self.path(bid), self.nbytes)
+        """Create block ``bid`` zero-filled. Not durable until ``sync``.
+
+        The caller knows ``bid`` is referenced by no committed state, so a file
+        already there is the orphan of a transaction lost to a power cut
+        (whose deletion never reached the disk): it is replaced.
+        """
+        path = self.path(bid)
+        if os.path.exists(path):
+            _durable.unlink(path)
+        _durable.allocate(path, self.nbytes)
+
+    def check_file(self, bid: int) -> None:
+        """Raise CorruptBlobError unless block ``bid``'s file exists with the right size."""
+        self._check_size(self.path(bid))
 
     def _check_size(self, path: str) -> None:
         try:
@@ -102,6 +115,8 @@ class BlockStore:
     def copy_foreign(self, src_path: str, dst: int) -> None:
         """Create block ``dst`` as a copy of the block file ``src_path`` (maybe another blob's)."""
         self._check_size(src_path)
+        if os.path.exists(self.path(dst)):  # a stale orphan, as in allocate()
+            _durable.unlink(self.path(dst))
         _durable.copy_file(src_path, self.path(dst), self.nbytes)
 
     def sync(self, bids: set[int] | list[int], *, new_files: bool) -> None:

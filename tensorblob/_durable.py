@@ -63,9 +63,9 @@ def _step(step: str, path: str, extent: tuple[int, int] | None = None) -> None:
 def boot_id() -> str:
     """Identify the running kernel boot; a change means the page cache was lost.
 
-    Linux exposes a random id per boot. Where it is missing, the empty string
-    is returned and tensorblob treats every unsynced commit as possibly lost
-    after any restart (see docs/design.md).
+    Linux exposes a random id per boot. tensorblob supports Linux only; were
+    the file missing, the empty string is returned and every boot would look
+    the same, so the power-loss rule of docs/design.md could not apply.
     """
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as f:

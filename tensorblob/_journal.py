@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _durable, _format
-from .errors import CorruptBlobError
+from .errors import CorruptBlobError, TensorBlobError
 
 JOURNAL = "journal"
 
@@ -67,6 +67,7 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
         raise CorruptBlobError(f"{what} belongs to another blob (uuid mismatch)")
     records, end = _format.decode_frames(data, start, header["salt"])
     for rec in records:
+        _format.require(isinstance(rec.get("b"), str), what, f"record q={rec['q']}: bad boot id")
         if rec["t"] == _format.REC_COMMIT:
             _format.check_commit(rec, what)
     return JournalImage(header["gen"], header["salt"], records, end, len(data))
@@ -85,6 +86,8 @@ class JournalWriter:
     def append(self, record: dict[str, Any]) -> None:
         record["q"] = self.seq + 1
         frame = _format.encode_frame(self.salt, record)
+        if len(frame) > _format.MAX_FRAME:
+            raise TensorBlobError(f"a transaction of {len(frame)} journal bytes is too large")
         _durable.append(self.fd, frame, self.path)
         self.seq += 1
         self.size += len(frame)

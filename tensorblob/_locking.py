@@ -31,6 +31,7 @@ from .errors import LockTimeoutError
 LOCK = "lock"
 READERS = "readers"
 _EOF = 0  # l_len 0: to the end of the file and beyond
+REAP_BYTE = 1 << 62  # above every snapshot seq: held by the writer while it deletes blocks
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux (x86_64, aarch64)
 
 
@@ -94,6 +95,17 @@ class ReaderLease:
         """Protect every block while a snapshot is being read (its seq is not known yet)."""
         _lock_range(self.fd, fcntl.F_RDLCK, 0, _EOF)
 
+    def pin(self, seq: int) -> None:
+        """Hold the old snapshot ``seq`` (unpickling), not racing with a deletion.
+
+        Waits for a deletion in progress (the writer holds REAP_BYTE across
+        its decision and its unlinks), so once this returns, any block of
+        ``seq`` still on disk stays there. The caller checks the blocks, then
+        calls ``hold(seq)``, which also lets REAP_BYTE go.
+        """
+        fcntl.fcntl(self.fd, fcntl.F_OFD_SETLKW, _FLOCK.pack(fcntl.F_RDLCK, 0, REAP_BYTE, 1, 0))
+        _lock_range(self.fd, fcntl.F_RDLCK, seq, 1)
+
     def hold(self, seq: int) -> None:
         """Narrow the hold to snapshot ``seq``: lock that byte, then release the rest."""
         _lock_range(self.fd, fcntl.F_RDLCK, seq, 1)
@@ -111,7 +123,19 @@ class ReaderProbe:
     """The writer's view of the leases: is any snapshot older than ``seq`` still open?"""
 
     def __init__(self, root: str) -> None:
-        self.fd = os.open(os.path.join(root, READERS), os.O_RDONLY | os.O_CLOEXEC)
+        # Open for writing: taking REAP_BYTE needs a write lock (nothing is written).
+        self.fd = os.open(os.path.join(root, READERS), os.O_RDWR | os.O_CLOEXEC)
+
+    def guard(self) -> bool:
+        """Take REAP_BYTE for a deletion, without waiting; False if a reader is registering."""
+        try:
+            _lock_range(self.fd, fcntl.F_WRLCK, REAP_BYTE, 1)
+        except OSError:
+            return False
+        return True
+
+    def unguard(self) -> None:
+        _lock_range(self.fd, fcntl.F_UNLCK, REAP_BYTE, 1)
 
     def readers_in(self, start: int, end: int) -> bool:
         """True if an open reader's snapshot (or a reader still loading one) is in [start, end)."""

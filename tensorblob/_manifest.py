@@ -45,13 +45,15 @@ class State:
     def apply(self, rec: dict[str, Any], block_size: int, what: str) -> None:
         """Apply one commit record (F6); raise CorruptBlobError if it does not fit."""
         k = rec["k"]
+        new_from = self.next_id  # ids below this existed before the record
         del self.blocks[k:]
         self.blocks.extend([-1] * (k - len(self.blocks)))
         seq = snapshot_seq(self.gen, rec["q"])
         for slot, bid in rec["s"]:
             _format.require(slot < k, what, f"commit q={rec['q']} sets slot {slot} >= {k}")
             self.blocks[slot] = bid
-            self.born.setdefault(bid, seq)
+            if bid >= new_from:  # a moved block keeps its birth
+                self.born.setdefault(bid, seq)
         for bid, h in rec["h"]:
             self.hwm[bid] = h
         for bid in rec["f"]:
@@ -74,6 +76,9 @@ class State:
         for bid in self.blocks:
             _format.require(bid in self.hwm and bid < self.next_id, what, f"bad block id {bid}")
         _format.require(len(set(self.blocks)) == len(self.blocks), what, "block listed twice")
+        _format.require(all(h <= block_size for h in self.hwm.values()), what, "hwm > block_size")
+        _format.require(not set(self.free) & set(self.blocks), what, "a live block is listed free")
+        _format.require(all(b < self.next_id for b in self.free), what, "bad free block id")
 
     def encode(self) -> bytes:
         body = {

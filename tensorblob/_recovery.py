@@ -135,8 +135,15 @@ def reap(state: State, blocks: BlockStore, probe: _locking.ReaderProbe) -> int:
     used at sequence ``born`` and freed at ``F`` is kept while an open
     reader's snapshot lies in ``[born, F)``.
     """
-    if not state.free:
+    if not state.free or not probe.guard():
         return 0
+    try:
+        return _reap_guarded(state, blocks, probe)
+    finally:
+        probe.unguard()
+
+
+def _reap_guarded(state: State, blocks: BlockStore, probe: _locking.ReaderProbe) -> int:
     verdict: dict[tuple[int, int], bool] = {}
     gone = []
     for bid in state.free:
@@ -176,6 +183,8 @@ def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[s
         actions.append(
             f"discarded a torn journal tail of {loaded.journal.size - loaded.journal.end} bytes"
         )
+    for bid in state.blocks:  # never checkpoint a state whose rows are gone
+        blocks.check_file(bid)
     if loaded.dirty:
         blocks.sync(loaded.dirty, new_files=True)
     for name in (MANIFEST + ".tmp", JOURNAL + ".tmp"):

@@ -26,6 +26,8 @@ Commit, in order (docs/design.md, "The atomic commit"):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ from ._blocks import BlockStore
 from ._journal import JournalWriter
 from ._manifest import State
 from ._meta import Meta
+from .errors import BlobIOError
 
 CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
 
@@ -78,6 +81,8 @@ class Engine:
         self.last_closed = last_closed  # the journal ends with a close marker
         self.txn: _Txn | None = None
         self.probe = _locking.ReaderProbe(root)
+        self.broken: str | None = None  # why the handle was given up, if it was
+        self.deleted = False  # block files deleted since blocks/ was last fsynced
         # An open marker makes a crash of this session visible to the next open,
         # even one that dies before its first commit (it must then delete any
         # block files this session created). It is made durable before the
@@ -109,6 +114,7 @@ class Engine:
         st.length = t.length0
         for bid in t.private:
             self.blocks.delete(bid)
+            self.deleted = True
 
     def commit(self) -> None:
         """Commit the open transaction (the numbered steps in the module docstring)."""
@@ -150,13 +156,30 @@ class Engine:
         # Step 1: under "full", the rows reach the disk before the record does.
         if self.full:
             self.blocks.sync(written, new_files=bool(kept_private))
-        # Step 2: the commit point (process death).
-        self.journal.append(record)
+        # Step 2: the commit point (process death). If the append fails, the
+        # frame may be torn or (in theory) whole: only the next open can tell,
+        # so nothing is undone here and the handle is given up.
+        with self._poison_on_error("writing the commit record"):
+            self.journal.append(record)
+        # The transaction is committed: memory follows, whatever fails below.
+        self.txn = None
+        with self._poison_on_error("completing a committed transaction"):
+            self._committed(record, kept_private, dropped_private, hwm_updates, freed, written)
+
+    def _committed(  # noqa: PLR0917 - the parts of one commit, computed by commit()
+        self,
+        record: dict[str, Any],
+        kept_private: set[int],
+        dropped_private: set[int],
+        hwm_updates: list[list[int]],
+        freed: list[int],
+        written: list[int],
+    ) -> None:
+        st = self.state
         # Step 3: the commit point (power loss), "full" only.
         if self.full:
             self.journal.sync()
-        # Step 4: the transaction is committed; bring memory in line.
-        self.txn = None
+        # Step 4: bring memory in line; delete blocks made and dropped in the transaction.
         st.seq = _locking.snapshot_seq(st.gen, record["q"])
         for bid, h in hwm_updates:
             st.hwm[bid] = h
@@ -164,11 +187,13 @@ class Engine:
             st.born[bid] = st.seq
         for bid in freed:
             st.hwm.pop(bid, None)
+            st.crc.pop(bid, None)
             st.freed_at[bid] = st.seq
             self.blocks.forget(bid)
         st.free.extend(freed)
         for bid in dropped_private:
             self.blocks.delete(bid)
+            self.deleted = True
         self.last_closed = False
         if self.full:
             self.since_durable = 0
@@ -178,11 +203,30 @@ class Engine:
             self.since_durable += 1
         # Step 5: deferred deletions and the checkpoint bound.
         if self.journal.size > CHECKPOINT_BYTES:
-            self.checkpoint()
+            self._checkpoint()
         elif self.full and st.free:
             _recovery.reap(st, self.blocks, self.probe)
 
     # -- mutations (inside a transaction) --------------------------------
+
+    @contextlib.contextmanager
+    def _poison_on_error(self, what: str) -> Iterator[None]:
+        """Give the handle up if a step at or after a commit point fails.
+
+        After such a failure memory and disk may disagree (a torn frame, an
+        fsync that failed, a checkpoint half done). Writing on would build on
+        that, so the engine refuses all further work; reopening the blob runs
+        recovery, which resolves the last transaction from what is on disk.
+        """
+        try:
+            yield
+        except BaseException as exc:
+            self.txn = None  # never roll back: the commit may be on disk
+            self.broken = f"{what} failed: {exc!r}"
+            raise BlobIOError(
+                f"blob {self.root!r}: {self.broken}. The handle is closed; reopen the blob "
+                "(or run `tensorblob recover`) to resolve the last transaction"
+            ) from exc
 
     def _save_slots(self) -> None:
         """Remember the committed slot list before the first change below the old end."""
@@ -286,23 +330,30 @@ class Engine:
         assert self.txn is None
         if self.since_durable == 0 and not self.dirty and (self.last_closed or not closing):
             return
-        if self.journal.size > CHECKPOINT_BYTES:
-            self.checkpoint()  # makes everything durable, then a marker below says "closed"
-        elif self.dirty or self.new_files:
-            self.blocks.sync(self.dirty, new_files=True)
-        self.journal.append({"t": _format.REC_SYNC, "b": self.boot, "c": closing})
-        self.journal.sync()
-        self.dirty.clear()
-        self.new_files = False
-        self.since_durable = 0
-        self.last_closed = closing
-        _recovery.reap(self.state, self.blocks, self.probe)
+        with self._poison_on_error("making commits durable"):
+            if self.journal.size > CHECKPOINT_BYTES:
+                self._checkpoint()  # everything durable; the marker below says "closed"
+            elif self.dirty or self.new_files or self.deleted:
+                self.blocks.sync(self.dirty, new_files=True)
+            self.deleted = False
+            self.journal.append({"t": _format.REC_SYNC, "b": self.boot, "c": closing})
+            self.journal.sync()
+            self.dirty.clear()
+            self.new_files = False
+            self.since_durable = 0
+            self.last_closed = closing
+            _recovery.reap(self.state, self.blocks, self.probe)
 
     def checkpoint(self) -> None:
         """Make all blocks durable, write a new manifest and start an empty journal."""
+        with self._poison_on_error("checkpointing"):
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
         assert self.txn is None
-        if self.dirty or self.new_files:
+        if self.dirty or self.new_files or self.deleted:
             self.blocks.sync(self.dirty, new_files=True)
+        self.deleted = False
         self.dirty.clear()
         self.new_files = False
         self.since_durable = 0

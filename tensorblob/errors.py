@@ -13,6 +13,7 @@ import io
 
 __all__ = [
     "BlobClosedError",
+    "BlobIOError",
     "BlobNotFoundError",
     "BlobTypeError",
     "CorruptBlobError",
@@ -58,6 +59,14 @@ class LockTimeoutError(TensorBlobError, TimeoutError):
 
 class BlobClosedError(TensorBlobError, ValueError):
     """An operation was attempted on a closed blob."""
+
+
+class BlobIOError(TensorBlobError, OSError):
+    """A disk operation failed during or after a commit; the handle was closed.
+
+    The transaction in flight is either committed or not, as the next open
+    finds it: reopen the blob (or run ``tensorblob recover``) to resolve it.
+    """
 
 
 class UnsupportedOperationError(TensorBlobError, io.UnsupportedOperation):
