@@ -13,6 +13,7 @@ import os
 import zlib
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from tensordict import MemoryMappedTensor
 
@@ -57,22 +58,32 @@ class BlockStore:
         self.max_cached = max_cached
         self.nbytes = meta.block_size * meta.row_bytes
         self.block_shape = (meta.block_size, *meta.shape)
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        # id -> (rows tensor, the same memory as a (block_size, row_bytes) uint8 array)
+        self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray]] = OrderedDict()
 
     def path(self, bid: int) -> str:
-        return os.path.join(self.dir, block_name(bid))
+        return f"{self.dir}/{bid:016x}"  # block_name(), inlined: this is on the write path
 
     def get(self, bid: int) -> torch.Tensor:
+        """Block ``bid`` as a tensor ``(block_size, *row_shape)`` over the mapped file."""
+        return self._entry(bid)[0]
+
+    def get_bytes(self, bid: int) -> np.ndarray:
+        """Block ``bid`` as a ``(block_size, row_bytes)`` uint8 array over the mapped file."""
+        return self._entry(bid)[1]
+
+    def _entry(self, bid: int) -> tuple[torch.Tensor, np.ndarray]:
         cache = self._cache
-        t = cache.get(bid)
-        if t is not None:
+        e = cache.get(bid)
+        if e is not None:
             cache.move_to_end(bid)
-            return t
+            return e
         t = self._map(bid)
-        cache[bid] = t
+        e = (t, t.view(torch.uint8).reshape(self.meta.block_size, -1).numpy())
+        cache[bid] = e
         if len(cache) > self.max_cached:
             cache.popitem(last=False)
-        return t
+        return e
 
     def _map(self, bid: int) -> torch.Tensor:
         path = self.path(bid)

@@ -212,11 +212,11 @@ def copy_file(src: str, dst: str, nbytes: int) -> None:
         os.close(fdst)
 
 
-def write_rows(block: torch.Tensor, row: int, src: torch.Tensor, path: str) -> None:
+def write_rows(block: torch.Tensor, row: int, src: torch.Tensor, row_bytes: int, path: str) -> None:
     """Copy ``src`` into ``block[row:]``, a block mapped shared from ``path``. Not durable."""
     n = src.shape[0]
-    row_bytes = src[0].numel() * src.element_size()
-    _step("write_rows", path, (row * row_bytes, n * row_bytes))
+    if _hook is not None:
+        _hook("write_rows", path, (row * row_bytes, n * row_bytes))
     block[row : row + n].copy_(src)
 
 

@@ -44,8 +44,11 @@ REC_SYNC = "s"
 REC_OPEN = "o"
 
 
+_packer = msgpack.Packer(use_bin_type=True)  # reused: packb() builds a Packer per call
+
+
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return _packer.pack(obj)
 
 
 def _unpack(body: bytes, what: str) -> Any:

@@ -5,6 +5,7 @@ Meta never changes after creation, so it is read without any lock.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -53,14 +54,14 @@ class Meta:
     shape: tuple[int, ...]
     block_size: int
 
-    @property
+    @functools.cached_property
     def row_numel(self) -> int:
         n = 1
         for d in self.shape:
             n *= d
         return n
 
-    @property
+    @functools.cached_property
     def row_bytes(self) -> int:
         return self.row_numel * self.dtype.itemsize
 

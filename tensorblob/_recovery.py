@@ -84,6 +84,8 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
         if rec["t"] == _format.REC_COMMIT:
             state.apply(rec, meta.block_size, what)
             loaded.kept += 1
+    if loaded.kept:
+        state.validate(meta.block_size, f"{what}: after replay")
     for rec in tail:
         if rec["t"] == _format.REC_COMMIT:
             loaded.dirty.update(rec["w"])

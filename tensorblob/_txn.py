@@ -51,6 +51,7 @@ class _Txn:
     changed: set[int] = field(default_factory=set)  # slots assigned a different block
     private: set[int] = field(default_factory=set)  # blocks created by this transaction
     touched: set[int] = field(default_factory=set)  # blocks written by this transaction
+    low: int = 1 << 62  # lowest slot written, swapped or cut: nothing below it changed
 
 
 class Engine:
@@ -126,12 +127,18 @@ class Engine:
         B = self.meta.block_size
         final = st.blocks
         k = len(final)
-        kept_private = t.private.intersection(final) if t.private else set()
+        # Every block this transaction wrote or placed sits at slot >= t.low,
+        # so the survivors are found without scanning the whole slot list.
+        alive = set(final[t.low :]) if t.low < k else set()
+        kept_private = t.private & alive
         dropped_private = t.private - kept_private
         # Slots whose exposed row count may grow: those past the old length, and swapped ones.
         first = min(t.length0, st.length) // B
         hwm_updates: list[list[int]] = []
-        for slot in sorted(set(range(first, k)) | {s for s in t.changed if s < k}):
+        slots = range(first, k)
+        if t.changed:
+            slots = sorted(set(slots) | {s for s in t.changed if s < k})
+        for slot in slots:
             bid = final[slot]
             visible = min(B, st.length - slot * B)
             if bid in kept_private or st.hwm[bid] < visible:
@@ -140,7 +147,7 @@ class Engine:
         if t.blocks0 is not None:
             keep = set(final)
             freed = [b for b in t.blocks0 if b not in keep]
-        written = sorted(t.touched.intersection(final)) if t.touched else []
+        written = sorted(t.touched & alive)
         record: dict[str, Any] = {
             "t": _format.REC_COMMIT,
             "b": self.boot,
@@ -273,11 +280,13 @@ class Engine:
         done = 0
         while done < n:
             slot, off = divmod(pos + done, B)
+            t.low = min(t.low, slot)
             k = min(B - off, n - done)
             bid = self._slot_for_write(slot, off)
             t.touched.add(bid)
             block = self.blocks.get(bid)
-            _durable.write_rows(block, off, rows[done : done + k], self.blocks.path(bid))
+            src = rows if k == n else rows[done : done + k]
+            _durable.write_rows(block, off, src, self.meta.row_bytes, self.blocks.path(bid))
             done += k
             st.length = max(st.length, pos + done)
 
@@ -285,6 +294,7 @@ class Engine:
         t, st = self.txn, self.state
         assert t is not None
         k = -(-length // self.meta.block_size)
+        t.low = min(t.low, k)
         if k < len(st.blocks):
             if k < t.nslots0:
                 self._save_slots()
@@ -302,6 +312,7 @@ class Engine:
         assert t is not None
         B = self.meta.block_size
         full_slots, rem = divmod(st.length, B)
+        t.low = min(t.low, full_slots)
         tail_bid = None
         if rem:
             if full_slots < t.nslots0:
@@ -334,7 +345,7 @@ class Engine:
             if self.journal.size > CHECKPOINT_BYTES:
                 self._checkpoint()  # everything durable; the marker below says "closed"
             elif self.dirty or self.new_files or self.deleted:
-                self.blocks.sync(self.dirty, new_files=True)
+                self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
             self.deleted = False
             self.journal.append({"t": _format.REC_SYNC, "b": self.boot, "c": closing})
             self.journal.sync()
@@ -352,7 +363,7 @@ class Engine:
     def _checkpoint(self) -> None:
         assert self.txn is None
         if self.dirty or self.new_files or self.deleted:
-            self.blocks.sync(self.dirty, new_files=True)
+            self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
         self.deleted = False
         self.dirty.clear()
         self.new_files = False
