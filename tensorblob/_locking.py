@@ -92,8 +92,13 @@ class ReaderLease:
         self.fd = os.open(os.path.join(root, READERS), os.O_RDONLY | os.O_CLOEXEC)
 
     def hold_everything(self) -> None:
-        """Protect every block while a snapshot is being read (its seq is not known yet)."""
-        _lock_range(self.fd, fcntl.F_RDLCK, 0, _EOF)
+        """Protect every block while a snapshot is being read (its seq is not known yet).
+
+        The range stops below REAP_BYTE, which a deleting writer may hold:
+        this never waits and never fails on it. A block deleted after this
+        lock was freed by a commit the snapshot about to be read contains.
+        """
+        _lock_range(self.fd, fcntl.F_RDLCK, 0, REAP_BYTE)
 
     def pin(self, seq: int) -> None:
         """Hold the old snapshot ``seq`` (unpickling), not racing with a deletion.
