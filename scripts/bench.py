@@ -1,0 +1,992 @@
+#!/usr/bin/env python
+"""Benchmark tensorblob beside a raw ``np.memmap`` of the same bytes and an in-memory tensor.
+
+Every figure is measured for each implementation in repetitions that alternate
+between implementations (the order rotates every repetition), and the median
+over repetitions is reported. The page cache is warm: every file is read once,
+and every reader object reads everything once, before timing starts.
+
+Usage::
+
+    python scripts/bench.py              # full run: 200k rows of 768 float32, 5/15 reps
+    python scripts/bench.py --quick      # about a minute
+    python scripts/bench.py --rows 500000 --dir /mnt/fast --json results.json
+
+The exit code is 0 whatever the PASS/MISS verdicts: this is a report, not a test.
+Everything the run creates lives in one fresh directory that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+import tensorblob
+from tensorblob import TensorBlob
+
+DIM = 768  # row shape (DIM,) float32 for every figure except h
+SLICE = 8192  # rows per sequential read/write batch
+GATHER = 512  # rows per random batch gather
+OPEN_ROWS = 1_000_000  # rows of the blob opened in figure h
+OPEN_SHAPE = (4,)
+MEM_BLOCK = 256  # figure i: block_size
+MEM_CACHED = 16  # figure i: max_cached_blocks
+MEM_BLOCKS = 10 * MEM_CACHED  # figure i: blocks in the blob
+
+now = time.perf_counter
+TB_IMPLS = ("tb", "each", "txn", "r", "a")  # sample-key prefixes of tensorblob implementations
+
+
+# -- parameters ----------------------------------------------------------------
+
+
+@dataclass
+class Params:
+    rows: int
+    reps: int  # repetitions of the slow figures (d, e, g, i)
+    fast_reps: int  # repetitions of the cheap figures (a, b, c, f, h): more, to outvote noise
+    row_batches: int  # figure b: batches of ROW_CALLS single-row reads per rep
+    gathers: int  # figure c: gathers per rep
+    single_writes: int  # figure e: single-row writes per rep
+    full_commits: int  # figure f: commits per rep
+    sessions: int  # figure g: sessions per rep
+    opens: int  # figure h: opens per rep and mode
+    mem_reads: int  # figure i: random reads per rep
+
+
+ROW_CALLS = 1000  # figure b: calls timed together (per-call latency = batch time / calls)
+
+
+def params_for(quick: bool, rows: int | None) -> Params:
+    if quick:
+        p = Params(50_000, 3, 7, 5, 50, 5_000, 8, 60, 10, 4_000)
+    else:
+        p = Params(200_000, 5, 15, 10, 100, 20_000, 20, 250, 20, 20_000)
+    if rows is not None:
+        p.rows = rows
+    if p.rows < SLICE:
+        raise SystemExit(f"--rows must be at least {SLICE}")
+    return p
+
+
+# -- machine facts -------------------------------------------------------------
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def machine_facts(where: str) -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    df = _run(["df", "-T", where]).splitlines()
+    device, fstype = [*df[-1].split()[:2], "?", "?"][:2] if len(df) > 1 else ("?", "?")
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        affinity = os.cpu_count() or 0
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = _run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"]) or "no git"
+    diff = _run(["git", "-C", repo, "diff", "HEAD", "--", "tensorblob"])
+    if diff:
+        digest = hashlib.sha1(diff.encode()).hexdigest()[:8]
+        commit += f" + uncommitted changes in tensorblob/ (diff sha1 {digest})"
+    return {
+        "cpu": cpu,
+        "cores": f"{os.cpu_count()} logical, {affinity} usable",
+        "ram": f"{mem_kb / 2**20:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op threads)",
+        "numpy": np.__version__,
+        "tensorblob": f"{tensorblob.__version__} ({commit})",
+        "dir": where,
+        "filesystem": f"{fstype} on {device} (stat -f: {_run(['stat', '-f', '-c', '%T', where])})",
+        "load": loadavg(),
+    }
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load averages: other work on the machine skews every figure."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+# -- figures and the table -----------------------------------------------------
+
+
+@dataclass
+class Figure:
+    key: str
+    name: str
+    unit: str
+    tb: float
+    baseline: float | None  # the value the target compares with
+    baseline_name: str  # np.memmap | in-memory | fdatasync | target | max_cached_blocks
+    better: str  # "higher" or "lower": which way the tensorblob value should go
+    limit: float | None  # bound on tb / baseline; None: informational only
+    target: str
+    memmap: float | None = None
+    inmem: float | None = None
+    note: str = ""
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.tb / self.baseline
+
+    @property
+    def result(self) -> str:
+        r = self.ratio
+        if self.limit is None or r is None:
+            return "info"
+        ok = r >= self.limit if self.better == "higher" else r <= self.limit
+        return "PASS" if ok else "MISS"
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    a = abs(v)
+    if float(v).is_integer() and a < 10_000:
+        return str(int(v))
+    if a >= 10_000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def spread(f: Figure) -> str:
+    """Min..max of the tensorblob value over repetitions: how much to trust the median."""
+    values = next((v for k, v in f.samples.items() if k.split(".")[0] in TB_IMPLS), None)
+    if not values or len(values) < 2:
+        return "-"
+    return f"{fmt(min(values))}..{fmt(max(values))}"
+
+
+def table(figures: list[Figure]) -> str:
+    head = [
+        "figure",
+        "unit",
+        "tensorblob",
+        "baseline",
+        "ratio",
+        "target",
+        "result",
+        "tensorblob range",
+        "np.memmap",
+        "in-memory",
+    ]
+    rows = [head, ["---"] * len(head)]
+    for f in figures:
+        base = "-" if f.baseline is None else f"{fmt(f.baseline)} ({f.baseline_name})"
+        ratio = "-" if f.ratio is None else f"{f.ratio:.2f}x"
+        rows.append(
+            [
+                f"{f.key}. {f.name}",
+                f.unit,
+                fmt(f.tb),
+                base,
+                ratio,
+                f.target,
+                f.result,
+                spread(f),
+                fmt(f.memmap),
+                fmt(f.inmem),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = []
+    for r in rows:
+        cells = [c.ljust(w) if c != "---" else "-" * w for c, w in zip(r, widths, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- measurement helpers -------------------------------------------------------
+
+
+def interleave(
+    reps: int, impls: dict[str, Callable[[], dict[str, float]]]
+) -> dict[str, list[float]]:
+    """Run every implementation ``reps`` times, alternating, rotating the order each rep.
+
+    Each callable does one repetition and returns named values; the result maps
+    ``"impl.name"`` to the list of that value over repetitions.
+    """
+    names = list(impls)
+    samples: dict[str, list[float]] = {}
+    for r in range(reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            gc.collect()
+            for key, value in impls[name]().items():
+                samples.setdefault(f"{name}.{key}", []).append(value)
+    return samples
+
+
+def med(samples: dict[str, list[float]], key: str) -> float:
+    return statistics.median(samples[key])
+
+
+def warm_files(path: str) -> None:
+    """Read every file under ``path`` (or the file itself) once, into the page cache."""
+    files = [path] if os.path.isfile(path) else []
+    for root, _dirs, names in os.walk(path):
+        files.extend(os.path.join(root, n) for n in names)
+    for name in files:
+        with open(name, "rb", buffering=0) as f:
+            while f.read(1 << 23):
+                pass
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def mappings_under(directory: str) -> int:
+    with open("/proc/self/maps") as f:
+        return sum(directory in line for line in f)
+
+
+def remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def build_blob(path: str, data: torch.Tensor, **kw: object) -> None:
+    blob = TensorBlob.open(path, "w", dtype=data.dtype, shape=tuple(data.shape[1:]), **kw)
+    try:
+        for i in range(0, data.shape[0], SLICE):
+            blob.write(data[i : i + SLICE])
+    finally:
+        blob.close()
+
+
+def build_raw(path: str, data: torch.Tensor) -> None:
+    mm = np.memmap(path, dtype=np.float32, mode="w+", shape=tuple(data.shape))
+    mm[:] = data.numpy()
+    mm.flush()
+    del mm
+
+
+# -- the figures ---------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, work: str, p: Params) -> None:
+        self.work = work
+        self.p = p
+        self.figures: list[Figure] = []
+        self.log = print
+
+    def sub(self, name: str) -> str:
+        path = os.path.join(self.work, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def add(self, fig: Figure) -> None:
+        self.figures.append(fig)
+        self.log(
+            f"  {fig.key}. {fig.name}: tensorblob {fmt(fig.tb)} {fig.unit}, "
+            f"baseline {fmt(fig.baseline)} ({fig.baseline_name}) -> {fig.result}"
+        )
+
+    # a-c: reads of one blob, one raw file and one tensor holding the same rows
+    def reads(self) -> None:
+        p = self.p
+        n = p.rows
+        d = self.sub("read")
+        data = torch.randn(n, DIM)
+        blob_path, raw_path = os.path.join(d, "x.blob"), os.path.join(d, "x.f32")
+        build_blob(blob_path, data)
+        build_raw(raw_path, data)
+        warm_files(blob_path)
+        warm_files(raw_path)
+        blob = TensorBlob.open(blob_path, "r")
+        mm = np.memmap(raw_path, dtype=np.float32, mode="r", shape=(n, DIM))
+        mmv = mm.view(np.ndarray)  # same mapping, without the memmap subclass per index
+        t = data
+        try:
+            for i in range(0, n, SLICE):  # every mapped page touched once before timing
+                blob[i : i + SLICE]
+                np.array(mm[i : i + SLICE])
+            nbytes = n * DIM * 4
+
+            def seq(read: Callable[[int], object]) -> Callable[[], dict[str, float]]:
+                def run() -> dict[str, float]:
+                    t0 = now()
+                    for i in range(0, n, SLICE):
+                        read(i)
+                    return {"v": nbytes / (now() - t0) / 1e9}
+
+                return run
+
+            s = interleave(
+                p.fast_reps,
+                {
+                    "tb": seq(lambda i: blob[i : i + SLICE]),
+                    "mm": seq(lambda i: torch.from_numpy(np.array(mm[i : i + SLICE]))),
+                    "mem": seq(lambda i: t[i : i + SLICE].clone()),
+                },
+            )
+            self.add(
+                Figure(
+                    "a",
+                    "sequential read, 8192-row slices",
+                    "GB/s",
+                    med(s, "tb.v"),
+                    med(s, "mm.v"),
+                    "np.memmap",
+                    "higher",
+                    0.8,
+                    ">= 0.8x np.memmap",
+                    memmap=med(s, "mm.v"),
+                    inmem=med(s, "mem.v"),
+                    samples=s,
+                )
+            )
+
+            rng = random.Random(1)
+            idx = [rng.randrange(n) for _ in range(p.row_batches * ROW_CALLS)]
+
+            def rows(read: Callable[[int], object]) -> Callable[[], dict[str, float]]:
+                def run() -> dict[str, float]:
+                    per_call = []
+                    for b in range(p.row_batches):
+                        chunk = idx[b * ROW_CALLS : (b + 1) * ROW_CALLS]
+                        t0 = now()
+                        for i in chunk:
+                            read(i)
+                        per_call.append((now() - t0) / ROW_CALLS * 1e6)
+                    return {"v": statistics.median(per_call)}
+
+                return run
+
+            s = interleave(
+                p.fast_reps,
+                {
+                    "tb": rows(lambda i: blob[i]),
+                    "mm": rows(lambda i: torch.from_numpy(mmv[i].copy())),
+                    "mem": rows(lambda i: t[i].clone()),
+                },
+            )
+            self.add(
+                Figure(
+                    "b",
+                    "random single-row read blob[i]",
+                    "us/call",
+                    med(s, "tb.v"),
+                    med(s, "mem.v"),
+                    "in-memory",
+                    "lower",
+                    2.0,
+                    "<= 2x in-memory",
+                    memmap=med(s, "mm.v"),
+                    inmem=med(s, "mem.v"),
+                    note=f"median over batches of {ROW_CALLS} calls of the mean per call",
+                    samples=s,
+                )
+            )
+
+            gen = torch.Generator().manual_seed(2)
+            gidx = [torch.randint(n, (GATHER,), generator=gen) for _ in range(p.gathers)]
+            gidx_np = [g.numpy() for g in gidx]
+
+            def gather(read: Callable[[int], object]) -> Callable[[], dict[str, float]]:
+                def run() -> dict[str, float]:
+                    per_call = []
+                    for k in range(p.gathers):
+                        t0 = now()
+                        read(k)
+                        per_call.append((now() - t0) * 1e6)
+                    return {"v": statistics.median(per_call)}
+
+                return run
+
+            s = interleave(
+                p.fast_reps,
+                {
+                    "tb": gather(lambda k: blob[gidx[k]]),
+                    "mm": gather(lambda k: torch.from_numpy(mmv[gidx_np[k]])),
+                    "mem": gather(lambda k: t[gidx[k]]),
+                },
+            )
+            self.add(
+                Figure(
+                    "c",
+                    f"random {GATHER}-row gather blob[idx]",
+                    "us/call",
+                    med(s, "tb.v"),
+                    med(s, "mem.v"),
+                    "in-memory",
+                    "lower",
+                    1.5,
+                    "<= 1.5x in-memory",
+                    memmap=med(s, "mm.v"),
+                    inmem=med(s, "mem.v"),
+                    samples=s,
+                )
+            )
+        finally:
+            blob.close()
+            remove(d)
+
+    # d: sequential write of a fresh blob / raw file / tensor
+    def seq_write(self) -> None:
+        p = self.p
+        n = p.rows
+        d = self.sub("write")
+        src = torch.randn(n, DIM)
+        src_np = src.numpy()
+        nbytes = n * DIM * 4
+        counter = iter(range(1_000_000))
+
+        def tb() -> dict[str, float]:
+            path = os.path.join(d, f"w{next(counter)}.blob")
+            blob = TensorBlob.open(path, "w", dtype=torch.float32, shape=(DIM,), sync="normal")
+            try:
+                t0 = now()
+                for i in range(0, n, SLICE):
+                    blob.write(src[i : i + SLICE])
+                t1 = now()
+            finally:
+                blob.close()
+            t2 = now()
+            remove(path)
+            return {"w": nbytes / (t1 - t0) / 1e9, "c": nbytes / (t2 - t0) / 1e9}
+
+        def mm() -> dict[str, float]:
+            path = os.path.join(d, f"w{next(counter)}.f32")
+            m = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, DIM))
+            t0 = now()
+            for i in range(0, n, SLICE):
+                m[i : i + SLICE] = src_np[i : i + SLICE]
+            t1 = now()
+            m.flush()
+            t2 = now()
+            del m
+            remove(path)
+            return {"w": nbytes / (t1 - t0) / 1e9, "c": nbytes / (t2 - t0) / 1e9}
+
+        def mem() -> dict[str, float]:
+            dst = torch.empty(n, DIM)
+            t0 = now()
+            for i in range(0, n, SLICE):
+                dst[i : i + SLICE].copy_(src[i : i + SLICE])
+            v = nbytes / (now() - t0) / 1e9
+            return {"w": v, "c": v}
+
+        try:
+            s = interleave(p.reps, {"tb": tb, "mm": mm, "mem": mem})
+        finally:
+            remove(d)
+        for key, what, extra in (("w", "writes only", ""), ("c", "writes + close", "/flush")):
+            self.add(
+                Figure(
+                    f"d{'1' if key == 'w' else '2'}",
+                    f"sequential write, 8192-row batches, {what}{extra}",
+                    "GB/s",
+                    med(s, f"tb.{key}"),
+                    med(s, f"mm.{key}"),
+                    "np.memmap",
+                    "higher",
+                    0.9,
+                    ">= 0.9x np.memmap",
+                    memmap=med(s, f"mm.{key}"),
+                    inmem=med(s, f"mem.{key}"),
+                    note="open and np.memmap creation excluded; close vs mm.flush() in d2",
+                    samples={k: v for k, v in s.items() if k.endswith(key)},
+                )
+            )
+
+    # e: single-row write() calls, each its own transaction / all in one
+    def single_writes(self) -> None:
+        p = self.p
+        r = p.single_writes
+        d = self.sub("single")
+        src = torch.randn(r, DIM)
+        rows = list(src.unbind(0))
+        rows_np = [x.numpy() for x in rows]
+        counter = iter(range(1_000_000))
+
+        def tb(in_txn: bool) -> Callable[[], dict[str, float]]:
+            def run() -> dict[str, float]:
+                path = os.path.join(d, f"s{next(counter)}.blob")
+                blob = TensorBlob.open(path, "w", dtype=torch.float32, shape=(DIM,))
+                try:
+                    t0 = now()
+                    if in_txn:
+                        with blob.transaction():
+                            for row in rows:
+                                blob.write(row)
+                    else:
+                        for row in rows:
+                            blob.write(row)
+                    dt = now() - t0
+                finally:
+                    blob.close()
+                remove(path)
+                return {"v": r / dt}
+
+            return run
+
+        def mm() -> dict[str, float]:
+            path = os.path.join(d, f"s{next(counter)}.f32")
+            m = np.memmap(path, dtype=np.float32, mode="w+", shape=(r, DIM))
+            mv = m.view(np.ndarray)
+            t0 = now()
+            for i, row in enumerate(rows_np):
+                mv[i] = row
+            dt = now() - t0
+            del m, mv
+            remove(path)
+            return {"v": r / dt}
+
+        def mem() -> dict[str, float]:
+            dst = torch.empty(r, DIM)
+            t0 = now()
+            for i, row in enumerate(rows):
+                dst[i].copy_(row)
+            return {"v": r / (now() - t0)}
+
+        try:
+            s = interleave(p.reps, {"each": tb(False), "txn": tb(True), "mm": mm, "mem": mem})
+        finally:
+            remove(d)
+        for key, name, goal in (
+            ("each", "single-row write(), one transaction each", 100_000),
+            ("txn", "single-row write() inside one transaction()", 300_000),
+        ):
+            self.add(
+                Figure(
+                    "e1" if key == "each" else "e2",
+                    name,
+                    "rows/s",
+                    med(s, f"{key}.v"),
+                    goal,
+                    "target",
+                    "higher",
+                    1.0,
+                    f">= {goal // 1000}k rows/s",
+                    memmap=med(s, "mm.v"),
+                    inmem=med(s, "mem.v"),
+                    note=f"{r} rows of {DIM} float32; open/close excluded",
+                    samples={k: v for k, v in s.items() if k.startswith((key, "mm", "mem"))},
+                )
+            )
+
+    # f: sync="full" commit latency vs a bare fdatasync
+    def full_commit(self) -> None:
+        p = self.p
+        c = p.full_commits
+        d = self.sub("full")
+        path = os.path.join(d, "f.blob")
+        build_blob(path, torch.randn(100, DIM))
+        row = torch.randn(DIM)
+        row_bytes = row.numpy().tobytes()
+        counter = iter(range(1_000_000))
+
+        def tb() -> dict[str, float]:
+            blob = TensorBlob.open(path, "a", sync="full")
+            lat = []
+            try:
+                for _ in range(c):
+                    t0 = now()
+                    blob.write(row)
+                    lat.append((now() - t0) * 1e3)
+            finally:
+                blob.close()
+            return {"v": statistics.median(lat)}
+
+        def fsync() -> dict[str, float]:
+            name = os.path.join(d, f"small{next(counter)}")
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            lat = []
+            try:
+                for _ in range(c):
+                    t0 = now()
+                    os.write(fd, row_bytes)
+                    os.fdatasync(fd)
+                    lat.append((now() - t0) * 1e3)
+            finally:
+                os.close(fd)
+                remove(name)
+            return {"v": statistics.median(lat)}
+
+        def mm() -> dict[str, float]:
+            name = os.path.join(d, f"mm{next(counter)}")
+            m = np.memmap(name, dtype=np.float32, mode="w+", shape=(c, DIM))
+            lat = []
+            for i in range(c):
+                t0 = now()
+                m[i] = row.numpy()
+                m.flush()
+                lat.append((now() - t0) * 1e3)
+            del m
+            remove(name)
+            return {"v": statistics.median(lat)}
+
+        try:
+            s = interleave(p.fast_reps, {"tb": tb, "fsync": fsync, "mm": mm})
+        finally:
+            remove(d)
+        self.add(
+            Figure(
+                "f",
+                'sync="full" single-row commit latency',
+                "ms",
+                med(s, "tb.v"),
+                med(s, "fsync.v"),
+                "fdatasync",
+                "lower",
+                3.0,
+                "<= 3x write+fdatasync",
+                memmap=med(s, "mm.v"),
+                note="baseline: append one row to a small file + os.fdatasync; "
+                "np.memmap column: mm[i] = row; mm.flush()",
+                samples=s,
+            )
+        )
+
+    # g: collector sessions (open 'a', write 16 rows, close)
+    def sessions(self) -> None:
+        p = self.p
+        k = p.sessions
+        d = self.sub("sessions")
+        blob_path, raw_path = os.path.join(d, "g.blob"), os.path.join(d, "g.f32")
+        TensorBlob.open(blob_path, "w", dtype=torch.float32, shape=(DIM,)).close()
+        open(raw_path, "wb").close()
+        batch = torch.randn(16, DIM)
+        batch_np = batch.numpy()
+        rb = batch_np.nbytes
+
+        def tb() -> dict[str, float]:
+            t0 = now()
+            for _ in range(k):
+                blob = TensorBlob.open(blob_path, "a")
+                blob.write(batch)
+                blob.close()
+            return {"v": k / (now() - t0)}
+
+        def mm() -> dict[str, float]:
+            t0 = now()
+            for _ in range(k):
+                end = os.path.getsize(raw_path)
+                os.truncate(raw_path, end + rb)
+                m = np.memmap(raw_path, dtype=np.float32, mode="r+", offset=end, shape=(16, DIM))
+                m[:] = batch_np
+                m.flush()
+                del m
+            return {"v": k / (now() - t0)}
+
+        try:
+            s = interleave(p.reps, {"tb": tb, "mm": mm})
+        finally:
+            remove(d)
+        self.add(
+            Figure(
+                "g",
+                "collector session: open 'a', write 16 rows, close",
+                "sessions/s",
+                med(s, "tb.v"),
+                1000,
+                "target",
+                "higher",
+                1.0,
+                ">= 1000/s",
+                memmap=med(s, "mm.v"),
+                note="np.memmap column: grow file, map 16 rows, write, flush, unmap",
+                samples=s,
+            )
+        )
+
+    # h: open of a 1M-row blob
+    def opens(self) -> None:
+        p = self.p
+        d = self.sub("open")
+        blob_path, raw_path = os.path.join(d, "h.blob"), os.path.join(d, "h.f32")
+        data = torch.randn(OPEN_ROWS, *OPEN_SHAPE)
+        build_blob(blob_path, data)
+        build_raw(raw_path, data)
+        warm_files(blob_path)
+
+        def tb(mode: str) -> Callable[[], dict[str, float]]:
+            def run() -> dict[str, float]:
+                lat = []
+                for _ in range(p.opens):
+                    t0 = now()
+                    blob = TensorBlob.open(blob_path, mode)
+                    lat.append((now() - t0) * 1e3)
+                    blob.close()
+                return {"v": statistics.median(lat)}
+
+            return run
+
+        def mm() -> dict[str, float]:
+            lat = []
+            for _ in range(p.opens):
+                t0 = now()
+                m = np.memmap(raw_path, dtype=np.float32, mode="r", shape=(OPEN_ROWS, 4))
+                lat.append((now() - t0) * 1e3)
+                del m
+            return {"v": statistics.median(lat)}
+
+        try:
+            s = interleave(p.fast_reps, {"r": tb("r"), "a": tb("a"), "mm": mm})
+        finally:
+            remove(d)
+        for mode in ("r", "a"):
+            self.add(
+                Figure(
+                    f"h{'1' if mode == 'r' else '2'}",
+                    f"open 1M-row (4,) float32 blob, mode '{mode}'",
+                    "ms",
+                    med(s, f"{mode}.v"),
+                    5.0,
+                    "target",
+                    "lower",
+                    1.0,
+                    "<= 5 ms",
+                    memmap=med(s, "mm.v"),
+                    note="close excluded; np.memmap column: np.memmap(path, mode='r')",
+                    samples={k: v for k, v in s.items() if k.startswith((mode, "mm"))},
+                )
+            )
+
+    # i: mappings and RSS while random-reading many more blocks than are cached
+    def memory(self) -> None:
+        p = self.p
+        n = MEM_BLOCK * MEM_BLOCKS
+        d = self.sub("memory")
+        blob_path, raw_path = os.path.join(d, "i.blob"), os.path.join(d, "i.f32")
+        data = torch.randn(n, DIM)
+        build_blob(blob_path, data, block_size=MEM_BLOCK)
+        build_raw(raw_path, data)
+        del data
+        warm_files(blob_path)
+        warm_files(raw_path)
+        rng = random.Random(3)
+        idx = [rng.randrange(n) for _ in range(p.mem_reads)]
+        every = max(1, p.mem_reads // 100)
+
+        def measure(
+            opener: Callable[[], tuple[Callable[[int], object], Callable[[], None]]], where: str
+        ) -> dict[str, float]:
+            gc.collect()
+            rss0 = rss_kb()
+            read, close = opener()
+            peak_maps, peak_rss = 0, rss0
+            for j, i in enumerate(idx):
+                read(i)
+                if j % every == 0:
+                    peak_maps = max(peak_maps, mappings_under(where))
+                    peak_rss = max(peak_rss, rss_kb())
+            peak_maps = max(peak_maps, mappings_under(where))
+            peak_rss = max(peak_rss, rss_kb())
+            close()
+            gc.collect()
+            return {
+                "maps": peak_maps,
+                "rss": (peak_rss - rss0) / 1024,
+                "left": mappings_under(where),
+            }
+
+        def tb() -> dict[str, float]:
+            def opener() -> tuple[Callable[[int], object], Callable[[], None]]:
+                blob = TensorBlob.open(blob_path, "r", max_cached_blocks=MEM_CACHED)
+                return (lambda i: blob[i]), blob.close
+
+            return measure(opener, blob_path)
+
+        def mm() -> dict[str, float]:
+            holder: list[np.ndarray] = []
+
+            def opener() -> tuple[Callable[[int], object], Callable[[], None]]:
+                m = np.memmap(raw_path, dtype=np.float32, mode="r", shape=(n, DIM))
+                holder.append(m)
+                mv = m.view(np.ndarray)
+                return (lambda i: torch.from_numpy(mv[i].copy())), holder.clear
+
+            return measure(opener, raw_path)
+
+        def mem() -> dict[str, float]:
+            holder: list[torch.Tensor] = []
+
+            def opener() -> tuple[Callable[[int], object], Callable[[], None]]:
+                t = torch.from_numpy(np.fromfile(raw_path, dtype=np.float32).reshape(n, DIM))
+                holder.append(t)
+                return (lambda i: t[i].clone()), holder.clear
+
+            out = measure(opener, raw_path)
+            # The allocator may hand back pages that are already resident (freed by
+            # earlier figures), so RSS growth understates a tensor: count its size.
+            out["rss"] = n * DIM * 4 / 2**20
+            return out
+
+        try:
+            s = interleave(p.reps, {"tb": tb, "mm": mm, "mem": mem})
+        finally:
+            remove(d)
+        self.add(
+            Figure(
+                "i1",
+                f"mappings, random reads over {MEM_BLOCKS} blocks",
+                "maps (peak)",
+                max(s["tb.maps"]),
+                MEM_CACHED,
+                "max_cached_blocks",
+                "lower",
+                1.0,
+                f"<= {MEM_CACHED}",
+                memmap=max(s["mm.maps"]),
+                inmem=max(s["mem.maps"]),
+                note=f"block_size={MEM_BLOCK}, max_cached_blocks={MEM_CACHED}; "
+                f"maps left after close: {max(s['tb.left']):.0f}",
+                samples=s,
+            )
+        )
+        self.add(
+            Figure(
+                "i2",
+                "RSS growth, same reads",
+                "MiB (peak)",
+                med(s, "tb.rss"),
+                med(s, "mm.rss"),
+                "np.memmap",
+                "lower",
+                None,
+                "info",
+                memmap=med(s, "mm.rss"),
+                inmem=med(s, "mem.rss"),
+                note=f"blob of {n * DIM * 4 / 2**20:.0f} MiB; in-memory: the tensor's size",
+                samples={k: v for k, v in s.items() if k.endswith(".rss")},
+            )
+        )
+
+
+# -- main ----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="about a one-minute run")
+    ap.add_argument("--rows", type=int, help="rows of the read/write blobs (default 200k)")
+    ap.add_argument(
+        "--reps", type=int, help="repetitions per implementation (3x this for the cheap figures)"
+    )
+    ap.add_argument("--dir", help="where to create the scratch directory (default: /tmp)")
+    ap.add_argument("--json", help="write the results to this JSON file")
+    ap.add_argument(
+        "--threads", type=int, help="torch.set_num_threads(N) first (default: torch's choice)"
+    )
+    ap.add_argument(
+        "--only", help="comma-separated subset of: reads,write,single,full,sessions,open,memory"
+    )
+    args = ap.parse_args(argv)
+    p = params_for(args.quick, args.rows)
+    if args.reps:
+        p.reps, p.fast_reps = args.reps, 3 * args.reps
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = os.path.abspath(args.dir or tempfile.gettempdir())
+    os.makedirs(base, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="tensorblob-bench-", dir=base)
+    facts = machine_facts(work)
+    started = time.time()
+    print("tensorblob benchmark" + (" (--quick)" if args.quick else ""))
+    print("command: " + " ".join(["python", *sys.argv]))
+    for k, v in facts.items():
+        print(f"  {k:<11} {v}")
+    print(
+        f"  {'params':<11} rows={p.rows} x {DIM} float32, reps={p.reps} (d, e, g, i) and "
+        f"{p.fast_reps} (a, b, c, f, h), interleaved; medians"
+    )
+    bench = Bench(work, p)
+    steps = {
+        "reads": bench.reads,
+        "write": bench.seq_write,
+        "single": bench.single_writes,
+        "full": bench.full_commit,
+        "sessions": bench.sessions,
+        "open": bench.opens,
+        "memory": bench.memory,
+    }
+    chosen = [name for name in steps if not args.only or name in args.only.split(",")]
+    try:
+        for name in chosen:
+            t0 = now()
+            print(f"[{name}]", flush=True)
+            steps[name]()
+            print(f"  ({now() - t0:.1f} s)", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.time() - started
+    print()
+    print(table(bench.figures))
+    misses = [f.key for f in bench.figures if f.result == "MISS"]
+    print(
+        f"\n{len(misses)} miss(es){': ' + ', '.join(misses) if misses else ''}; "
+        f"{elapsed:.0f} s; load average at the end {loadavg()}"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "machine": facts,
+                    "params": asdict(p),
+                    "elapsed_s": elapsed,
+                    "figures": [
+                        {**asdict(fig), "ratio": fig.ratio, "result": fig.result}
+                        for fig in bench.figures
+                    ],
+                },
+                f,
+                indent=1,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
