@@ -756,19 +756,23 @@ class TensorBlob:
         """Copy rows ``start:stop`` (within bounds) into a new tensor."""
         if stop <= start:
             return torch.empty((0, *self.shape), dtype=self.dtype)
+        # Copied as bytes with numpy: one plain memcpy per block, like a raw
+        # np.memmap copy (torch's threaded copy stalls on a busy machine).
         B = self.block_size
-        blocks, get = self._state.blocks, self._blocks.get
+        blocks, get = self._state.blocks, self._blocks.get_bytes
         s0, o0 = divmod(start, B)
-        if stop - start <= B - o0:
-            return get(blocks[s0])[o0 : o0 + stop - start].clone()
-        out = torch.empty((stop - start, *self.shape), dtype=self.dtype)
-        pos = start
-        while pos < stop:
-            slot, off = divmod(pos, B)
-            k = min(B - off, stop - pos)
-            out[pos - start : pos - start + k].copy_(get(blocks[slot])[off : off + k])
-            pos += k
-        return out
+        n = stop - start
+        if n <= B - o0:
+            out = get(blocks[s0])[o0 : o0 + n].copy()
+        else:
+            out = np.empty((n, self._meta.row_bytes), dtype=np.uint8)
+            pos = start
+            while pos < stop:
+                slot, off = divmod(pos, B)
+                k = min(B - off, stop - pos)
+                out[pos - start : pos - start + k] = get(blocks[slot])[off : off + k]
+                pos += k
+        return torch.from_numpy(out).view(self.dtype).reshape(n, *self.shape)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows at the int64 positions ``idx`` (1-D, any order, repeats allowed)."""

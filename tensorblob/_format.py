@@ -185,9 +185,23 @@ def check_journal_header(h: dict[str, Any], what: str) -> None:
 
 
 def _pairs(x: Any) -> bool:
-    return isinstance(x, list) and all(
-        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_int(p[1]) for p in x
-    )
+    if type(x) is not list:
+        return False
+    for p in x:  # a plain loop: this runs for every record of every open
+        if type(p) is not list or len(p) != 2 or type(p[0]) is not int or type(p[1]) is not int:
+            return False
+        if p[0] < 0 or p[1] < 0:
+            return False
+    return True
+
+
+def _ints(x: Any) -> bool:
+    if type(x) is not list:
+        return False
+    for b in x:  # noqa: SIM110 - a plain loop is faster than all() with a generator here
+        if type(b) is not int or b < 0:
+            return False
+    return True
 
 
 def check_commit(r: dict[str, Any], what: str) -> None:
@@ -196,6 +210,5 @@ def check_commit(r: dict[str, Any], what: str) -> None:
     require(_pairs(r.get("s")), what, f"commit record q={r.get('q')}: bad slots")
     require(_pairs(r.get("h")), what, f"commit record q={r.get('q')}: bad hwm")
     for key in ("f", "w"):
-        v = r.get(key)
-        require(isinstance(v, list) and all(_is_int(b) for b in v), what, f"bad {key}")
+        require(_ints(r.get(key)), what, f"commit record q={r.get('q')}: bad {key}")
     require(isinstance(r.get("b"), str), what, f"commit record q={r.get('q')}: bad boot id")
