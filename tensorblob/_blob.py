@@ -125,9 +125,15 @@ def _as_rows(t: object, meta: Meta) -> torch.Tensor:
 class TensorBlob:
     """A growable on-disk array of same-shaped tensors with a file-like API.
 
-    Open one with :meth:`TensorBlob.open`. Every mutating call is one atomic,
-    crash-safe transaction; :meth:`transaction` groups several. See
-    docs/guide.md for modes, indexing, durability and concurrency.
+    Open one with ``TensorBlob.open``. Every mutating call (``write``,
+    ``truncate``, ``extend``, emptying with ``"w"``) is one atomic, crash-safe
+    transaction; ``transaction()`` groups several. A reader sees one committed
+    snapshot until ``refresh()``. See the user guide (docs/guide.md) for modes,
+    indexing, durability and concurrency.
+
+    Attributes:
+        recovery_actions: What the recovery run by this writable open did, one
+            line per action; empty if the blob was clean, and for a reader.
     """
 
     def __init__(self) -> None:  # use TensorBlob.open()
@@ -150,23 +156,45 @@ class TensorBlob:
     ) -> TensorBlob:
         """Open the blob at ``path`` (a directory), creating it if the mode allows.
 
-        Modes follow Python files: ``"r"`` reads an existing blob; ``"w"``
-        creates it or empties an existing one; ``"a"`` creates it if missing,
-        starts at the end and every write appends; ``"+"`` adds the other
-        direction. ``dtype``, ``shape`` and ``block_size`` (default 8192 rows)
-        are needed only to create; given for an existing blob they must match.
+        Modes follow Python files: ``"r"`` reads an existing blob; ``"w"`` creates
+        it or empties an existing one (one transaction); ``"a"`` creates it if
+        missing, starts at the end and every write appends; ``"+"`` adds the other
+        direction. Creating is atomic: after a crash the blob is absent or
+        complete. Writable modes hold the writer lock until ``close()`` and first
+        recover an interrupted transaction (see ``recovery_actions``).
 
-        ``sync="normal"``: a committed transaction survives the death of the
-        process; ``flush()`` and ``close()`` make everything so far survive
-        power loss. ``sync="full"``: every transaction survives power loss when
-        it returns. Writable modes take the writer lock, waiting up to
-        ``timeout`` seconds, and recover an interrupted transaction.
+        Args:
+            path: The blob's directory. To create it, it must be absent or empty
+                and its parent must exist.
+            mode: ``"r"``, ``"w"``, ``"a"``, ``"r+"``, ``"w+"`` or ``"a+"``.
+            dtype: Element type, a ``torch.dtype`` or its name. Needed to create;
+                for an existing blob it must match.
+            shape: Shape of one row: an int, a tuple, or ``()``. Needed to create;
+                for an existing blob it must match.
+            block_size: Rows per block file, fixed at creation (default 8192).
+                Bigger blocks mean fewer files and mappings but costlier overwrites:
+                copy-on-write copies a whole block.
+            max_cached_blocks: Block files this handle keeps mapped (default: a
+                sixteenth of ``vm.max_map_count``, at least 128). Trades address
+                space and kernel maps for remapping time; no effect on safety.
+            sync: ``"normal"``: a committed transaction survives the death of the
+                process; ``flush()`` and ``close()`` make everything so far survive
+                power loss. ``"full"``: every transaction survives power loss when
+                it returns, at the cost of fsyncs in every transaction.
+            timeout: Seconds a writable open waits for the writer lock (default 30;
+                0 fails at once). Readers never wait.
+
+        Returns:
+            The open blob; use it as a context manager so that it is closed.
 
         Raises:
-            BlobNotFoundError: ``"r"``/``"r+"`` and nothing at ``path``.
+            BlobNotFoundError: ``"r"``/``"r+"`` and nothing at ``path``, or the
+                parent directory of a blob to create does not exist.
             NotABlobError: ``path`` is a file or a directory tensorblob did not create.
-            InvalidArgumentError: bad mode, sync, dtype, shape, block_size, or a
-                dtype/shape that conflicts with the existing blob.
+            InvalidArgumentError: bad mode, sync, timeout, dtype, shape, block_size
+                or max_cached_blocks; dtype or shape missing to create; or a layout
+                that conflicts with the existing blob.
+            BlobTypeError: ``path`` is not a str or ``os.PathLike``.
             LockTimeoutError: another writer kept the lock past ``timeout``.
             CorruptBlobError: a file of the blob is damaged.
             UnsupportedVersionError: the blob has a newer format version.
@@ -288,8 +316,13 @@ class TensorBlob:
     def refresh(self) -> int:
         """Move a reader to the newest committed snapshot; return the new length.
 
-        The cursor is kept (clamped to the new length). A writer always sees
-        its own newest state, so this only returns its length.
+        The cursor is kept, clamped to the new length. Until the next refresh the
+        reader sees exactly this snapshot, whatever the writer does. On a writer
+        this only returns the length: a writer always sees its own newest state.
+
+        Raises:
+            BlobClosedError: the blob is closed.
+            CorruptBlobError: a file of the blob is damaged.
         """
         self._check_open()
         if self._lease is not None:
@@ -323,7 +356,13 @@ class TensorBlob:
     def close(self) -> None:
         """Close the blob: roll back an open transaction, make commits durable, release locks.
 
-        Closing twice is allowed. After close every other call raises BlobClosedError.
+        On a writer this is a durable point: when it returns, every committed
+        transaction survives power loss. Closing twice is allowed; after close
+        every other call raises BlobClosedError.
+
+        Raises:
+            BlobIOError: making the commits durable failed; the handle is closed
+                anyway, and the next open recovers.
         """
         if getattr(self, "_closed", True):
             return
@@ -392,6 +431,7 @@ class TensorBlob:
         Raises:
             BlobNotFoundError: nothing at ``path`` (unless ``missing_ok``).
             NotABlobError: ``path`` is not a blob, or holds foreign files.
+            CorruptBlobError: the blob's ``meta`` is damaged.
             LockTimeoutError: a writer kept the lock past ``timeout``.
         """
         root = _abspath(path)
@@ -433,27 +473,32 @@ class TensorBlob:
 
     @property
     def mode(self) -> str:
+        """The mode the blob was opened with (``"r"``, ``"a+"``, ...)."""
         return self._mode
 
     @property
     def dtype(self) -> torch.dtype:
+        """Element type of every row, fixed at creation."""
         return self._meta.dtype
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of one row."""
+        """Shape of one row, fixed at creation."""
         return self._meta.shape
 
     @property
     def block_size(self) -> int:
+        """Rows per block file, fixed at creation."""
         return self._meta.block_size
 
     @property
     def sync(self) -> str:
+        """This handle's durability level, ``"normal"`` or ``"full"`` (see ``open``)."""
         return self._sync
 
     @property
     def closed(self) -> bool:
+        """True once the blob is closed, by ``close()`` or by a failed commit step."""
         return self._closed
 
     def __repr__(self) -> str:
@@ -495,13 +540,18 @@ class TensorBlob:
     def transaction(self) -> Iterator[TensorBlob]:
         """Group the calls inside into one atomic commit.
 
-        On an exception inside, data, length and cursor roll back and the
-        exception propagates. Nested ``transaction()`` blocks join the outer one.
+        After a crash either everything done inside the block is there or none of
+        it is, and readers never see part of it. On an exception inside, data,
+        length and cursor roll back and the exception propagates. Nested blocks
+        join the outermost one, which alone commits or rolls back (no savepoints).
 
         Raises:
             UnsupportedOperationError: the blob is not writable.
-            TensorBlobError: an operation inside failed and its exception was
-                swallowed; the whole transaction was rolled back.
+            BlobClosedError: the blob is closed, or was closed inside the block
+                (which rolled the transaction back).
+            TensorBlobError: an operation inside failed after it had changed the
+                blob and its exception was swallowed; everything was rolled back.
+            BlobIOError: a commit step failed; the handle closed itself.
         """
         engine = self._check_writable()
         outer = self._depth == 0
@@ -514,6 +564,8 @@ class TensorBlob:
             self._depth -= 1
             if outer:
                 self._rollback()
+            else:
+                self._doomed = True  # no savepoints: the outer transaction cannot commit
             raise
         self._depth -= 1
         if outer:
@@ -572,12 +624,18 @@ class TensorBlob:
 
         ``t`` is a row of ``shape``, a batch ``(n, *shape)``, or a flat 1-D
         tensor of whole rows, with exactly the blob's dtype. Rows past the end
-        grow the blob; rows before it are overwritten, atomically.
+        grow the blob; rows before it are overwritten. The call is one
+        transaction (or part of the open one): after a crash all its rows are
+        there or none, and it is durable as ``sync`` says.
 
         Raises:
-            UnsupportedOperationError: the blob is open read-only.
+            UnsupportedOperationError: the blob is open read-only, or a forked
+                child writes through its parent's writer.
+            BlobTypeError: ``t`` is not a tensor.
             DTypeMismatchError: wrong dtype (nothing is cast silently).
             ShapeMismatchError: not a row, batch or flat run of rows.
+            BlobClosedError: the blob is closed.
+            BlobIOError: a commit step failed; the handle closed itself.
         """
         engine = self._check_writable()
         rows = _as_rows(t, self._meta)
@@ -606,11 +664,17 @@ class TensorBlob:
     def truncate(self, pos: int | None = None) -> int:
         """Cut the blob to ``pos`` rows (default: the cursor); return the new length.
 
-        A ``pos`` past the end changes nothing. The cursor is kept unless it
-        lies past the new end, where it moves to the end.
+        One transaction (or part of the open one). A ``pos`` at or past the end
+        changes nothing. The cursor is kept unless it lies past the new end, where
+        it moves to the end. The cut rows' disk space is freed once the truncation
+        is durable and no reader's snapshot needs it.
 
         Raises:
             InvalidArgumentError: ``pos`` is negative.
+            BlobTypeError: ``pos`` is not an int.
+            UnsupportedOperationError: the blob is not writable.
+            BlobClosedError: the blob is closed.
+            BlobIOError: a commit step failed; the handle closed itself.
         """
         engine = self._check_writable()
         pos = self._pos if pos is None else self._as_int(pos, "truncate(pos)")
@@ -625,14 +689,20 @@ class TensorBlob:
     def extend(self, other: TensorBlob, maintain_order: bool = True) -> int:
         """Append all rows of ``other`` (another open blob) as one transaction; return the count.
 
-        With ``maintain_order=False`` whole blocks of ``other`` are copied as
-        files, which is faster for large blobs; the rows then come in this
-        order: this blob's full blocks, ``other``'s full blocks, this blob's
-        last partial block, ``other``'s last partial block.
+        With ``maintain_order=True`` the rows of ``other`` follow in order. With
+        ``maintain_order=False``, if both blobs have the same block size and
+        ``other`` has at least one full block, its full blocks are copied as whole
+        files (faster), and the rows come in this order: this blob's full blocks,
+        ``other``'s full blocks, this blob's last partial block, ``other``'s last
+        partial block. The cursor moves to the new end.
 
         Raises:
             BlobTypeError: ``other`` is not a TensorBlob.
-            DTypeMismatchError, ShapeMismatchError: the layouts differ.
+            DTypeMismatchError: the dtypes differ.
+            ShapeMismatchError: the row shapes differ.
+            UnsupportedOperationError: this blob is not writable.
+            BlobClosedError: either blob is closed.
+            BlobIOError: a commit step failed; the handle closed itself.
         """
         engine = self._check_writable()
         if not isinstance(other, TensorBlob):
@@ -666,7 +736,12 @@ class TensorBlob:
     def flush(self) -> None:
         """Make every committed transaction survive power loss (a durable point).
 
-        A no-op on a read-only blob. Raises BlobClosedError if closed.
+        Does nothing on a read-only blob, or inside ``transaction()``, where
+        nothing is committed yet.
+
+        Raises:
+            BlobClosedError: the blob is closed.
+            BlobIOError: an fsync failed; the handle closed itself (reopen the blob).
         """
         self._check_open()
         if self._engine is not None and self._depth == 0:
@@ -691,8 +766,13 @@ class TensorBlob:
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
         """Move the cursor; return the new position, clamped to ``[0, len(blob)]``.
 
+        Unlike a Python file's, the cursor never goes past the end. Changes
+        nothing on disk.
+
         Raises:
+            BlobTypeError: ``pos`` is not an int.
             InvalidArgumentError: ``whence`` is not SEEK_SET, SEEK_CUR or SEEK_END.
+            BlobClosedError: the blob is closed.
         """
         self._check_open()
         pos = self._as_int(pos, "seek(pos)")
@@ -710,23 +790,38 @@ class TensorBlob:
         return self._pos
 
     def tell(self) -> int:
-        """Return the cursor position (a row number)."""
+        """Return the cursor position (a row number).
+
+        Raises:
+            BlobClosedError: the blob is closed.
+        """
         self._check_open()
         return self._pos
 
     # -- reading ----------------------------------------------------------
 
     def __len__(self) -> int:
+        """Return the number of rows.
+
+        A reader counts the rows of its snapshot; a writer counts its current
+        rows, including those of its open transaction.
+
+        Raises:
+            BlobClosedError: the blob is closed.
+        """
         self._check_open()
         return self._state.length
 
     def read(self, size: int | None = None) -> torch.Tensor:
         """Read up to ``size`` rows from the cursor (all the rest if None or negative).
 
-        Returns a new tensor ``(k, *shape)``; ``k == 0`` at the end.
+        Returns a new tensor ``(k, *shape)`` that does not alias the blob's
+        files; ``k == 0`` at the end. Advances the cursor by ``k``.
 
         Raises:
-            UnsupportedOperationError: the blob is open write-only.
+            UnsupportedOperationError: the blob is open write-only (``"w"``, ``"a"``).
+            BlobTypeError: ``size`` is not an int or None.
+            BlobClosedError: the blob is closed.
         """
         self._check_readable()
         n = self._state.length
@@ -739,7 +834,14 @@ class TensorBlob:
         return out
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        """Yield rows from the cursor to the end, advancing the cursor."""
+        """Yield rows from the cursor to the end, advancing the cursor.
+
+        Each row is a new tensor that does not alias the blob's files.
+
+        Raises:
+            UnsupportedOperationError: the blob is open write-only.
+            BlobClosedError: the blob is closed.
+        """
         self._check_readable()
         return self._iter_rows()
 
@@ -811,11 +913,14 @@ class TensorBlob:
     def __getitem__(self, index: Any) -> torch.Tensor:
         """``blob[i]``, ``blob[a:b:c]``, ``blob[list | tuple | 1-D int tensor | ndarray]``.
 
+        Reads this handle's snapshot without moving the cursor, in any mode.
         Always returns a new tensor that does not alias the blob's files.
 
         Raises:
             InvalidIndexError: an index is out of range.
             BlobTypeError: the index is of an unsupported type (str, float, bool, ...).
+            InvalidArgumentError: a slice step is 0.
+            BlobClosedError: the blob is closed.
         """
         self._check_open()
         n = self._state.length

@@ -30,11 +30,19 @@ __all__ = [
 
 
 class TensorBlobError(Exception):
-    """Base class of every error tensorblob raises on purpose."""
+    """Base class of every error tensorblob raises on purpose.
+
+    ``TensorBlob.transaction()`` raises it itself when an operation inside
+    failed and its exception was swallowed: the transaction was rolled back.
+    """
 
 
 class BlobNotFoundError(TensorBlobError, FileNotFoundError):
-    """The path does not exist and the mode does not create a blob."""
+    """The path does not exist and the mode does not create a blob.
+
+    Also raised by ``TensorBlob.unlink`` without ``missing_ok``, and when the
+    parent directory of a blob to create does not exist.
+    """
 
 
 class NotABlobError(TensorBlobError, ValueError):
@@ -54,7 +62,10 @@ class UnsupportedVersionError(TensorBlobError, ValueError):
 
 
 class LockTimeoutError(TensorBlobError, TimeoutError):
-    """Another writer held the blob's writer lock for longer than ``timeout``."""
+    """Another writer held the blob's writer lock for longer than ``timeout``.
+
+    The message names the blob and the holder (pid and host).
+    """
 
 
 class BlobClosedError(TensorBlobError, ValueError):
@@ -62,7 +73,7 @@ class BlobClosedError(TensorBlobError, ValueError):
 
 
 class BlobIOError(TensorBlobError, OSError):
-    """A disk operation failed during or after a commit; the handle was closed.
+    """A disk operation failed at or after a commit point; the handle closed itself.
 
     The transaction in flight is either committed or not, as the next open
     finds it: reopen the blob (or run ``tensorblob recover``) to resolve it.
@@ -70,7 +81,12 @@ class BlobIOError(TensorBlobError, OSError):
 
 
 class UnsupportedOperationError(TensorBlobError, io.UnsupportedOperation):
-    """The operation is not allowed in this mode (e.g. ``write`` on a blob opened ``"r"``)."""
+    """The operation is not allowed on this handle.
+
+    The mode forbids it (``write`` on a blob opened ``"r"``, ``read`` on one
+    opened ``"a"``), a writer is pickled, or a forked child writes through its
+    parent's writer.
+    """
 
 
 class InvalidArgumentError(TensorBlobError, ValueError):
