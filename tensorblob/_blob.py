@@ -17,12 +17,13 @@ import torch
 from . import _durable, _recovery
 from ._blocks import BLOCKS, BlockStore, default_max_cached, parse_block_name
 from ._journal import JOURNAL, JournalWriter, encode_journal
-from ._locking import LOCK, READERS, ReaderLease, WriterLock
+from ._locking import LOCK, READERS, ReaderLease, WriterLock, hold_dir
 from ._manifest import MANIFEST, State
 from ._meta import META, Meta, parse_dtype, parse_shape, read_meta
 from ._txn import Engine
 from .errors import (
     BlobClosedError,
+    BlobIOError,
     BlobNotFoundError,
     BlobTypeError,
     DTypeMismatchError,
@@ -57,15 +58,24 @@ def _create(path: str, meta: Meta) -> bool:
     parent, name = os.path.split(path)
     if not os.path.isdir(parent):
         raise BlobNotFoundError(f"cannot create blob {path!r}: directory {parent!r} does not exist")
-    tmp = os.path.join(parent, f".{name}.creating-{secrets.token_hex(4)}")
-    _durable.mkdir(tmp)
+    _sweep_leftovers(parent, name)
+    for _ in range(5):
+        tmp = os.path.join(parent, f".{name}.creating-{secrets.token_hex(4)}")
+        _durable.mkdir(tmp)
+        # Locked while building: a sweeper removes a hidden directory only when
+        # it can lock it (its builder died). If one took it first, start over.
+        held = hold_dir(tmp)
+        if held is not None:
+            break
+    else:  # pragma: no cover - five sweepers in a row
+        raise BlobIOError(f"cannot create blob {path!r}: its build directory kept vanishing")
     try:
+        _durable.create_file(os.path.join(tmp, LOCK), b"", sync=False)
         state = State(meta.uuid)
         _durable.create_file(os.path.join(tmp, META), meta.encode(), sync=True)
         _durable.create_file(os.path.join(tmp, MANIFEST), state.encode(), sync=True)
         journal = encode_journal(meta.uuid, state.gen, secrets.randbits(32), closed=True)
         _durable.create_file(os.path.join(tmp, JOURNAL), journal, sync=True)
-        _durable.create_file(os.path.join(tmp, LOCK), b"", sync=False)
         _durable.create_file(os.path.join(tmp, READERS), b"", sync=False)
         _durable.mkdir(os.path.join(tmp, BLOCKS))
         _durable.fsync_dir(tmp)
@@ -80,20 +90,52 @@ def _create(path: str, meta: Meta) -> bool:
         if os.path.isdir(tmp):
             _remove_tree(tmp)
         raise
+    finally:
+        os.close(held)
     _durable.fsync_dir(parent)
     return True
 
 
+def _sweep_leftovers(parent: str, name: str) -> None:
+    """Remove hidden creating/deleting directories of ``name`` whose owner died.
+
+    A live creator or deleter holds a flock on the directory (see
+    ``hold_dir``); a directory that can be locked is removed.
+    """
+    prefixes = (f".{name}.creating-", f".{name}.deleting-")
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(prefixes):
+            continue
+        leftover = os.path.join(parent, entry)
+        fd = hold_dir(leftover)
+        if fd is None:
+            continue
+        try:
+            _remove_tree(leftover)
+        except OSError:
+            pass  # best effort: a later creation or unlink tries again
+        finally:
+            os.close(fd)
+
+
 def _remove_tree(root: str) -> None:
-    """Remove a blob directory that nothing else can see any more (created or tombstoned)."""
+    """Remove a blob directory that nothing else can see any more (created or tombstoned).
+
+    Tolerates another process removing the same directory at the same time.
+    """
     blocks = os.path.join(root, BLOCKS)
-    if os.path.isdir(blocks):
+    with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(blocks):
-            _durable.unlink(os.path.join(blocks, name))
+            _durable.unlink(os.path.join(blocks, name), missing_ok=True)
         _durable.rmdir(blocks)
-    for name in os.listdir(root):
-        _durable.unlink(os.path.join(root, name))
-    _durable.rmdir(root)
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(root):
+            _durable.unlink(os.path.join(root, name), missing_ok=True)
+        _durable.rmdir(root)
 
 
 def _as_rows(t: object, meta: Meta) -> torch.Tensor:
@@ -462,7 +504,13 @@ class TensorBlob:
             _durable.fsync_dir(parent)
         finally:
             lock.release()
-        _remove_tree(tomb)
+        held = hold_dir(tomb)  # if a sweeper got there first, it removes the tombstone
+        if held is not None:
+            try:
+                _remove_tree(tomb)
+            finally:
+                os.close(held)
+        _sweep_leftovers(parent, name)
 
     # -- properties -------------------------------------------------------
 

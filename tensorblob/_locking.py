@@ -85,6 +85,26 @@ class WriterLock:
             self._lock.release(force=True)
 
 
+def hold_dir(root: str) -> int | None:
+    """Take an exclusive flock on the directory ``root`` itself, without waiting.
+
+    Returns the fd holding it, or None. Used for the hidden
+    ``.NAME.creating-*`` and ``.NAME.deleting-*`` directories: their creator
+    or deleter holds this lock while it works, so one whose lock can be taken
+    was left behind by a process that died (or by a power cut).
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class ReaderLease:
     """A reader's hold on its snapshot: a shared lock on byte ``seq`` of ``readers``."""
 
