@@ -16,8 +16,11 @@ Ops::
     ["truncate", pos]           # pos may be None: at the cursor
     ["extend", other, ordered]  # other: path of a prepared blob
     ["txn", [ops...]]           # one transaction
+    ["rollback", [ops...]]      # a transaction whose body raises: it all rolls back
     ["flush"] | ["close"]
     ["checkpoint_every", nbytes]  # lower the journal bound in the child
+
+``WORKLOADS`` is the shared catalogue (tests/test_crash.py and fuzz/ use it).
 """
 
 from __future__ import annotations
@@ -37,12 +40,121 @@ from tensorblob import TensorBlob, _durable, _txn
 ABSENT = None  # the blob does not exist
 ROW_SHAPE = (3,)
 DTYPE = torch.float32
-MUTATING = {"write", "truncate", "extend", "txn"}
+MUTATING = {"write", "truncate", "extend", "txn", "rollback"}
 
 
 def rows(n: int, seed: int) -> torch.Tensor:
     base = torch.arange(n * ROW_SHAPE[0], dtype=DTYPE).reshape(n, *ROW_SHAPE)
     return base + seed * 1000
+
+
+# -- the shared workload catalogue ------------------------------------------
+
+B = 4  # rows per block: small, so workloads cross many block boundaries
+NEW = {"dtype": "float32", "shape": [3], "block_size": B}
+
+
+def create(n: int, seed: int = 1, sync: str = "normal") -> list[list[Any]]:
+    return [["open", "w", sync, NEW], ["write", n, seed], ["close"]]
+
+
+WORKLOADS: dict[str, list[list[Any]]] = {
+    "append": [
+        ["open", "w", "normal", NEW],
+        ["write", 3, 1],
+        ["write", 6, 2],
+        ["write", 1, 3],
+        ["write", 1, 4],
+        ["close"],
+    ],
+    "append_sessions": [
+        *create(2),
+        ["open", "a", "normal", {}],
+        ["write", 3, 2],
+        ["close"],
+        ["open", "a", "normal", {}],
+        ["write", 4, 3],
+        ["write", 1, 4],
+        ["close"],
+    ],
+    "transaction": [
+        *create(5),
+        ["open", "r+", "normal", {}],
+        ["txn", [["seek", 2, 0], ["write", 4, 2], ["truncate", 7], ["write", 5, 3]]],
+        ["txn", [["write", 2, 4], ["seek", 0, 0], ["write", 1, 5]]],
+        ["close"],
+    ],
+    "overwrite": [
+        *create(10),
+        ["open", "r+", "normal", {}],
+        ["seek", 2, 0],
+        ["write", 7, 2],
+        ["seek", -3, 2],
+        ["write", 6, 3],
+        ["seek", 0, 0],
+        ["write", 1, 4],
+        ["close"],
+    ],
+    "truncate_regrow": [
+        *create(10),
+        ["open", "r+", "normal", {}],
+        ["truncate", 6],
+        ["seek", 0, 2],
+        ["write", 5, 2],
+        ["truncate", 0],
+        ["write", 2, 3],
+        ["close"],
+    ],
+    "extend_ordered": [
+        *create(5),
+        ["open", "a", "normal", {}],
+        ["extend", "OTHER", True],
+        ["close"],
+    ],
+    "extend_blocks": [
+        *create(5),
+        ["open", "a", "normal", {}],
+        ["extend", "OTHER", False],
+        ["write", 1, 7],
+        ["close"],
+    ],
+    "recreate": [
+        *create(6),
+        ["open", "w", "normal", {}],
+        ["write", 3, 2],
+        ["close"],
+    ],
+    "checkpoint": [
+        ["checkpoint_every", 300],
+        ["open", "w", "normal", NEW],
+        *[["write", 1, i] for i in range(12)],
+        ["truncate", 5],
+        ["write", 2, 20],
+        ["close"],
+    ],
+    "full_sync": [
+        *create(3, sync="full"),
+        ["open", "r+", "full", {}],
+        ["seek", 1, 0],
+        ["write", 4, 2],
+        ["write", 2, 3],
+        ["truncate", 4],
+        ["close"],
+    ],
+    "flush_points": [
+        ["open", "w", "normal", NEW],
+        ["write", 3, 1],
+        ["flush"],
+        ["write", 3, 2],
+        ["seek", 0, 0],
+        ["write", 2, 3],
+        ["flush"],
+        ["write", 5, 4],
+        ["close"],
+    ],
+}
+
+OTHER_ROWS = rows(9, 50)  # 2 full blocks and a partial one
 
 
 # -- the model -------------------------------------------------------------
@@ -96,6 +208,8 @@ class Model:
         elif kind == "txn":
             for sub in op[1]:
                 self.apply(sub)
+        elif kind == "rollback":
+            pass  # the transaction raised inside: data and cursor are as before
         elif kind in ("flush", "close", "checkpoint_every"):
             pass
         else:  # pragma: no cover - a typo in a workload
@@ -114,6 +228,10 @@ def expected_states(ops: list[list[Any]], others: dict[str, torch.Tensor]) -> li
 
 
 # -- the child --------------------------------------------------------------
+
+
+class Rollback(Exception):
+    """Raised inside ``with blob.transaction()`` by the "rollback" op."""
 
 
 def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
@@ -141,6 +259,11 @@ def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
             with blob.transaction():
                 for sub in op[1]:
                     do(sub)
+        elif kind == "rollback":
+            with contextlib.suppress(Rollback), blob.transaction():
+                for sub in op[1]:
+                    do(sub)
+                raise Rollback
         elif kind == "flush":
             blob.flush()
             os.write(ack_fd, b"D%d\n" % acks)

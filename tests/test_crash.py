@@ -27,111 +27,10 @@ from tensorblob._blocks import parse_block_name
 from tensorblob._meta import read_meta
 from tensorblob._recovery import load
 
-B = 4  # rows per block: small, so workloads cross many block boundaries
-NEW = {"dtype": "float32", "shape": [3], "block_size": B}
-
-
-def create(n: int, seed: int = 1, sync: str = "normal") -> list[list[Any]]:
-    return [["open", "w", sync, NEW], ["write", n, seed], ["close"]]
-
-
-WORKLOADS: dict[str, list[list[Any]]] = {
-    "append": [
-        ["open", "w", "normal", NEW],
-        ["write", 3, 1],
-        ["write", 6, 2],
-        ["write", 1, 3],
-        ["write", 1, 4],
-        ["close"],
-    ],
-    "append_sessions": [
-        *create(2),
-        ["open", "a", "normal", {}],
-        ["write", 3, 2],
-        ["close"],
-        ["open", "a", "normal", {}],
-        ["write", 4, 3],
-        ["write", 1, 4],
-        ["close"],
-    ],
-    "transaction": [
-        *create(5),
-        ["open", "r+", "normal", {}],
-        ["txn", [["seek", 2, 0], ["write", 4, 2], ["truncate", 7], ["write", 5, 3]]],
-        ["txn", [["write", 2, 4], ["seek", 0, 0], ["write", 1, 5]]],
-        ["close"],
-    ],
-    "overwrite": [
-        *create(10),
-        ["open", "r+", "normal", {}],
-        ["seek", 2, 0],
-        ["write", 7, 2],
-        ["seek", -3, 2],
-        ["write", 6, 3],
-        ["seek", 0, 0],
-        ["write", 1, 4],
-        ["close"],
-    ],
-    "truncate_regrow": [
-        *create(10),
-        ["open", "r+", "normal", {}],
-        ["truncate", 6],
-        ["seek", 0, 2],
-        ["write", 5, 2],
-        ["truncate", 0],
-        ["write", 2, 3],
-        ["close"],
-    ],
-    "extend_ordered": [
-        *create(5),
-        ["open", "a", "normal", {}],
-        ["extend", "OTHER", True],
-        ["close"],
-    ],
-    "extend_blocks": [
-        *create(5),
-        ["open", "a", "normal", {}],
-        ["extend", "OTHER", False],
-        ["write", 1, 7],
-        ["close"],
-    ],
-    "recreate": [
-        *create(6),
-        ["open", "w", "normal", {}],
-        ["write", 3, 2],
-        ["close"],
-    ],
-    "checkpoint": [
-        ["checkpoint_every", 300],
-        ["open", "w", "normal", NEW],
-        *[["write", 1, i] for i in range(12)],
-        ["truncate", 5],
-        ["write", 2, 20],
-        ["close"],
-    ],
-    "full_sync": [
-        *create(3, sync="full"),
-        ["open", "r+", "full", {}],
-        ["seek", 1, 0],
-        ["write", 4, 2],
-        ["write", 2, 3],
-        ["truncate", 4],
-        ["close"],
-    ],
-    "flush_points": [
-        ["open", "w", "normal", NEW],
-        ["write", 3, 1],
-        ["flush"],
-        ["write", 3, 2],
-        ["seek", 0, 0],
-        ["write", 2, 3],
-        ["flush"],
-        ["write", 5, 4],
-        ["close"],
-    ],
-}
-
-OTHER_ROWS = harness.rows(9, 50)  # 2 full blocks and a partial one
+B = harness.B
+NEW = harness.NEW
+WORKLOADS = harness.WORKLOADS
+OTHER_ROWS = harness.OTHER_ROWS
 
 
 def _prepare(tmp_path: Any, name: str) -> tuple[str, list[list[Any]], list[Any]]:
@@ -172,7 +71,19 @@ def _check_reopen(path: str, allowed: list[Any], where: str) -> None:
     harness.exercise(path)
 
 
-@pytest.mark.parametrize("name", sorted(WORKLOADS))
+# The default run kills a real child at every step of these; tests/test_fuzz_ci.py
+# covers every workload (directory images at each step, checked against real
+# SIGKILLs), and `pytest -m slow` runs the rest here too.
+DEFAULT_KILL = {"append_sessions", "overwrite", "extend_blocks", "recreate", "checkpoint"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in DEFAULT_KILL else pytest.param(n, marks=pytest.mark.slow)
+        for n in sorted(WORKLOADS)
+    ],
+)
 def test_kill_at_every_disk_step_leaves_last_or_in_flight_commit(tmp_path: Any, name: str) -> None:
     path, ops, states = _prepare(tmp_path, name)
     work = str(tmp_path / "work")
@@ -195,6 +106,7 @@ def test_kill_at_every_disk_step_leaves_last_or_in_flight_commit(tmp_path: Any, 
 POWER = ["append", "overwrite", "truncate_regrow", "extend_blocks", "flush_points", "full_sync"]
 
 
+@pytest.mark.slow  # superseded in the default run by the finer model of tests/test_fuzz_ci.py
 @pytest.mark.parametrize("keep_journal", [False, True], ids=["journal_lost", "journal_kept"])
 @pytest.mark.parametrize("name", POWER)
 def test_power_loss_at_every_disk_step_keeps_durable_commits(

@@ -6,8 +6,11 @@ part that found it and the diagnosis.
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
 
+import harness
 import torch
 
 from tensorblob import TensorBlob, _locking
@@ -36,3 +39,28 @@ def test_reader_open_is_not_refused_while_the_writer_deletes_freed_blocks(tmp_pa
     finally:
         probe.unguard()
         probe.close()
+
+
+def test_a_creation_killed_before_its_rename_leaves_no_directory_behind(tmp_path: Any) -> None:
+    """Found by the exhaustive catalogue (fuzz/campaign.py, every workload that creates): G4.
+
+    ``_create`` (tensorblob/_blob.py) builds the blob in a hidden sibling
+    ``.NAME.creating-XXXXXXXX`` and renames it into place. A writer killed
+    before the rename leaves that directory (with ``meta``, ``manifest``,
+    ``journal``, ...) next to the blob forever: the next ``open(path, "w")``
+    builds a new one under another random name and nothing ever removes the
+    old one. (It cannot simply delete every such sibling: one may belong to
+    a creator still running; for example the creator could hold a lock on
+    its hidden directory and the next creator remove those it can lock.)
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    path = str(tmp_path / "blob")
+    ops = [["open", "w", "normal", harness.NEW]]
+    clean = harness.run_child(path, ops, 0, str(work))
+    rename = next(i for i, (step, _, _) in enumerate(clean.log, 1) if step == "rename")
+    shutil.rmtree(path)
+    run = harness.run_child(path, ops, rename, str(work))  # killed just before the rename
+    assert run.exitcode == -9
+    TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=4).close()
+    assert sorted(os.listdir(tmp_path)) == ["blob", "work"]
