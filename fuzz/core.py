@@ -308,27 +308,7 @@ def run_ops(path: str, ops: list[list[Any]], st: _Acks) -> None:
 
     def do(op: list[Any]) -> None:
         assert blob is not None
-        kind = op[0]
-        if kind == "write":
-            blob.write(harness.rows(op[1], op[2]))
-        elif kind == "seek":
-            blob.seek(op[1], op[2])
-        elif kind == "truncate":
-            blob.truncate(op[1])
-        elif kind == "extend":
-            with TensorBlob.open(op[1], "r") as other:
-                blob.extend(other, maintain_order=op[2])
-        elif kind == "txn":
-            with blob.transaction():
-                for sub in op[1]:
-                    do(sub)
-        elif kind == "rollback":
-            with contextlib.suppress(harness.Rollback), blob.transaction():
-                for sub in op[1]:
-                    do(sub)
-                raise harness.Rollback
-        else:  # pragma: no cover - a typo in a workload
-            raise ValueError(op)
+        harness.apply_op(blob, op)
 
     for op in ops:
         kind = op[0]

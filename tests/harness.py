@@ -234,6 +234,31 @@ class Rollback(Exception):
     """Raised inside ``with blob.transaction()`` by the "rollback" op."""
 
 
+def apply_op(blob: TensorBlob, op: list[Any]) -> None:
+    """Do one data op (write, seek, truncate, extend, txn, rollback) on a real blob."""
+    kind = op[0]
+    if kind == "write":
+        blob.write(rows(op[1], op[2]))
+    elif kind == "seek":
+        blob.seek(op[1], op[2])
+    elif kind == "truncate":
+        blob.truncate(op[1])
+    elif kind == "extend":
+        with TensorBlob.open(op[1], "r") as other:
+            blob.extend(other, maintain_order=op[2])
+    elif kind == "txn":
+        with blob.transaction():
+            for sub in op[1]:
+                apply_op(blob, sub)
+    elif kind == "rollback":
+        with contextlib.suppress(Rollback), blob.transaction():
+            for sub in op[1]:
+                apply_op(blob, sub)
+            raise Rollback
+    else:  # pragma: no cover - a typo in a workload
+        raise ValueError(op)
+
+
 def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
 
     blob = None
@@ -245,28 +270,11 @@ def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
         os.write(ack_fd, b"%d\n" % acks)
 
     def do(op: list[Any]) -> None:
-        kind = op[0]
-        if kind == "write":
-            blob.write(rows(op[1], op[2]))
-        elif kind == "seek":
-            blob.seek(op[1], op[2])
-        elif kind == "truncate":
-            blob.truncate(op[1])
-        elif kind == "extend":
-            with TensorBlob.open(op[1], "r") as other:
-                blob.extend(other, maintain_order=op[2])
-        elif kind == "txn":
-            with blob.transaction():
-                for sub in op[1]:
-                    do(sub)
-        elif kind == "rollback":
-            with contextlib.suppress(Rollback), blob.transaction():
-                for sub in op[1]:
-                    do(sub)
-                raise Rollback
-        elif kind == "flush":
+        if op[0] == "flush":
             blob.flush()
             os.write(ack_fd, b"D%d\n" % acks)
+        else:
+            apply_op(blob, op)
 
     for op in ops:
         kind = op[0]
