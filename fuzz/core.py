@@ -313,10 +313,7 @@ def run_ops(path: str, ops: list[list[Any]], st: _Acks) -> None:
     for op in ops:
         kind = op[0]
         if kind == "open":
-            extra = dict(op[3])
-            if "shape" in extra:
-                extra["shape"] = tuple(extra["shape"])
-            blob = TensorBlob.open(path, op[1], sync=op[2], **extra)
+            blob = harness.open_op(path, op)
             full = op[2] == "full"
             if op[1][0] in "wa":
                 ack()

@@ -234,6 +234,14 @@ class Rollback(Exception):
     """Raised inside ``with blob.transaction()`` by the "rollback" op."""
 
 
+def open_op(path: str, op: list[Any]) -> TensorBlob:
+    """Do an ``["open", mode, sync, extra]`` op; the caller acknowledges ``w``/``a`` opens."""
+    extra = dict(op[3])
+    if "shape" in extra:
+        extra["shape"] = tuple(extra["shape"])
+    return TensorBlob.open(path, op[1], sync=op[2], **extra)
+
+
 def apply_op(blob: TensorBlob, op: list[Any]) -> None:
     """Do one data op (write, seek, truncate, extend, txn, rollback) on a real blob."""
     kind = op[0]
@@ -279,10 +287,7 @@ def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
     for op in ops:
         kind = op[0]
         if kind == "open":
-            extra = dict(op[3])
-            if "shape" in extra:
-                extra["shape"] = tuple(extra["shape"])
-            blob = TensorBlob.open(path, op[1], sync=op[2], **extra)
+            blob = open_op(path, op)
             if op[1][0] in "wa":
                 ack()
         elif kind == "close":
