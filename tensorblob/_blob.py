@@ -8,6 +8,7 @@ import io
 import operator
 import os
 import secrets
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +37,19 @@ from .errors import (
 )
 
 _MODES = ("r", "w", "a", "r+", "w+", "a+")
+_FAST_BYTES = 1 << 16  # write() batches up to this size take the memmove fast path
+
+# Writers whose fast path must be disabled in a forked child (its writes must
+# fail like every other write through the parent's handle; see _check_writable).
+_WRITERS: weakref.WeakSet[TensorBlob] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for blob in list(_WRITERS):
+        blob._fast = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _SYNC = ("normal", "full")
 DEFAULT_BLOCK_SIZE = 8192
 DEFAULT_TIMEOUT = 30.0
@@ -311,6 +325,10 @@ class TensorBlob:
         self._writable = mode != "r"
         self._append = mode[0] == "a"
         self._engine: Engine | None = None
+        # The engine while write() may take its fast path: writable, open, in the
+        # process that opened it, and a dtype a raw byte copy is right for.
+        self._fast: Engine | None = None
+        self._row_shape = torch.Size(meta.shape)
         self._lock: WriterLock | None = None
         self._lease: ReaderLease | None = None
         self._depth = 0
@@ -394,6 +412,9 @@ class TensorBlob:
             last_closed=loaded.clean,
         )
         self._state = loaded.state
+        if not (self._meta.dtype.is_complex or self._meta.row_bytes == 0):
+            self._fast = self._engine
+            _WRITERS.add(self)
 
     def close(self) -> None:
         """Close the blob: roll back an open transaction, make commits durable, release locks.
@@ -425,6 +446,7 @@ class TensorBlob:
         """Release everything without another write (also after the engine gave up)."""
         if not self._closed:
             self._closed = True
+            self._fast = None
             if self._engine is not None:
                 self._engine.close()
             self._blocks.close()
@@ -646,6 +668,8 @@ class TensorBlob:
     def _rollback(self) -> None:
         engine = self._engine
         assert engine is not None
+        if engine.broken:  # a step that wrote to the journal failed: give the handle up
+            self._abandon()
         if engine.txn is not None:
             engine.rollback()
         self._pos = self._saved_pos
@@ -685,6 +709,34 @@ class TensorBlob:
             BlobClosedError: the blob is closed.
             BlobIOError: a commit step failed; the handle closed itself.
         """
+        fast = self._fast
+        if fast is not None and type(t) is torch.Tensor and t.dtype is self._meta.dtype:
+            # The fast path: a row or a small batch, copied straight into the
+            # write window of the engine (see Engine.put and put_commit).
+            shape = t.shape
+            if shape == self._row_shape:
+                n = 1
+            elif shape[1:] == self._row_shape and 0 < shape[0] * fast.row_bytes <= _FAST_BYTES:
+                n = shape[0]
+            else:
+                n = 0
+            if n and t.is_contiguous() and t.is_cpu and not t.is_neg():
+                if self._depth:
+                    pos = fast.state.length if self._append else self._pos
+                    done = fast.put(pos, t.data_ptr(), n)
+                else:
+                    pos = fast.state.length
+                    try:
+                        done = (self._append or self._pos == pos) and fast.put_commit(
+                            t.data_ptr(), n
+                        )
+                    except BaseException:
+                        if fast.broken:
+                            self._abandon()
+                        raise
+                if done:
+                    self._pos = pos + n
+                    return n
         engine = self._check_writable()
         rows = _as_rows(t, self._meta)
         n = rows.shape[0]

@@ -111,6 +111,10 @@ class BlockStore:
         """Raise CorruptBlobError unless block ``bid``'s file exists with the right size."""
         self._check_size(self.path(bid))
 
+    def check_path(self, path: str) -> None:
+        """Raise CorruptBlobError unless ``path`` is a block file of the right size."""
+        self._check_size(path)
+
     def _check_size(self, path: str) -> None:
         try:
             size = os.stat(path).st_size
@@ -140,8 +144,7 @@ class BlockStore:
 
     def checksum(self, bid: int) -> int:
         """crc32 of block ``bid``'s bytes, as stored in the manifest."""
-        raw = self.get(bid).view(torch.uint8).reshape(-1).numpy()
-        return zlib.crc32(raw)
+        return zlib.crc32(self.get_bytes(bid))
 
     def delete(self, bid: int) -> None:
         self._cache.pop(bid, None)

@@ -25,7 +25,7 @@ import struct
 import zlib
 from typing import Any
 
-from . import _durable, _format, _locking, _recovery
+from . import _format, _locking, _recovery
 from ._blocks import BLOCKS, block_name
 from ._findings import JournalScan, Scan, ids_text, rows_text
 from ._journal import JOURNAL, JournalImage
@@ -155,9 +155,7 @@ def read_journal_scan(root: str, meta: Meta) -> JournalScan:
     for i, rec in enumerate(js.records):  # what read_journal checks, record by record
         what = f"record at offset {js.offsets[i]}"
         try:
-            _format.require(isinstance(rec.get("b"), str), what, f"q={rec['q']}: bad boot id")
-            if rec["t"] == _format.REC_COMMIT:
-                _format.check_commit(rec, what)
+            _format.check_record(rec, what)
         except CorruptBlobError as exc:
             js.bad_index, js.bad_reason = i, str(exc)
             break
@@ -228,7 +226,7 @@ def _salvage_without_journal(sc: Scan, m: State, meta: Meta) -> None:
     state.gen = max(state.gen, j.gen)  # the new checkpoint must follow every generation seen
     sc.salvage = _recovery.Loaded(state, None)
     sc.drops.journal_bytes = j.size
-    readable = [r for r in j.records if r["t"] == _format.REC_COMMIT]
+    readable = [r for r in j.records if r["t"] in _format.COMMITS]
     if sc.relation == "newer":
         sc.drops.transactions = len(readable)
         line = f"the journal ({j.size} bytes) with its {len(readable)} transaction(s)"
@@ -246,15 +244,8 @@ def _salvage_without_journal(sc: Scan, m: State, meta: Meta) -> None:
 
 
 def _applied(records: list[dict[str, Any]]) -> range:
-    """Indices of the records load() applies: the boot rule of F9 (as _recovery._replay)."""
-    last_durable = -1
-    for i, rec in enumerate(records):
-        if rec["t"] == _format.REC_SYNC or rec.get("d"):
-            last_durable = i
-    boot = _durable.boot_id()
-    if any(rec.get("b") != boot for rec in records[last_durable + 1 :]):
-        return range(last_durable + 1)
-    return range(len(records))
+    """Indices of the records load() applies: the boot rule of F9."""
+    return range(_recovery.applied(records))
 
 
 def _first_failure(m: State, records: list[dict[str, Any]], meta: Meta) -> tuple[int, str]:
@@ -263,7 +254,7 @@ def _first_failure(m: State, records: list[dict[str, Any]], meta: Meta) -> tuple
     last = len(records) - 1
     for i in _applied(records):
         rec = records[i]
-        if rec["t"] == _format.REC_COMMIT:
+        if rec["t"] in _format.COMMITS:
             try:
                 st.apply(rec, meta.block_size, "journal")
                 st.validate(meta.block_size, "journal")
@@ -286,8 +277,8 @@ def _replay(sc: Scan, m: State, meta: Meta) -> None:
         except CorruptBlobError:
             i, reason = _first_failure(m, j.records[:cut], meta)
             cut = min(i, cut - 1)
-    dropped = [r for r in j.records[cut:] if r["t"] == _format.REC_COMMIT]
-    lost = [r for r in j.lost if r is None or r.get("t") == _format.REC_COMMIT]
+    dropped = [r for r in j.records[cut:] if r["t"] in _format.COMMITS]
+    lost = [r for r in j.lost if r is None or r.get("t") in _format.COMMITS]
     if cut == len(j.records) and not j.lost:
         sc.loaded = sc.committed = loaded
         _describe_replay(sc, loaded)

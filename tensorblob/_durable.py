@@ -14,6 +14,7 @@ only after ``fsync_path`` and a ``fsync_dir`` of its directory.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from collections.abc import Callable
@@ -30,9 +31,12 @@ __all__ = [
     "fsync_dir",
     "fsync_path",
     "mkdir",
+    "open_block",
     "rename",
     "rmdir",
     "set_fault_hook",
+    "store",
+    "store_mapped",
     "unlink",
     "write_atomic",
     "write_lock_owner",
@@ -42,6 +46,7 @@ __all__ = [
 FaultHook = Callable[[str, str, "tuple[int, int] | None"], None]
 
 _hook: FaultHook | None = None
+_memmove = ctypes.memmove
 
 
 def set_fault_hook(hook: FaultHook | None) -> FaultHook | None:
@@ -112,8 +117,11 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def append(fd: int, data: bytes, path: str) -> None:
     """Append ``data`` to the ``O_APPEND`` file ``fd``. Not durable until ``fdatasync``."""
-    _step("append", path)
-    _write_all(fd, data)
+    if _hook is not None:
+        _hook("append", path, None)
+    n = os.write(fd, data)
+    if n != len(data):  # a short write: rare, but allowed to happen
+        _write_all(fd, memoryview(data)[n:])
 
 
 def fdatasync(fd: int, path: str) -> None:
@@ -222,6 +230,49 @@ def write_rows(block: torch.Tensor, row: int, src: torch.Tensor, row_bytes: int,
     if _hook is not None:
         _hook("write_rows", path, (row * row_bytes, n * row_bytes))
     block[row : row + n].copy_(src)
+
+
+def open_block(path: str) -> int:
+    """Open the block file ``path`` for ``store``. Changes nothing."""
+    return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+
+
+_buffers: dict[int, type[ctypes.Array[ctypes.c_char]]] = {}
+
+
+def store_mapped(dst: int, src: int, nbytes: int, offset: int, path: str) -> None:
+    """Copy ``nbytes`` from address ``src`` to ``dst``, ``offset`` bytes into the shared
+    mapping of the block file ``path``. Not durable.
+
+    A raw ``memmove``: the callers have checked both ranges, and a single row
+    costs far less this way than a torch copy or a ``pwrite`` (which, on
+    ext4, updates the inode on every call).
+    """
+    if _hook is not None:
+        _hook("write_rows", path, (offset, nbytes))
+    _memmove(dst, src, nbytes)
+
+
+def store(fd: int, src: int, nbytes: int, offset: int, path: str) -> None:
+    """Write ``nbytes`` from address ``src`` at ``offset`` of block file ``fd``. Not durable.
+
+    The write path of rows: a ``pwrite`` straight from the tensor's memory
+    (the callers pass a contiguous CPU tensor's ``data_ptr()`` and keep the
+    tensor alive). Mappings of the file see the rows at once: Linux has one
+    page cache for both.
+    """
+    if _hook is not None:
+        _hook("write_rows", path, (offset, nbytes))
+    buf_type = _buffers.get(nbytes)
+    if buf_type is None:
+        if len(_buffers) > 256:
+            _buffers.clear()
+        buf_type = _buffers[nbytes] = ctypes.c_char * nbytes
+    n = os.pwrite(fd, buf_type.from_address(src), offset)
+    if n != nbytes:  # a short write: rare, but allowed to happen
+        view = memoryview(buf_type.from_address(src)).cast("B")
+        while n < nbytes:
+            n += os.pwrite(fd, view[n:], offset + n)
 
 
 def write_lock_owner(path: str, data: bytes) -> None:

@@ -66,7 +66,7 @@ class JournalScan:
 
     @property
     def commits(self) -> int:
-        return sum(r["t"] == _format.REC_COMMIT for r in self.records)
+        return sum(r["t"] in _format.COMMITS for r in self.records)
 
 
 @dataclass

@@ -39,9 +39,12 @@ FRAME_HEADER_SIZE = _FRAME.size  # 8
 MAX_FRAME = 1 << 26  # a frame larger than this is garbage, not a record (F5)
 
 # Record types inside journal frames (F6).
-REC_COMMIT = "c"
-REC_SYNC = "s"
-REC_OPEN = "o"
+REC_COMMIT = "c"  # a transaction, as a full delta
+REC_APPEND = "a"  # a transaction that only appended rows in place: just the new length
+REC_SYNC = "s"  # a durable point (``c``: the writer closed)
+REC_OPEN = "o"  # a writer session starts; carries the boot id its records inherit
+COMMITS = (REC_COMMIT, REC_APPEND)
+RECORD_TYPES = (REC_COMMIT, REC_APPEND, REC_SYNC, REC_OPEN)
 
 
 _packer = msgpack.Packer(use_bin_type=True)  # reused: packb() builds a Packer per call
@@ -103,10 +106,18 @@ def decode_file(magic: bytes, data: bytes, what: str) -> dict[str, Any]:
 # -- journal frames ---------------------------------------------------------
 
 
+_salt_crcs: dict[int, int] = {}
+
+
 def encode_frame(salt: int, record: dict[str, Any]) -> bytes:
-    payload = pack(record)
-    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<I", salt)))
-    return _FRAME.pack(len(payload), crc) + payload
+    payload = _packer.pack(record)
+    seed = _salt_crcs.get(salt)
+    if seed is None:
+        seed = _salt_crcs[salt] = zlib.crc32(struct.pack("<I", salt))
+        if len(_salt_crcs) > 64:  # salts change at every checkpoint: keep a few
+            _salt_crcs.clear()
+            _salt_crcs[salt] = seed
+    return _FRAME.pack(len(payload), zlib.crc32(payload, seed)) + payload
 
 
 def decode_frames(
@@ -137,7 +148,7 @@ def decode_frames(
             break
         if not isinstance(rec, dict) or rec.get("q") != len(records) + 1:
             break
-        if rec.get("t") not in (REC_COMMIT, REC_SYNC, REC_OPEN):
+        if rec.get("t") not in RECORD_TYPES:
             break
         records.append(rec)
         pos = end
@@ -204,6 +215,23 @@ def _ints(x: Any) -> bool:
     return True
 
 
+def check_record(r: dict[str, Any], what: str) -> None:
+    """Schema of one decoded record (F6); ``decode_frames`` has checked ``t`` and ``q``."""
+    t = r["t"]
+    if t == REC_APPEND:
+        n = r.get("n")
+        require(type(n) is int and n > 0, what, f"append record q={r['q']}: bad n")
+        return
+    b = r.get("b")
+    if t == REC_OPEN:
+        require(type(b) is str, what, f"open record q={r['q']}: bad boot id")
+        return
+    # Commit and sync records written before 0.2 carry their own boot id.
+    require(b is None or type(b) is str, what, f"record q={r['q']}: bad boot id")
+    if t == REC_COMMIT:
+        check_commit(r, what)
+
+
 def check_commit(r: dict[str, Any], what: str) -> None:
     for key in ("n", "k", "x"):
         require(_is_int(r.get(key)), what, f"commit record q={r.get('q')}: bad {key}")
@@ -211,4 +239,3 @@ def check_commit(r: dict[str, Any], what: str) -> None:
     require(_pairs(r.get("h")), what, f"commit record q={r.get('q')}: bad hwm")
     for key in ("f", "w"):
         require(_ints(r.get(key)), what, f"commit record q={r.get('q')}: bad {key}")
-    require(isinstance(r.get("b"), str), what, f"commit record q={r.get('q')}: bad boot id")

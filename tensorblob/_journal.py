@@ -40,15 +40,18 @@ def encode_journal(uuid: bytes, gen: int, salt: int, *, closed: bool) -> bytes:
     """A journal file with no commits; with ``closed``, one close marker (a clean blob)."""
     data = _format.encode_file(_format.MAGIC_JOURNAL, {"uuid": uuid, "gen": gen, "salt": salt})
     if closed:
-        marker = {"t": _format.REC_SYNC, "b": "", "c": True, "q": 1}
+        marker = {"t": _format.REC_SYNC, "c": True, "q": 1}
         data += _format.encode_frame(salt, marker)
     return data
 
 
-def create_journal(root: str, uuid: bytes, gen: int) -> int:
-    """Durably replace the journal with an empty one following ``gen``; return its salt."""
+def create_journal(root: str, uuid: bytes, gen: int, *, closed: bool = False) -> int:
+    """Durably replace the journal with an empty one following ``gen``; return its salt.
+
+    With ``closed``, the new journal holds one close marker: a clean blob.
+    """
     salt = secrets.randbits(32)
-    data = encode_journal(uuid, gen, salt, closed=False)
+    data = encode_journal(uuid, gen, salt, closed=closed)
     _durable.write_atomic(os.path.join(root, JOURNAL), data)
     return salt
 
@@ -67,9 +70,7 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
         raise CorruptBlobError(f"{what} belongs to another blob (uuid mismatch)")
     records, end = _format.decode_frames(data, start, header["salt"])
     for rec in records:
-        _format.require(isinstance(rec.get("b"), str), what, f"record q={rec['q']}: bad boot id")
-        if rec["t"] == _format.REC_COMMIT:
-            _format.check_commit(rec, what)
+        _format.check_record(rec, what)
     return JournalImage(header["gen"], header["salt"], records, end, len(data))
 
 
@@ -84,6 +85,7 @@ class JournalWriter:
         self.size = os.fstat(self.fd).st_size
 
     def append(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as the next frame, numbered ``q`` (F4, F5)."""
         record["q"] = self.seq + 1
         frame = _format.encode_frame(self.salt, record)
         if len(frame) > _format.MAX_FRAME:

@@ -42,8 +42,23 @@ class State:
     # checksum stays valid for the block's whole life.
     crc: dict[int, int] = field(default_factory=dict)
 
-    def apply(self, rec: dict[str, Any], block_size: int, what: str) -> None:
-        """Apply one commit record (F6); raise CorruptBlobError if it does not fit."""
+    def append_delta(self, n: int, block_size: int) -> dict[str, Any] | None:
+        """The commit delta an append record growing this state to ``n`` rows stands for."""
+        return append_delta(self.blocks, self.hwm, self.length, self.next_id, n, block_size)
+
+    def apply(self, rec: dict[str, Any], block_size: int, what: str) -> list[int]:
+        """Apply one commit or append record (F6); return the blocks it wrote.
+
+        Raises CorruptBlobError if the record does not fit this state.
+        """
+        if rec["t"] == _format.REC_APPEND:
+            delta = self.append_delta(rec["n"], block_size)
+            _format.require(
+                delta is not None, what, f"append q={rec['q']} to {rec['n']} rows does not fit"
+            )
+            assert delta is not None
+            delta["q"] = rec["q"]
+            rec = delta
         k = rec["k"]
         new_from = self.next_id  # ids below this existed before the record
         del self.blocks[k:]
@@ -64,6 +79,7 @@ class State:
         self.seq = seq
         self.length = rec["n"]
         self.next_id = rec["x"]
+        return rec["w"]
 
     def validate(self, block_size: int, what: str) -> None:
         need = -(-self.length // block_size)
@@ -91,6 +107,37 @@ class State:
             "crc": [self.crc.get(b) for b in self.blocks],
         }
         return _format.encode_file(_format.MAGIC_MANIFEST, body)
+
+
+def append_delta(  # noqa: PLR0917 - the parts of a State it reads
+    blocks: list[int], hwm: dict[int, int], length: int, next_id: int, n: int, block_size: int
+) -> dict[str, Any] | None:
+    """The commit delta (F6) of appending rows ``length..n`` in place, or None if impossible.
+
+    An append record is the short form of a transaction that only wrote rows
+    ``length..n``: into the last block from its high-water mark on, then into
+    new blocks appended to the slot list with the next unused ids, in order.
+    It is impossible if ``n <= length`` or if the last block has exposed rows
+    past ``length`` (only a copy-on-write may write there).
+    """
+    B = block_size
+    if n <= length:
+        return None
+    first, off = divmod(length, B)
+    if off and hwm.get(blocks[first], B) > off:
+        return None
+    have, k = len(blocks), -(-n // B)
+    new = range(next_id, next_id + k - have)
+    final = blocks[first:] + list(new)
+    return {
+        "n": n,
+        "k": k,
+        "s": [[have + i, bid] for i, bid in enumerate(new)],
+        "h": [[bid, min(B, n - (first + i) * B)] for i, bid in enumerate(final)],
+        "f": [],
+        "w": final,
+        "x": next_id + len(new),
+    }
 
 
 def read_manifest(root: str, uuid: bytes, block_size: int) -> State:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import _durable, _format, _locking
 from ._blocks import BlockStore
@@ -65,30 +66,51 @@ def load(root: str, meta: Meta) -> Loaded:
     )
 
 
-def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
-    records = journal.records
+def applied(records: list[dict[str, Any]]) -> int:
+    """How many leading records ``load`` applies: the power-loss rule of F9.
+
+    Records after the last durable marker (a sync record, or a commit made
+    with ``sync="full"``) count only if they were written during this boot.
+    A record's boot is its own ``b`` (records before 0.2) or else that of the
+    open record that started its writer's session.
+    """
     last_durable = -1
     for i, rec in enumerate(records):
         if rec["t"] == _format.REC_SYNC or rec.get("d"):
             last_durable = i
-    boot = _durable.boot_id()
-    tail = records[last_durable + 1 :]
-    discarded = 0
-    if any(rec["b"] != boot for rec in tail):
-        discarded = sum(rec["t"] == _format.REC_COMMIT for rec in tail)
-        records = records[: last_durable + 1]
-        tail = []
+    if last_durable == len(records) - 1:
+        return len(records)
+    boot, now = None, _durable.boot_id()
+    for i, rec in enumerate(records):
+        b = rec.get("b")
+        if rec["t"] == _format.REC_OPEN:
+            boot = b
+        elif b is None:
+            b = boot
+        if i > last_durable and b != now:
+            return last_durable + 1
+    return len(records)
+
+
+def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
+    records = journal.records
+    keep = applied(records)
+    discarded = sum(rec["t"] in _format.COMMITS for rec in records[keep:])
     loaded = Loaded(state, journal, discarded=discarded)
+    last_durable = -1
+    for i in range(keep):
+        if records[i]["t"] == _format.REC_SYNC or records[i].get("d"):
+            last_durable = i
     what = f"journal of generation {journal.gen}"
-    for rec in records:
-        if rec["t"] == _format.REC_COMMIT:
-            state.apply(rec, meta.block_size, what)
+    for i in range(keep):
+        rec = records[i]
+        if rec["t"] in _format.COMMITS:
+            written = state.apply(rec, meta.block_size, what)
             loaded.kept += 1
+            if i > last_durable:
+                loaded.dirty.update(written)
     if loaded.kept:
         state.validate(meta.block_size, f"{what}: after replay")
-    for rec in tail:
-        if rec["t"] == _format.REC_COMMIT:
-            loaded.dirty.update(rec["w"])
     return loaded
 
 
@@ -114,18 +136,19 @@ def verify_checksums(state: State, blocks: BlockStore) -> tuple[int, list[int]]:
     return sum(bid in state.crc for bid in state.blocks), damaged
 
 
-def checkpoint(root: str, state: State) -> int:
+def checkpoint(root: str, state: State, *, closed: bool = False) -> int:
     """Write ``state`` as the next generation's manifest and start an empty journal.
 
     The caller has made every block the state references durable. Steps:
     manifest.tmp, fsync, rename, fsync dir (the checkpoint's commit point),
     then journal.tmp, fsync, rename, fsync dir. A crash between the two
     renames leaves a journal of the previous generation, which ``load``
-    ignores. Returns the new journal's salt.
+    ignores. With ``closed``, the new journal starts with a close marker.
+    Returns the new journal's salt.
     """
     state.gen += 1
     write_manifest(root, state)
-    salt = create_journal(root, state.uuid, state.gen)
+    salt = create_journal(root, state.uuid, state.gen, closed=closed)
     state.seq = _locking.snapshot_seq(state.gen, 0)
     return salt
 

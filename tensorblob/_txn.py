@@ -27,26 +27,36 @@ Commit, in order (docs/design.md, "The atomic commit"):
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import _durable, _format, _locking, _recovery
 from ._blocks import BlockStore
 from ._journal import JournalWriter
-from ._manifest import State
+from ._manifest import State, append_delta
 from ._meta import Meta
 from .errors import BlobIOError
 
 CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
+PWRITE_BYTES = 1 << 18  # unmapped blocks get writes up to this size by pwrite
+CHECKPOINT_RECORDS = 1024  # journal records that trigger one: bounds replay time at open
+# close() checkpoints, rather than appending a close marker, past this many
+# records: the next open then replays nothing. Collectors that open, append
+# and close all day would otherwise make every open replay their sessions.
+CLOSE_CHECKPOINT_RECORDS = 48
 
 
 @dataclass
 class _Txn:
     length0: int
     nslots0: int
+    next0: int  # the first block id this transaction may allocate
     blocks0: list[int] | None = None  # copy of the slot list, made on first in-place change
     changed: set[int] = field(default_factory=set)  # slots assigned a different block
     private: set[int] = field(default_factory=set)  # blocks created by this transaction
@@ -84,35 +94,167 @@ class Engine:
         self.probe = _locking.ReaderProbe(root)
         self.broken: str | None = None  # why the handle was given up, if it was
         self.deleted = False  # block files deleted since blocks/ was last fsynced
-        # An open marker makes a crash of this session visible to the next open,
-        # even one that dies before its first commit (it must then delete any
-        # block files this session created). It is made durable before the
-        # session's first block file is created.
-        self.journal.append({"t": _format.REC_OPEN, "b": self.boot})
-        self.last_closed = False
+        self.row_bytes = meta.row_bytes
+        # An open marker starts the session's records in the journal and gives
+        # them its boot id. It is written before the session's first record,
+        # and made durable before its first block file is created, so that a
+        # crash of this session is visible to the next open even if it dies
+        # before its first commit (that open must then delete the files).
+        self.opened = False
         self.marker_durable = False
+        # The write window: rows [w_lo, w_hi) of the blob lie in block w_bid
+        # (slot w_slot, whose first row is w_base) and may be written in place
+        # now, with no copy-on-write, allocation or journal work: they are past
+        # the block's high-water mark, or the block is private to the open
+        # transaction. w_fd is the block file, open for pwrite, so that a few
+        # rows written once need no mapping; w_addr is the block's mapping
+        # (0 until the fast path first needs it), kept alive by w_bytes even
+        # if the block cache evicts it. An empty range (w_lo == w_hi) disables it.
+        self.w_fd = -1
+        self.w_bid = -1
+        self._clear_window()
+
+    def _clear_window(self) -> None:
+        if self.w_fd >= 0:
+            os.close(self.w_fd)
+        self.w_fd = self.w_bid = -1
+        self.w_lo = self.w_hi = self.w_base = self.w_slot = self.w_addr = 0
+        self.w_bytes: np.ndarray | None = None
+        self.w_path = ""
+        self.w_marked = False  # the open transaction has recorded its use of the window
+
+    def _set_window(self, slot: int, bid: int, private: bool) -> None:
+        if bid != self.w_bid:
+            self._clear_window()
+            self.w_path = self.blocks.path(bid)
+            self.w_fd = _durable.open_block(self.w_path)
+            self.w_bid = bid
+        B = self.meta.block_size
+        self.w_slot, self.w_base = slot, slot * B
+        self.w_lo = self.w_base + (0 if private else self.state.hwm[bid])
+        self.w_hi = self.w_base + B
+        self.w_marked = True
+
+    def _after_commit_window(self) -> None:
+        """A commit exposed rows: the window now starts at its block's new high-water mark."""
+        st = self.state
+        if (
+            self.w_bid >= 0
+            and self.w_slot < len(st.blocks)
+            and st.blocks[self.w_slot] == self.w_bid
+        ):
+            self.w_lo = self.w_base + st.hwm[self.w_bid]
+            self.w_hi = self.w_base + self.meta.block_size
+            self.w_marked = False
+        else:
+            self._clear_window()
+
+    def _mark_open(self) -> None:
+        with self._poison_on_error("writing the open marker"):
+            self.journal.append({"t": _format.REC_OPEN, "b": self.boot})
+        self.opened = True
+        self.last_closed = False
 
     def _before_new_file(self) -> None:
+        if not self.opened:
+            self._mark_open()
         if not self.marker_durable:
-            self.journal.sync()
+            with self._poison_on_error("syncing the open marker"):
+                self.journal.sync()
             self.marker_durable = True
+
+    def _map_window(self) -> int:
+        # The uint8 array view of the mapping, not the tensor: torch asserts if
+        # a garbage collection clears a tensor that another object shares.
+        self.w_bytes = self.blocks.get_bytes(self.w_bid)
+        self.w_addr = self.w_bytes.ctypes.data
+        return self.w_addr
+
+    # -- the fast paths ---------------------------------------------------
+
+    def put(self, pos: int, src: int, n: int) -> bool:
+        """Copy ``n`` rows from address ``src`` to row ``pos``, inside the open transaction.
+
+        Only if they fall in the write window; returns False (and does
+        nothing) otherwise, and the caller takes the general path.
+        """
+        if not (self.w_lo <= pos and pos + n <= self.w_hi):
+            return False
+        st = self.state
+        if pos > st.length:
+            return False
+        rb = self.row_bytes
+        off = (pos - self.w_base) * rb
+        addr = self.w_addr or self._map_window()
+        _durable.store_mapped(addr + off, src, n * rb, off, self.w_path)
+        if pos + n > st.length:  # noqa: PLR1730 - an if is cheaper than max() here
+            st.length = pos + n
+        if not self.w_marked:
+            t = self.txn
+            assert t is not None
+            t.touched.add(self.w_bid)
+            t.low = min(t.low, self.w_slot)
+            self.w_marked = True
+        return True
+
+    def put_commit(self, src: int, n: int) -> bool:
+        """Append ``n`` rows from address ``src`` as one committed transaction.
+
+        The common case of a collector: the rows fit the last block past its
+        high-water mark, so the transaction is the rows plus one append record
+        (``sync="normal"``). Returns False, having done nothing, when that
+        does not apply; the caller then takes the general path.
+        """
+        st = self.state
+        pos = st.length
+        if not (self.w_lo <= pos and pos + n <= self.w_hi) or self.full or not self.opened:
+            return False
+        rb = self.row_bytes
+        off = (pos - self.w_base) * rb
+        addr = self.w_addr or self._map_window()
+        _durable.store_mapped(addr + off, src, n * rb, off, self.w_path)
+        end = pos + n
+        rec = {"t": _format.REC_APPEND, "n": end}
+        j = self.journal
+        try:
+            j.append(rec)
+        except BaseException as exc:
+            raise self._give_up("writing the commit record", exc) from exc
+        # Committed: the same bookkeeping as _committed(), for this one case.
+        st.length = end
+        st.hwm[self.w_bid] = end - self.w_base
+        st.seq = (st.gen << 32) | j.seq  # _locking.snapshot_seq, inlined
+        self.dirty.add(self.w_bid)
+        self.since_durable += 1
+        self.last_closed = False
+        self.w_lo = end
+        if j.size > CHECKPOINT_BYTES or j.seq > CHECKPOINT_RECORDS:
+            with self._poison_on_error("completing a committed transaction"):
+                self._checkpoint()
+        return True
 
     # -- transaction lifecycle --------------------------------------------
 
     def begin(self) -> None:
         assert self.txn is None
-        self.txn = _Txn(self.state.length, len(self.state.blocks))
+        self.txn = _Txn(self.state.length, len(self.state.blocks), self.state.next_id)
+        self.w_marked = False
 
     def rollback(self) -> None:
         """Undo the open transaction: restore the slot list and length, delete its blocks."""
         t, st = self.txn, self.state
         assert t is not None
         self.txn = None
+        self._clear_window()
         if t.blocks0 is not None:
             st.blocks = t.blocks0
         else:
             del st.blocks[t.nslots0 :]
         st.length = t.length0
+        # Ids are reused: an append record's new blocks take the ids that
+        # follow the last commit's (a stale file of a rolled-back block is
+        # replaced when its id is allocated again).
+        st.next_id = t.next0
         for bid in t.private:
             self.blocks.delete(bid)
             self.deleted = True
@@ -150,8 +292,6 @@ class Engine:
         written = sorted(t.touched & alive)
         record: dict[str, Any] = {
             "t": _format.REC_COMMIT,
-            "b": self.boot,
-            "d": self.full,
             "n": st.length,
             "k": k,
             "s": [[s, final[s]] for s in sorted(t.changed) if s < k],
@@ -160,6 +300,16 @@ class Engine:
             "w": written,
             "x": st.next_id,
         }
+        if t.blocks0 is None and not freed and st.length > t.length0:
+            # Only appended? Then the short append record says the same (F6).
+            prefix = final[: t.nslots0]
+            delta = append_delta(prefix, st.hwm, t.length0, t.next0, st.length, B)
+            if delta is not None and all(delta[key] == record[key] for key in delta):
+                record = {"t": _format.REC_APPEND, "n": st.length}
+        if self.full:
+            record["d"] = True
+        if not self.opened:
+            self._mark_open()
         # Step 1: under "full", the rows reach the disk before the record does.
         if self.full:
             self.blocks.sync(written, new_files=bool(kept_private))
@@ -202,6 +352,7 @@ class Engine:
             self.blocks.delete(bid)
             self.deleted = True
         self.last_closed = False
+        self._after_commit_window()
         if self.full:
             self.since_durable = 0
         else:
@@ -209,7 +360,7 @@ class Engine:
             self.new_files |= bool(kept_private)
             self.since_durable += 1
         # Step 5: deferred deletions and the checkpoint bound.
-        if self.journal.size > CHECKPOINT_BYTES:
+        if self.journal.size > CHECKPOINT_BYTES or self.journal.seq > CHECKPOINT_RECORDS:
             self._checkpoint()
         elif self.full and st.free:
             _recovery.reap(st, self.blocks, self.probe)
@@ -228,12 +379,16 @@ class Engine:
         try:
             yield
         except BaseException as exc:
-            self.txn = None  # never roll back: the commit may be on disk
-            self.broken = f"{what} failed: {exc!r}"
-            raise BlobIOError(
-                f"blob {self.root!r}: {self.broken}. The handle is closed; reopen the blob "
-                "(or run `tensorblob recover`) to resolve the last transaction"
-            ) from exc
+            raise self._give_up(what, exc) from exc
+
+    def _give_up(self, what: str, exc: BaseException) -> BlobIOError:
+        """Mark the handle broken (see _poison_on_error); return the error to raise."""
+        self.txn = None  # never roll back: the commit may be on disk
+        self.broken = f"{what} failed: {exc!r}"
+        return BlobIOError(
+            f"blob {self.root!r}: {self.broken}. The handle is closed; reopen the blob "
+            "(or run `tensorblob recover`) to resolve the last transaction"
+        )
 
     def _save_slots(self) -> None:
         """Remember the committed slot list before the first change below the old end."""
@@ -262,6 +417,7 @@ class Engine:
         bid = st.blocks[slot]
         if bid in t.private or off >= st.hwm[bid]:
             return bid
+        self.blocks.check_file(bid)  # damage is reported before anything is written
         new = self._alloc_id()
         t.private.add(new)
         self._before_new_file()
@@ -275,18 +431,25 @@ class Engine:
         """Write ``rows`` (contiguous, CPU, right dtype) at row ``pos <= length``."""
         t, st = self.txn, self.state
         assert t is not None
-        B = self.meta.block_size
+        B, rb = self.meta.block_size, self.row_bytes
         n = rows.shape[0]
         done = 0
+        self.w_lo = self.w_hi = 0  # the window is set again below
         while done < n:
             slot, off = divmod(pos + done, B)
             t.low = min(t.low, slot)
             k = min(B - off, n - done)
             bid = self._slot_for_write(slot, off)
             t.touched.add(bid)
-            block = self.blocks.get(bid)
             src = rows if k == n else rows[done : done + k]
-            _durable.write_rows(block, off, src, self.meta.row_bytes, self.blocks.path(bid))
+            self._set_window(slot, bid, bid in t.private)
+            if self.w_addr:
+                _durable.write_rows(self.blocks.get(bid), off, src, rb, self.w_path)
+            elif k * rb <= PWRITE_BYTES:  # no mapping needed: cheaper for rows written once
+                _durable.store(self.w_fd, src.data_ptr(), k * rb, off * rb, self.w_path)
+            else:  # a torch copy into the mapping: faster for many (and multi-threaded)
+                self._map_window()
+                _durable.write_rows(self.blocks.get(bid), off, src, rb, self.w_path)
             done += k
             st.length = max(st.length, pos + done)
 
@@ -295,6 +458,7 @@ class Engine:
         assert t is not None
         k = -(-length // self.meta.block_size)
         t.low = min(t.low, k)
+        self._clear_window()
         if k < len(st.blocks):
             if k < t.nslots0:
                 self._save_slots()
@@ -313,11 +477,14 @@ class Engine:
         B = self.meta.block_size
         full_slots, rem = divmod(st.length, B)
         t.low = min(t.low, full_slots)
+        self._clear_window()
         tail_bid = None
         if rem:
             if full_slots < t.nslots0:
                 self._save_slots()
             tail_bid = st.blocks.pop()
+        for src in sources:  # damage is reported before anything is written
+            self.blocks.check_path(src)
         for src in sources:
             bid = self._alloc_id()
             t.private.add(bid)
@@ -340,14 +507,24 @@ class Engine:
         """Make every commit so far survive power loss (``flush()`` / ``close()``)."""
         assert self.txn is None
         if self.since_durable == 0 and not self.dirty and (self.last_closed or not closing):
+            if self.state.free:  # everything is durable: blocks freed earlier may go now
+                with self._poison_on_error("deleting freed blocks"):
+                    _recovery.reap(self.state, self.blocks, self.probe)
             return
         with self._poison_on_error("making commits durable"):
-            if self.journal.size > CHECKPOINT_BYTES:
-                self._checkpoint()  # everything durable; the marker below says "closed"
+            j = self.journal
+            # Not while the interpreter shuts down (a close from __del__): a
+            # checkpoint maps blocks, and torch may be half torn down by then.
+            if (
+                j.size > CHECKPOINT_BYTES or (closing and j.seq > CLOSE_CHECKPOINT_RECORDS)
+            ) and not sys.is_finalizing():
+                self._checkpoint(closing=closing)  # everything is durable
+                if closing:  # and the new journal says "closed"
+                    return
             elif self.dirty or self.new_files or self.deleted:
                 self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
             self.deleted = False
-            self.journal.append({"t": _format.REC_SYNC, "b": self.boot, "c": closing})
+            self.journal.append({"t": _format.REC_SYNC, "c": closing})
             self.journal.sync()
             self.dirty.clear()
             self.new_files = False
@@ -360,7 +537,7 @@ class Engine:
         with self._poison_on_error("checkpointing"):
             self._checkpoint()
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, *, closing: bool = False) -> None:
         assert self.txn is None
         if self.dirty or self.new_files or self.deleted:
             self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
@@ -369,14 +546,15 @@ class Engine:
         self.new_files = False
         self.since_durable = 0
         _recovery.fill_checksums(self.state, self.blocks, self.meta.block_size)
-        salt = _recovery.checkpoint(self.root, self.state)
+        salt = _recovery.checkpoint(self.root, self.state, closed=closing)
         self.journal.close()
-        self.journal = JournalWriter(self.root, salt, 0)
-        self.journal.append({"t": _format.REC_OPEN, "b": self.boot})
+        self.journal = JournalWriter(self.root, salt, int(closing))
+        self.opened = False  # the next record starts with a new open marker
         self.marker_durable = False
-        self.last_closed = False
+        self.last_closed = closing
         _recovery.reap(self.state, self.blocks, self.probe)
 
     def close(self) -> None:
+        self._clear_window()
         self.journal.close()
         self.probe.close()
