@@ -175,6 +175,8 @@ def _as_rows(t: object, meta: Meta) -> torch.Tensor:
         )
     if not rows.is_cpu:
         rows = rows.cpu()
+    # Rows are copied as raw bytes: materialise lazy negation and conjugation.
+    rows = rows.resolve_conj().resolve_neg()
     return rows if rows.is_contiguous() else rows.contiguous()
 
 

@@ -9,6 +9,7 @@ never needs write permission. At most ``max_cached`` blocks stay mapped.
 
 from __future__ import annotations
 
+import functools
 import os
 import zlib
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from .errors import CorruptBlobError
 BLOCKS = "blocks"
 
 
+@functools.cache
 def default_max_cached() -> int:
     """A sixteenth of the kernel's map-count limit (at least 128): room for everything else."""
     try:

@@ -54,24 +54,48 @@ def _holder(root: str) -> str:
 
 
 class WriterLock:
+    """The one-writer lock: an exclusive ``flock`` on ``lock``, as filelock takes it.
+
+    A free lock is taken with one ``flock`` call on the existing file. Only a
+    busy (or missing) lock goes through filelock, which waits up to
+    ``timeout`` and creates the file if needed: its bookkeeping costs about
+    0.25 ms per acquire and release, a sixth of a whole collector session.
+    Both take the same kernel lock, so either excludes the other.
+    """
+
     def __init__(self, root: str, timeout: float) -> None:
         self.root = root
         self.timeout = timeout
+        self.path = os.path.join(root, LOCK)
+        self._fd = -1  # held directly
+        self._lock: filelock.FileLock | None = None  # held through filelock
+
+    def record_owner(self) -> None:
+        """Name this process in the lock file, for the error a waiting writer gets."""
+        owner = f"pid {os.getpid()} on {socket.gethostname()}"
+        _durable.write_lock_owner(self.path, owner.encode())
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+            else:
+                self._fd = fd
+                return
         self._lock = filelock.FileLock(
-            os.path.join(root, LOCK),
-            timeout=timeout,
+            self.path,
+            timeout=self.timeout,
             thread_local=False,
             preserve_lock_file=True,
             fallback_to_soft=False,
             poll_interval=0.005,
         )
-
-    def record_owner(self) -> None:
-        """Name this process in the lock file, for the error a waiting writer gets."""
-        owner = f"pid {os.getpid()} on {socket.gethostname()}"
-        _durable.write_lock_owner(os.path.join(self.root, LOCK), owner.encode())
-
-    def acquire(self) -> None:
         try:
             self._lock.acquire()
         except filelock.Timeout:
@@ -81,7 +105,12 @@ class WriterLock:
             ) from None
 
     def release(self) -> None:
-        if self._lock.is_locked:
+        if self._fd >= 0:
+            # Unlock before closing: a forked child may still have this file open.
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock is not None and self._lock.is_locked:
             self._lock.release(force=True)
 
 

@@ -46,19 +46,32 @@ class State:
         """The commit delta an append record growing this state to ``n`` rows stands for."""
         return append_delta(self.blocks, self.hwm, self.length, self.next_id, n, block_size)
 
+    def _apply_append(self, n: int, q: int, block_size: int, what: str) -> list[int]:
+        """Apply an append record: the same as applying ``append_delta(n)``, in O(new slots)."""
+        B, blocks, hwm = block_size, self.blocks, self.hwm
+        first, off = divmod(self.length, B)
+        if n <= self.length or (off and hwm.get(blocks[first], B) > off):
+            raise CorruptBlobError(f"{what}: append q={q} to {n} rows does not fit")
+        seq = snapshot_seq(self.gen, q)
+        k = -(-n // B)
+        while len(blocks) < k:
+            bid = self.next_id
+            self.next_id += 1
+            blocks.append(bid)
+            self.born.setdefault(bid, seq)
+        for slot in range(first, k):
+            hwm[blocks[slot]] = min(B, n - slot * B)
+        self.seq = seq
+        self.length = n
+        return blocks[first:k]
+
     def apply(self, rec: dict[str, Any], block_size: int, what: str) -> list[int]:
         """Apply one commit or append record (F6); return the blocks it wrote.
 
         Raises CorruptBlobError if the record does not fit this state.
         """
         if rec["t"] == _format.REC_APPEND:
-            delta = self.append_delta(rec["n"], block_size)
-            _format.require(
-                delta is not None, what, f"append q={rec['q']} to {rec['n']} rows does not fit"
-            )
-            assert delta is not None
-            delta["q"] = rec["q"]
-            rec = delta
+            return self._apply_append(rec["n"], rec["q"], block_size, what)
         k = rec["k"]
         new_from = self.next_id  # ids below this existed before the record
         del self.blocks[k:]

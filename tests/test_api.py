@@ -27,6 +27,7 @@ from tensorblob import (
     TensorBlobError,
     UnsupportedOperationError,
 )
+from tensorblob._manifest import State
 
 # -- helpers ---------------------------------------------------------------
 
@@ -1191,3 +1192,99 @@ def test_every_error_subclasses_tensorblob_error_and_pickles(cls):
 )
 def test_every_error_is_also_the_standard_exception_a_caller_would_catch(name, base):
     assert issubclass(getattr(tb_errors, name), base)
+
+
+# -- the write fast path ----------------------------------------------------------
+
+# Each makes a tensor whose values are those of rows(1)[0] but whose memory is
+# laid out or flagged differently: the fast path must copy the values, or step aside.
+ODD_ROWS = {
+    "plain": lambda r: r.clone(),
+    "non_contiguous": lambda r: torch.stack([r, r], dim=1)[:, 0],
+    "storage_offset": lambda r: torch.cat([torch.zeros(5), r])[5:],
+    "requires_grad": lambda r: r.clone().requires_grad_(True),
+    "negative_bit": lambda r: torch._neg_view(-r),  # contiguous, values held negated
+    "parameter": lambda r: torch.nn.Parameter(r.clone()),
+}
+
+
+@pytest.mark.parametrize("make", ODD_ROWS, ids=list(ODD_ROWS))
+@pytest.mark.parametrize("in_txn", [False, True], ids=["own_txn", "in_txn"])
+def test_single_rows_of_any_layout_are_stored_by_value(path, make, in_txn):
+    data = rows(10)
+    blob = new_blob(path, data[:2])  # the window exists: later rows may take the fast path
+    if make == "negative_bit":  # the case is what it claims to be
+        assert ODD_ROWS[make](data[2]).is_neg()
+        assert ODD_ROWS[make](data[2]).is_contiguous()
+    with blob.transaction() if in_txn else _nothing():
+        for i in range(2, 10):
+            blob.write(ODD_ROWS[make](data[i]))
+    blob.close()
+    assert torch.equal(stored(path), data)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_fast_path_writes_follow_the_cursor_and_blocks_in_every_writable_mode(path):
+    data = rows(23)
+    blob = new_blob(path, data[:5], block_size=4)
+    for i in range(5, 23):  # crosses block boundaries: each new block is allocated
+        blob.write(data[i])
+    blob.seek(1)
+    blob.write(data[0])  # an overwrite: copy-on-write, never the fast path's append
+    blob.close()
+    expected = data.clone()
+    expected[1] = data[0]
+    assert torch.equal(stored(path), expected)
+    with TensorBlob.open(path, "a") as blob:
+        blob.write(data[3])
+        blob.write(data[4])
+    assert torch.equal(stored(path), torch.cat([expected, data[3:5]]))
+
+
+def test_an_append_record_means_the_commit_it_abbreviates():
+    B = 4
+    cases = [  # (length, blocks, hwm, next_id, n)
+        (0, [], {}, 0, 1),
+        (0, [], {}, 3, 9),
+        (5, [0, 1], {0: 4, 1: 1}, 2, 6),
+        (5, [0, 1], {0: 4, 1: 1}, 2, 13),
+        (8, [0, 7], {0: 4, 7: 4}, 9, 9),
+    ]
+    for length, blocks, hwm, next_id, n in cases:
+        a = State(b"u", 1, length, list(blocks), dict(hwm), [], next_id)
+        c = State(b"u", 1, length, list(blocks), dict(hwm), [], next_id)
+        delta = c.append_delta(n, B)
+        assert delta is not None
+        wa = a.apply({"t": "a", "q": 7, "n": n}, B, "test")
+        wc = c.apply({"t": "c", "q": 7, **delta}, B, "test")
+        assert wa == wc
+        assert (a.length, a.blocks, a.hwm, a.next_id, a.born, a.seq) == (
+            c.length,
+            c.blocks,
+            c.hwm,
+            c.next_id,
+            c.born,
+            c.seq,
+        )
+    # An append over rows a snapshot has seen (after a truncate) cannot be abbreviated.
+    st = State(b"u", 1, 5, [0, 1], {0: 4, 1: 3}, [], 2)
+    assert st.append_delta(6, B) is None
+    with pytest.raises(tb_errors.CorruptBlobError, match="does not fit"):
+        st.apply({"t": "a", "q": 1, "n": 6}, B, "test")
+
+
+def test_conjugate_views_are_stored_conjugated(path):
+    data = torch.complex(rows(6), -rows(6))
+    blob = new_blob(path, dtype=torch.complex64)
+    blob.write(data[:3].conj())  # a lazily conjugated batch
+    for i in range(3, 6):
+        blob.write(data[i].conj())
+    blob.close()
+    assert torch.equal(stored(path), data.conj().resolve_conj())

@@ -11,6 +11,7 @@ import signal
 import time
 from typing import Any
 
+import filelock
 import harness
 import pytest
 import torch
@@ -305,3 +306,54 @@ def test_a_forked_child_cannot_write_through_its_parents_writer(tmp_path):
         w.write(torch.ones(3))  # the parent still holds the lock and writes
     with TensorBlob.open(path, "r") as r:
         assert len(r) == 1
+
+
+def test_a_forked_child_cannot_write_through_the_fast_path_either(tmp_path):
+    path = str(tmp_path / "blob")
+    with TensorBlob.open(path, "w", dtype="float32", shape=3) as w:
+        w.write(torch.zeros(3))
+        w.write(torch.zeros(3))  # the second single-row write takes the fast path
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            try:
+                w.write(torch.ones(3))
+            except UnsupportedOperationError:
+                os._exit(0)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(w) == 2
+    with TensorBlob.open(path, "r") as r:
+        assert torch.equal(r[:], torch.zeros(2, 3))
+
+
+def test_a_live_forked_child_does_not_keep_the_writer_lock_after_the_parent_closes(tmp_path):
+    path = str(tmp_path / "blob")
+    w = TensorBlob.open(path, "w", dtype="float32", shape=3)
+    r_fd, w_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only waits, holding its copy of every fd
+        os.close(w_fd)
+        os.read(r_fd, 1)
+        os._exit(0)
+    try:
+        w.close()
+        with TensorBlob.open(path, "a", timeout=5) as again:  # would time out if still held
+            again.write(torch.ones(3))
+    finally:
+        os.write(w_fd, b"x")
+        os.waitpid(pid, 0)
+    with TensorBlob.open(path, "r") as r:
+        assert len(r) == 1
+
+
+def test_the_writer_lock_is_the_flock_a_filelock_on_the_lock_file_takes(tmp_path):
+    path = str(tmp_path / "blob")
+    TensorBlob.open(path, "w", dtype="float32", shape=3).close()
+    other = filelock.FileLock(os.path.join(path, "lock"), timeout=0, thread_local=False)
+    with other, pytest.raises(LockTimeoutError):
+        TensorBlob.open(path, "a", timeout=0.05)
+    with TensorBlob.open(path, "a", timeout=0.05), pytest.raises(filelock.Timeout):
+        other.acquire(timeout=0.05)
+    other.acquire(timeout=0.05)
+    other.release()
