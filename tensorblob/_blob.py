@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _durable, _recovery
+from . import _durable, _format, _recovery
 from ._blocks import BLOCKS, BlockStore, default_max_cached, parse_block_name
 from ._journal import JOURNAL, JournalWriter, encode_journal
 from ._locking import LOCK, READERS, ReaderLease, WriterLock, hold_dir
@@ -397,8 +397,14 @@ class TensorBlob:
 
     def _open_writer(self) -> None:
         loaded = _recovery.load(self._path, self._meta)
-        if not loaded.clean:
-            self.recovery_actions = _recovery.recover(self._path, self._meta, self._blocks, loaded)
+        j = loaded.journal
+        # A journal of format version 1 is checkpointed into a new one before
+        # anything is appended: its readers would stop at an append record.
+        if not loaded.clean or (j is not None and j.version < _format.FORMAT_VERSION):
+            actions = _recovery.recover(self._path, self._meta, self._blocks, loaded)
+            if loaded.clean:
+                actions = [f"rewrote the manifest and journal in format version {j.version + 1}"]
+            self.recovery_actions = actions
             loaded = _recovery.load(self._path, self._meta)
         j = loaded.journal
         assert j is not None

@@ -138,9 +138,8 @@ class BlockStore:
 
     def sync(self, bids: set[int] | list[int], *, new_files: bool) -> None:
         """Make the listed blocks durable (and their directory entries, if ``new_files``)."""
-        for bid in sorted(bids):
-            if os.path.exists(self.path(bid)):
-                _durable.fsync_path(self.path(bid))
+        paths = [self.path(bid) for bid in sorted(bids)]
+        _durable.fsync_paths([p for p in paths if os.path.exists(p)])
         if new_files:
             _durable.fsync_dir(self.dir)
 

@@ -30,6 +30,7 @@ __all__ = [
     "fdatasync",
     "fsync_dir",
     "fsync_path",
+    "fsync_paths",
     "mkdir",
     "open_block",
     "rename",
@@ -136,12 +137,36 @@ def fsync_path(path: str) -> None:
     Uses fdatasync: it flushes the data and whatever metadata is needed to
     read it back (block allocation, size), which is all a block file needs.
     """
-    _step("fsync", path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fsync_paths([path])
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of the dirty pages; do not wait
+
+
+def fsync_paths(paths: list[str]) -> None:
+    """``fsync_path`` each of ``paths``, faster together.
+
+    Writeback of every file is started first (``sync_file_range``, which
+    neither waits nor promises anything), then each is fdatasync'ed: the
+    device works on all of them at once instead of one after another.
+    """
+    fds: list[int] = []
     try:
-        os.fdatasync(fd)
+        for path in paths:
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        if len(fds) > 1 and _sync_file_range is not None:
+            for fd in fds:
+                _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+        for path, fd in zip(paths, fds, strict=True):
+            _step("fsync", path)
+            os.fdatasync(fd)
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def fsync_dir(path: str) -> None:

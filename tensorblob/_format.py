@@ -7,7 +7,7 @@ Every file that is not a block starts with the same 20-byte header (F1)::
 
     offset size  field
     0      8     magic         b"TBLBMETA" | b"TBLBMANI" | b"TBLBJRNL"
-    8      2     version       u16 little-endian, format version (1)
+    8      2     version       u16 little-endian, format version (1 or 2)
     10     2     reserved      u16, zero
     12     4     body_len      u32, length of the msgpack body that follows
     16     4     body_crc      u32, zlib.crc32(body)
@@ -27,7 +27,7 @@ import msgpack
 
 from .errors import CorruptBlobError, NotABlobError, UnsupportedVersionError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: append records, boot ids in open records only (docs/format.md)
 MAGIC_META = b"TBLBMETA"
 MAGIC_MANIFEST = b"TBLBMANI"
 MAGIC_JOURNAL = b"TBLBJRNL"
@@ -94,6 +94,11 @@ def decode_header(magic: bytes, data: bytes, what: str) -> tuple[dict[str, Any],
     if not isinstance(obj, dict):
         raise CorruptBlobError(f"{what}: body is not a map")
     return obj, end
+
+
+def header_version(data: bytes) -> int:
+    """The version field of a header that ``decode_header`` has accepted."""
+    return int(_HEADER.unpack_from(data)[1])
 
 
 def decode_file(magic: bytes, data: bytes, what: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class JournalImage:
     records: list[dict[str, Any]] = field(default_factory=list)
     end: int = 0
     size: int = 0
+    version: int = _format.FORMAT_VERSION  # of the header: a writer upgrades older ones
 
     @property
     def torn(self) -> bool:
@@ -71,7 +72,8 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
     records, end = _format.decode_frames(data, start, header["salt"])
     for rec in records:
         _format.check_record(rec, what)
-    return JournalImage(header["gen"], header["salt"], records, end, len(data))
+    version = _format.header_version(data)
+    return JournalImage(header["gen"], header["salt"], records, end, len(data), version)
 
 
 class JournalWriter:

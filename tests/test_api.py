@@ -1288,3 +1288,18 @@ def test_conjugate_views_are_stored_conjugated(path):
         blob.write(data[i].conj())
     blob.close()
     assert torch.equal(stored(path), data.conj().resolve_conj())
+
+
+def test_a_writer_upgrades_a_version_1_journal_before_appending_to_it(path):
+    make_blob(path, rows(5))
+    journal = os.path.join(path, "journal")
+    with open(journal, "r+b") as f:  # the header CRC covers only the body: still valid
+        f.seek(8)
+        f.write((1).to_bytes(2, "little"))
+    assert torch.equal(stored(path), rows(5))  # version 1 is still read
+    with TensorBlob.open(path, "a") as blob:
+        assert blob.recovery_actions == ["rewrote the manifest and journal in format version 2"]
+        with open(journal, "rb") as f:
+            assert f.read(10)[8:] == (2).to_bytes(2, "little")
+        blob.write(rows(1, start=5)[0])  # an append record, now in a version 2 journal
+    assert torch.equal(stored(path), rows(6))

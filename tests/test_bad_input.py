@@ -843,7 +843,7 @@ def test_the_meta_version_field_is_bytes_8_and_9_little_endian(blob_path):
     data = (blob_path / "meta").read_bytes()
     magic, version, reserved, length, crc = HEADER.unpack_from(data)
     assert magic == b"TBLBMETA"
-    assert (version, reserved) == (1, 0)
+    assert (version, reserved) == (2, 0)
     assert len(data) == HEADER.size + length
     assert crc == zlib.crc32(data[HEADER.size :])
 

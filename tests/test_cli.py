@@ -226,7 +226,7 @@ def test_clean_blob_is_reported_clean_and_recover_touches_nothing(run: Run, blob
     assert facts["block_size"] == B
     assert facts["generation"] == 2
     assert facts["pending_commits"] == 2
-    assert facts["format_version"] == 1
+    assert facts["format_version"] == 2
     assert facts["clean"] is True
     assert facts["writer"]["held"] is False
     with no_disk_change(path, read_only=False):  # no checkpoint, not even the lock's text
@@ -670,12 +670,12 @@ def test_meta_of_a_newer_format_version_is_refused_by_every_command(run: Run, bl
     path, _data = blob
     with open(os.path.join(path, "meta"), "r+b") as f:
         f.seek(8)
-        f.write((2).to_bytes(2, "little"))  # the CRC covers only the body: still valid
+        f.write((3).to_bytes(2, "little"))  # the CRC covers only the body: still valid
     with no_disk_change(path):
         for args in (("info", path), ("check", path), ("recover", path)):
             code, out = run(*args)
             assert code == 2
-            assert "format version 2 is newer than this library reads (1)" in out
+            assert "format version 3 is newer than this library reads (2)" in out
             assert "upgrade tensorblob" in out
             assert run.json(*args)[1]["verdict"] == "unsupported-version"
 
