@@ -400,10 +400,12 @@ class TensorBlob:
         j = loaded.journal
         # A journal of format version 1 is checkpointed into a new one before
         # anything is appended: its readers would stop at an append record.
-        if not loaded.clean or (j is not None and j.version < _format.FORMAT_VERSION):
+        old = j is not None and j.version < _format.FORMAT_VERSION
+        if not loaded.clean or old or _recovery.has_strays(self._path):
             actions = _recovery.recover(self._path, self._meta, self._blocks, loaded)
-            if loaded.clean:
-                actions = [f"rewrote the manifest and journal in format version {j.version + 1}"]
+            if loaded.clean and old:
+                upgraded = f"rewrote the manifest and journal in format version {j.version + 1}"
+                actions = [upgraded, *(a for a in actions if "stray" in a)]
             self.recovery_actions = actions
             loaded = _recovery.load(self._path, self._meta)
         j = loaded.journal

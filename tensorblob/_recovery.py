@@ -189,6 +189,19 @@ def _reap_guarded(state: State, blocks: BlockStore, probe: _locking.ReaderProbe)
     return len(gone)
 
 
+_TEMPS = (MANIFEST + ".tmp", JOURNAL + ".tmp")
+
+
+def has_strays(root: str) -> bool:
+    """True if a checkpoint's temporary file was left behind (a crash, maybe a power cut).
+
+    The journal may still look clean: a power cut during a recovery can drop
+    the unsynced records that made it unclean, but not the recovery's
+    temporary file. The writer's open then recovers anyway, to remove it.
+    """
+    return any(os.path.exists(os.path.join(root, name)) for name in _TEMPS)
+
+
 def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[str]:
     """Bring the blob to a clean checkpoint after an unclean shutdown; return what was done.
 
@@ -212,7 +225,7 @@ def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[s
         blocks.check_file(bid)
     if loaded.dirty:
         blocks.sync(loaded.dirty, new_files=True)
-    for name in (MANIFEST + ".tmp", JOURNAL + ".tmp"):
+    for name in _TEMPS:
         path = os.path.join(root, name)
         if os.path.exists(path):
             _durable.unlink(path)

@@ -1303,3 +1303,18 @@ def test_a_writer_upgrades_a_version_1_journal_before_appending_to_it(path):
             assert f.read(10)[8:] == (2).to_bytes(2, "little")
         blob.write(rows(1, start=5)[0])  # an append record, now in a version 2 journal
     assert torch.equal(stored(path), rows(6))
+
+
+def test_a_writer_removes_a_checkpoint_temp_file_left_beside_a_clean_journal(path):
+    # A power cut during a recovery can drop the journal records that made the
+    # blob unclean while keeping the recovery's half-written manifest.tmp.
+    make_blob(path, rows(5))
+    tmp = os.path.join(path, "manifest.tmp")
+    with open(tmp, "wb") as f:
+        f.write(b"TBLBMANI half a checkpoint")
+    assert torch.equal(stored(path), rows(5))  # a reader ignores it and changes nothing
+    assert os.path.exists(tmp)
+    with TensorBlob.open(path, "a") as blob:
+        assert "removed stray temporary file manifest.tmp" in blob.recovery_actions
+    assert not os.path.exists(tmp)
+    assert torch.equal(stored(path), rows(5))
