@@ -223,8 +223,11 @@ def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[s
         )
     for bid in state.blocks:  # never checkpoint a state whose rows are gone
         blocks.check_file(bid)
-    if loaded.dirty:
-        blocks.sync(loaded.dirty, new_files=True)
+    # Always fsync blocks/ too: the dead writer may have unlinked block files
+    # (a rollback) without making that durable. Recovery cannot see them to
+    # delete them again, so after its checkpoint a power cut must not bring
+    # them back as orphans of a blob that then looks clean.
+    blocks.sync(loaded.dirty, new_files=True)
     for name in _TEMPS:
         path = os.path.join(root, name)
         if os.path.exists(path):

@@ -13,7 +13,7 @@ from typing import Any
 import harness
 import torch
 
-from tensorblob import TensorBlob, _locking
+from tensorblob import TensorBlob, _durable, _locking
 
 
 def test_reader_open_is_not_refused_while_the_writer_deletes_freed_blocks(tmp_path: Any) -> None:
@@ -64,3 +64,45 @@ def test_a_creation_killed_before_its_rename_leaves_no_directory_behind(tmp_path
     assert run.exitcode == -9
     TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=4).close()
     assert sorted(os.listdir(tmp_path)) == ["blob", "work"]
+
+
+def test_recovery_makes_a_dead_writers_unlinks_durable_before_its_checkpoint(
+    tmp_path: Any,
+) -> None:
+    """Found by the long power-loss campaign (power/recovery, workload rollback): G4.
+
+    A transaction that allocates a block and rolls back unlinks the block
+    file without fsyncing ``blocks/``. If the writer then dies, recovery
+    cannot see that file to delete it, and used to fsync ``blocks/`` only
+    when replayed commits had dirtied blocks. Its checkpoint made the blob
+    clean, so after a power cut that lost the unlink (but not the earlier
+    creation) the block came back as an orphan that no later open removes.
+    Recovery now fsyncs ``blocks/`` before it writes the checkpoint.
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    path = str(tmp_path / "blob")
+    ops = [
+        ["open", "w", "normal", harness.NEW],
+        ["write", 4, 0],
+        ["flush"],  # nothing left for recovery to sync but the unlink below
+        ["rollback", [["write", 5, 4]]],  # allocates a block, then unlinks it
+    ]
+    clean = harness.run_child(path, ops, 0, str(work))
+    unlink_at = max(i for i, (step, _p, _i) in enumerate(clean.log) if step == "unlink")
+    shutil.rmtree(path)
+    run = harness.run_child(path, ops, unlink_at + 2, str(work))  # dies at the next step
+    assert run.exitcode == -9
+    steps: list[tuple[str, str]] = []
+    _durable.set_fault_hook(lambda step, p, extent: steps.append((step, p)))
+    try:
+        with TensorBlob.open(path, "a") as blob:
+            assert blob.recovery_actions
+    finally:
+        _durable.set_fault_hook(None)
+    blocks_dir = os.path.join(path, "blocks")
+    renames = [i for i, (step, p) in enumerate(steps) if step == "rename"]
+    dir_syncs = [i for i, (step, p) in enumerate(steps) if step == "fsync_dir" and p == blocks_dir]
+    assert renames, "recovery wrote no checkpoint"
+    assert dir_syncs, "recovery never fsynced blocks/"
+    assert dir_syncs[0] < renames[0]
