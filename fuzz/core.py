@@ -505,7 +505,10 @@ def store_problems(path: str, *, strict: bool) -> list[str]:
     """
     problems: list[str] = []
     st = load(path, read_meta(path)).state
-    names = os.listdir(os.path.join(path, "blocks"))
+    try:
+        names = os.listdir(os.path.join(path, "blocks"))
+    except FileNotFoundError:  # a blob that lost its blocks/ (e.g. to a power cut)
+        return ["the blocks/ directory is missing"]
     on_disk = {parse_block_name(n) for n in names}
     if None in on_disk:
         problems.append(

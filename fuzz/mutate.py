@@ -146,8 +146,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "durable point",
         "order: freed blocks are deleted before the sync record is made durable",
         (
-            _drop(
-                "_txn.py", "durable_point", "_recovery.reap(self.state, self.blocks, self.probe)"
+            Edit(
+                "_txn.py",
+                "durable_point",
+                "self.last_closed = closing\n            _recovery.reap(self.state, self.blocks, "
+                "self.probe)",
+                "self.last_closed = closing",
             ),
             Edit(
                 "_txn.py",
@@ -193,8 +197,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_recovery.py",
                 "checkpoint",
-                "salt = create_journal(root, state.uuid, state.gen)",
-                "salt = create_journal(root, state.uuid, state.gen)\n    "
+                "salt = create_journal(root, state.uuid, state.gen, closed=closed)",
+                "salt = create_journal(root, state.uuid, state.gen, closed=closed)\n    "
                 "write_manifest(root, state)",
             ),
         ),
@@ -283,7 +287,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "blocks-sync-no-file-fsync",
         "all (BlockStore.sync)",
         "BlockStore.sync fsyncs no block file (only the directory)",
-        (_drop("_blocks.py", "sync", "_durable.fsync_path(self.path(bid))"),),
+        (
+            _drop(
+                "_blocks.py",
+                "sync",
+                "_durable.fsync_paths([p for p in paths if os.path.exists(p)])",
+            ),
+        ),
     ),
     Mutation(
         "blocks-sync-no-dir-fsync",
