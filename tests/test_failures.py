@@ -138,3 +138,20 @@ def test_a_block_moved_by_extend_stays_protected_for_an_older_reader(
     assert torch.equal(reader[0], want[0])  # evicts block 1 from the reader's cache
     assert torch.equal(reader[:], want)  # maps block 1 again: it must still exist
     reader.close()
+
+
+def test_a_durable_point_over_more_dirty_blocks_than_open_files_allowed(tmp_path: Any) -> None:
+    """close() fsyncs every block written since the last durable point, in batches."""
+    import resource  # noqa: PLC0415 - only this test needs it
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        path = tmp_path / "b"
+        with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=1) as blob:
+            for i in range(600):  # 600 commits, each writes a new block: 600 dirty blocks
+                blob.write(torch.full((3,), float(i)))
+        with TensorBlob.open(path, "r") as r:
+            assert torch.equal(r[:][:, 0], torch.arange(600, dtype=torch.float32))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
