@@ -66,6 +66,14 @@ def load(root: str, meta: Meta) -> Loaded:
     )
 
 
+def _last_durable(records: list[dict[str, Any]]) -> int:
+    """Index of the last durable marker (a sync record, or a ``d`` record); -1 if none."""
+    for i in range(len(records) - 1, -1, -1):
+        if records[i]["t"] == _format.REC_SYNC or records[i].get("d"):
+            return i
+    return -1
+
+
 def applied(records: list[dict[str, Any]]) -> int:
     """How many leading records ``load`` applies: the power-loss rule of F9.
 
@@ -74,10 +82,7 @@ def applied(records: list[dict[str, Any]]) -> int:
     A record's boot is its own ``b`` (records before 0.2) or else that of the
     open record that started its writer's session.
     """
-    last_durable = -1
-    for i, rec in enumerate(records):
-        if rec["t"] == _format.REC_SYNC or rec.get("d"):
-            last_durable = i
+    last_durable = _last_durable(records)
     if last_durable == len(records) - 1:
         return len(records)
     boot, now = None, _durable.boot_id()
@@ -97,10 +102,7 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
     keep = applied(records)
     discarded = sum(rec["t"] in _format.COMMITS for rec in records[keep:])
     loaded = Loaded(state, journal, discarded=discarded)
-    last_durable = -1
-    for i in range(keep):
-        if records[i]["t"] == _format.REC_SYNC or records[i].get("d"):
-            last_durable = i
+    last_durable = _last_durable(records[:keep])
     what = f"journal of generation {journal.gen}"
     for i in range(keep):
         rec = records[i]
