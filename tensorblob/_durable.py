@@ -33,9 +33,11 @@ __all__ = [
     "fsync_paths",
     "mkdir",
     "open_block",
+    "prefill",
     "rename",
     "rmdir",
     "set_fault_hook",
+    "start_writeback",
     "store",
     "store_mapped",
     "unlink",
@@ -145,6 +147,16 @@ _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of the dirty pages; do not wait
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing the dirty pages of a byte range of ``fd`` to disk; do not wait.
+
+    Changes no content and promises nothing: a later fsync still decides
+    durability, but finds less left to write.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
 
 _FSYNC_BATCH = 64  # files open at once: stays far below any descriptor limit
@@ -284,6 +296,23 @@ def store_mapped(dst: int, src: int, nbytes: int, offset: int, path: str) -> Non
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))
     _memmove(dst, src, nbytes)
+
+
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def prefill(fd: int, offset: int, nbytes: int, path: str) -> None:
+    """Write zeros at ``offset`` of block file ``fd``, past every row. Not durable.
+
+    The callers zero only bytes that no transaction or reader can see, so
+    this changes no content; it puts the pages in the page cache in bulk,
+    which is far cheaper than faulting them in one at a time through a mapping.
+    """
+    if _hook is not None:
+        _hook("write_rows", path, (offset, nbytes))
+    end = offset + nbytes
+    while offset < end:
+        offset += os.pwrite(fd, _ZEROS[: min(end - offset, len(_ZEROS))], offset)
 
 
 def store(fd: int, src: int, nbytes: int, offset: int, path: str) -> None:

@@ -1248,6 +1248,41 @@ def test_fast_path_writes_follow_the_cursor_and_blocks_in_every_writable_mode(pa
     assert torch.equal(stored(path), torch.cat([expected, data[3:5]]))
 
 
+@pytest.mark.parametrize("in_txn", [False, True], ids=["own_txn", "in_txn"])
+def test_rows_written_past_the_prefilled_pages_are_kept(path, in_txn):
+    # Single rows zero the block ahead of them (Engine._prefill); a batch then
+    # writes past the zeroed pages, and the single rows after it must not zero
+    # the batch. 1 KiB rows and 1 MiB blocks: the zeroed stretch is 256 rows.
+    data = rows(2100, shape=(256,))
+    blob = new_blob(path, data[:1], mode="w", shape=(256,), block_size=1024)
+    with blob.transaction() if in_txn else _nothing():
+        for i in range(1, 10):
+            blob.write(data[i])
+        blob.write(data[10:600])  # past the zeroed stretch
+        for i in range(600, 1100):  # into the next block, and two stretches on
+            blob.write(data[i])
+        blob.write(data[1100:1110])  # a small batch: a pwrite, not the mapping
+        for i in range(1110, 2100):
+            blob.write(data[i])
+    blob.close()
+    assert torch.equal(stored(path), data)
+
+
+def test_single_row_appends_after_a_truncate_keep_an_older_snapshot(path):
+    data = rows(700, shape=(256,))
+    blob = new_blob(path, data[:500], mode="w", shape=(256,), block_size=1024)
+    reader = TensorBlob.open(path, "r")  # its snapshot holds 500 rows
+    blob.truncate(100)
+    blob.seek(100)
+    for i in range(100, 700):
+        blob.write(-data[i])  # new values over the rows the reader still sees
+    assert torch.equal(reader[:], data[:500])
+    blob.close()
+    assert torch.equal(reader[:], data[:500])
+    reader.close()
+    assert torch.equal(stored(path), torch.cat([data[:100], -data[100:700]]))
+
+
 def test_an_append_record_means_the_commit_it_abbreviates():
     B = 4
     cases = [  # (length, blocks, hwm, next_id, n)
