@@ -137,25 +137,28 @@ def decode_frames(
     previous frame's (the first frame has ``q == 1``).
     """
     records: list[dict[str, Any]] = []
+    append = records.append
     salt_crc = zlib.crc32(struct.pack("<I", salt))
-    pos, size = start, len(data)
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    unpack_from, crc32, unpackb = _FRAME.unpack_from, zlib.crc32, msgpack.unpackb
+    pos, size, q = start, len(data), 1
     while pos + FRAME_HEADER_SIZE <= size:
-        length, crc = _FRAME.unpack_from(data, pos)
+        length, crc = unpack_from(data, pos)
         end = pos + FRAME_HEADER_SIZE + length
         if length == 0 or length > MAX_FRAME or end > size:
             break
-        payload = bytes(data[pos + FRAME_HEADER_SIZE : end])
-        if zlib.crc32(payload, salt_crc) != crc:
+        payload = data[pos + FRAME_HEADER_SIZE : end]
+        if crc32(payload, salt_crc) != crc:
             break
         try:
-            rec = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+            rec = unpackb(payload, raw=False, strict_map_key=True)
         except Exception:
             break
-        if not isinstance(rec, dict) or rec.get("q") != len(records) + 1:
+        if type(rec) is not dict or rec.get("q") != q or rec.get("t") not in RECORD_TYPES:
             break
-        if rec.get("t") not in RECORD_TYPES:
-            break
-        records.append(rec)
+        append(rec)
+        q += 1
         pos = end
     return records, pos
 

@@ -9,6 +9,7 @@ commit records are deltas applied to it in order.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,20 +49,37 @@ class State:
 
     def _apply_append(self, n: int, q: int, block_size: int, what: str) -> list[int]:
         """Apply an append record: the same as applying ``append_delta(n)``, in O(new slots)."""
+        return self.apply_appends([{"t": _format.REC_APPEND, "n": n, "q": q}], block_size, what)
+
+    def apply_appends(self, recs: list[dict[str, Any]], block_size: int, what: str) -> list[int]:
+        """Apply a run of append records, in one pass: the same as ``apply`` on each in turn.
+
+        Each record grows the blob to its ``n`` rows, so the run must grow
+        strictly; its rows land past the high-water mark of the last block.
+        A block is born at the record whose rows first reach it. Returns the
+        blocks the run wrote.
+        """
         B, blocks, hwm = block_size, self.blocks, self.hwm
         first, off = divmod(self.length, B)
-        if n <= self.length or (off and hwm.get(blocks[first], B) > off):
-            raise CorruptBlobError(f"{what}: append q={q} to {n} rows does not fit")
-        seq = snapshot_seq(self.gen, q)
+        ns = [r["n"] for r in recs]
+        prev = self.length
+        if off and hwm.get(blocks[first], B) > off:  # a snapshot saw rows past the length
+            prev = ns[0]  # so the first record does not fit: raised below
+        for i, n in enumerate(ns):
+            if n <= prev:
+                raise CorruptBlobError(f"{what}: append q={recs[i]['q']} to {n} rows does not fit")
+            prev = n
+        n = ns[-1]
         k = -(-n // B)
         while len(blocks) < k:
             bid = self.next_id
             self.next_id += 1
+            q = recs[bisect.bisect_right(ns, len(blocks) * B)]["q"]
             blocks.append(bid)
-            self.born.setdefault(bid, seq)
+            self.born.setdefault(bid, snapshot_seq(self.gen, q))
         for slot in range(first, k):
             hwm[blocks[slot]] = min(B, n - slot * B)
-        self.seq = seq
+        self.seq = snapshot_seq(self.gen, recs[-1]["q"])
         self.length = n
         return blocks[first:k]
 

@@ -66,9 +66,9 @@ def load(root: str, meta: Meta) -> Loaded:
     )
 
 
-def _last_durable(records: list[dict[str, Any]]) -> int:
-    """Index of the last durable marker (a sync record, or a ``d`` record); -1 if none."""
-    for i in range(len(records) - 1, -1, -1):
+def _last_durable(records: list[dict[str, Any]], end: int | None = None) -> int:
+    """Index of the last durable marker (a sync or ``d`` record) below ``end``; -1 if none."""
+    for i in range(len(records) if end is None else end)[::-1]:
         if records[i]["t"] == _format.REC_SYNC or records[i].get("d"):
             return i
     return -1
@@ -102,15 +102,28 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
     keep = applied(records)
     discarded = sum(rec["t"] in _format.COMMITS for rec in records[keep:])
     loaded = Loaded(state, journal, discarded=discarded)
-    last_durable = _last_durable(records[:keep])
+    last_durable = _last_durable(records, keep)
     what = f"journal of generation {journal.gen}"
-    for i in range(keep):
+    B, APPEND, i = meta.block_size, _format.REC_APPEND, 0
+    while i < keep:
         rec = records[i]
-        if rec["t"] in _format.COMMITS:
-            written = state.apply(rec, meta.block_size, what)
+        t = rec["t"]
+        if t == APPEND:  # a run of appends (a collector's commits) is applied in one pass
+            j = i + 1  # the run stops after the last durable marker, which may be an append
+            while j < keep and j != last_durable + 1 and records[j]["t"] == APPEND:
+                j += 1
+            written = state.apply_appends(records[i:j], B, what)
+            loaded.kept += j - i
+            if i > last_durable:
+                loaded.dirty.update(written)
+            i = j
+            continue
+        if t == _format.REC_COMMIT:
+            written = state.apply(rec, B, what)
             loaded.kept += 1
             if i > last_durable:
                 loaded.dirty.update(written)
+        i += 1
     if loaded.kept:
         state.validate(meta.block_size, f"{what}: after replay")
     return loaded

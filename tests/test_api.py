@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tensorblob
 import tensorblob.errors as tb_errors
@@ -1313,6 +1315,47 @@ def test_an_append_record_means_the_commit_it_abbreviates():
     assert st.append_delta(6, B) is None
     with pytest.raises(tb_errors.CorruptBlobError, match="does not fit"):
         st.apply({"t": "a", "q": 1, "n": 6}, B, "test")
+
+
+@given(
+    start=st.integers(0, 13),
+    steps=st.lists(st.integers(-1, 9), min_size=1, max_size=12),
+    seen=st.integers(0, 3),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_run_of_append_records_replays_as_each_record_in_turn(start, steps, seen):
+    # Replay applies a collector's run of append records in one pass
+    # (State.apply_appends); it must equal applying them one by one: lengths,
+    # slots, high-water marks, block births, sequence numbers and errors.
+    B = 4
+    k = -(-start // B)
+    hwm = {b: min(B, start - b * B) for b in range(k)}
+    if k:  # a snapshot may have seen rows past the length in the last block
+        hwm[k - 1] = min(B, hwm[k - 1] + seen)
+    recs, n = [], start
+    for i, step in enumerate(steps):
+        n = max(n + step, 0)  # a step of 0 or -1 makes a record that does not fit
+        recs.append({"t": "a", "q": 3 + i, "n": n})
+
+    def state() -> State:
+        return State(b"u", 2, start, list(range(k)), dict(hwm), [], k)
+
+    # The reference: each record expanded to the commit it abbreviates.
+    one, run = state(), state()
+    written, bad = set(), None
+    for rec in recs:
+        delta = one.append_delta(rec["n"], B)
+        if delta is None:
+            bad = rec["q"]
+            break
+        written.update(one.apply({"t": "c", "q": rec["q"], **delta}, B, "test"))
+    if bad is None:
+        assert set(run.apply_appends(recs, B, "test")) == written
+        got = (run.length, run.blocks, run.hwm, run.next_id, run.born, run.seq)
+        assert got == (one.length, one.blocks, one.hwm, one.next_id, one.born, one.seq)
+    else:
+        with pytest.raises(tb_errors.CorruptBlobError, match=f"append q={bad} to"):
+            run.apply_appends(recs, B, "test")
 
 
 def test_conjugate_views_are_stored_conjugated(path):
