@@ -125,6 +125,23 @@ def encode_frame(salt: int, record: dict[str, Any]) -> bytes:
     return _FRAME.pack(len(payload), zlib.crc32(payload, seed)) + payload
 
 
+_APPEND_HEAD = b"\x83\xa1t\xa1a\xa1n"  # msgpack of {"t": "a", "n": ...
+
+
+def encode_append_frame(salt: int, n: int, q: int) -> bytes:
+    """``encode_frame(salt, {"t": "a", "n": n, "q": q})``, byte for byte, faster.
+
+    The commit record of every single-row append under ``"normal"``: this is
+    on the hottest write path, and packing the two integers alone saves most
+    of the cost of packing the map.
+    """
+    payload = _APPEND_HEAD + _packer.pack(n) + b"\xa1q" + _packer.pack(q)
+    seed = _salt_crcs.get(salt)
+    if seed is None:
+        return encode_frame(salt, {"t": REC_APPEND, "n": n, "q": q})
+    return _FRAME.pack(len(payload), zlib.crc32(payload, seed)) + payload
+
+
 def decode_frames(
     data: bytes | memoryview, start: int, salt: int
 ) -> tuple[list[dict[str, Any]], int]:

@@ -96,6 +96,13 @@ class JournalWriter:
         self.seq += 1
         self.size += len(frame)
 
+    def append_rows(self, n: int) -> None:
+        """Append the append record ``{"t": "a", "n": n}`` (F6): ``append``, faster."""
+        frame = _format.encode_append_frame(self.salt, n, self.seq + 1)
+        _durable.append(self.fd, frame, self.path)
+        self.seq += 1
+        self.size += len(frame)
+
     def sync(self) -> None:
         _durable.fdatasync(self.fd, self.path)
 

@@ -45,7 +45,7 @@ from .errors import BlobIOError
 
 CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
 PWRITE_BYTES = 1 << 18  # unmapped blocks get writes up to this size by pwrite
-CHECKPOINT_RECORDS = 1024  # journal records that trigger one: bounds replay time at open
+CHECKPOINT_RECORDS = 2048  # journal records that trigger one: bounds replay time at open
 # The fast paths zero the block's next PREFILL_BYTES with one pwrite before
 # copying rows into them through the mapping: a first write to a page of a
 # shared mapping costs a page fault, measured at 4-5 us per 3 KiB row on this
@@ -249,10 +249,9 @@ class Engine:
         addr = self.w_addr or self._map_window()
         _durable.store_mapped(addr + off, src, n * rb, off, self.w_path)
         end = pos + n
-        rec = {"t": _format.REC_APPEND, "n": end}
         j = self.journal
         try:
-            j.append(rec)
+            j.append_rows(end)
         except BaseException as exc:
             raise self._give_up("writing the commit record", exc) from exc
         # Committed: the same bookkeeping as _committed(), for this one case.

@@ -28,6 +28,7 @@ from tensorblob import (
     TensorBlob,
     TensorBlobError,
     UnsupportedOperationError,
+    _format,
 )
 from tensorblob._manifest import State
 
@@ -1356,6 +1357,16 @@ def test_a_run_of_append_records_replays_as_each_record_in_turn(start, steps, se
     else:
         with pytest.raises(tb_errors.CorruptBlobError, match=f"append q={bad} to"):
             run.apply_appends(recs, B, "test")
+
+
+def test_the_fast_append_frame_is_byte_for_byte_the_append_record_frame():
+    edges = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1]
+    for salt in (0, 7, 2**32 - 1):
+        _format._salt_crcs.clear()  # the first frame of a salt takes the slow path
+        for n in edges:
+            for q in edges[1:]:
+                want = _format.encode_frame(salt, {"t": "a", "n": n, "q": q})
+                assert _format.encode_append_frame(salt, n, q) == want, (salt, n, q)
 
 
 def test_conjugate_views_are_stored_conjugated(path):
