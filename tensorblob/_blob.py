@@ -1007,16 +1007,17 @@ class TensorBlob:
         if lo // B == hi // B:
             out = get(blocks[lo // B])[ia - (lo // B) * B]
         else:
-            slots = ia // B
-            offs = ia - slots * B
-            order = np.argsort(slots, kind="stable")
-            sorted_slots = slots[order]
-            ends = [*(np.flatnonzero(np.diff(sorted_slots)) + 1).tolist(), len(ia)]
+            # In row order: block after block, and rows in address order
+            # within each, which the CPU's prefetcher follows.
+            order = np.argsort(ia)
+            rows = ia[order]
+            slots = rows // B
+            offs = rows - slots * B
+            ends = [*(np.flatnonzero(np.diff(slots)) + 1).tolist(), len(ia)]
             out = np.empty((len(ia), self._meta.row_bytes), dtype=np.uint8)
             start = 0
             for end in ends:
-                pos = order[start:end]
-                out[pos] = get(blocks[sorted_slots[start]])[offs[pos]]
+                out[order[start:end]] = get(blocks[slots[start]])[offs[start:end]]
                 start = end
         return torch.from_numpy(out).view(self.dtype).reshape(len(ia), *self.shape)
 
