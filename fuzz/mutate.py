@@ -250,6 +250,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         (_drop("_recovery.py", "recover", "blocks.sync(loaded.dirty, new_files=True)"),),
     ),
     Mutation(
+        "replay-append-run-not-dirty",
+        "recovery",
+        "replay forgets the blocks written by a run of append records after the last "
+        "durable marker, so recovery does not fsync them before its checkpoint",
+        (
+            Edit(
+                "_recovery.py",
+                "_replay",
+                "loaded.kept += j - i\n            if i > last_durable:\n"
+                "                loaded.dirty.update(written)\n",
+                "loaded.kept += j - i\n",
+            ),
+        ),
+    ),
+    Mutation(
         "recover-no-blocks-dir-fsync",
         "recovery",
         "step 1: blocks/ is not fsynced for the replayed commits' new block files",
