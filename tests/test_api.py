@@ -1271,6 +1271,17 @@ def test_rows_written_past_the_prefilled_pages_are_kept(path, in_txn):
     assert torch.equal(stored(path), data)
 
 
+def test_a_large_unaligned_batch_written_in_pieces_is_stored_whole(path):
+    # A batch is written by pwrite in pieces that end on 2 MiB boundaries of
+    # the block file; here it starts 1 KiB in and spans several of them.
+    data = rows(8000, shape=(256,))
+    blob = new_blob(path, data[:1], mode="w", shape=(256,), block_size=8192)
+    blob.write(data[1:7001])
+    blob.write(data[7001:])
+    blob.close()
+    assert torch.equal(stored(path), data)
+
+
 def test_single_row_appends_after_a_truncate_keep_an_older_snapshot(path):
     data = rows(700, shape=(256,))
     blob = new_blob(path, data[:500], mode="w", shape=(256,), block_size=1024)
