@@ -52,7 +52,8 @@ CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
 # makes random reads of a np.memmap of a file written by write() fast.
 PWRITE_BYTES = 1 << 18
 CHECKPOINT_RECORDS = 2048  # journal records that trigger one: bounds replay time at open
-# The fast paths zero the block ahead of the rows with one pwrite before
+# Once they have taken PREFILL_MIN bytes in a block, the fast paths zero the
+# block ahead of the rows with one pwrite before
 # copying rows into it through the mapping: a first write to a page of a
 # shared mapping costs a page fault, measured at 4-5 us per 3 KiB row on this
 # machine, against about 1 us per row for a pwrite of zeros in bulk followed
@@ -63,6 +64,7 @@ CHECKPOINT_RECORDS = 2048  # journal records that trigger one: bounds replay tim
 # with one page-table entry each (e2 140k -> 193k rows/s against 256 KiB).
 PREFILL_MIN = 1 << 18
 PREFILL_MAX = 1 << 21
+PREFILL_AFTER = PREFILL_MIN  # bytes the fast paths copy into a block before its first prefill
 # close() checkpoints, rather than appending a close marker, past this many
 # records: the next open then replays nothing. Collectors that open, append
 # and close all day would otherwise make every open replay their sessions.
@@ -141,6 +143,7 @@ class Engine:
         self.w_marked = False  # the open transaction has recorded its use of the window
         self.w_fill = 0  # bytes of the block below this offset are in the page cache
         self.w_chunk = PREFILL_MIN  # bytes the next prefill zeroes
+        self.w_taken = 0  # bytes the fast paths copied in before the first prefill
         self.w_flushed = 0  # writeback was started for the bytes below this offset
 
     def _set_window(self, slot: int, bid: int, private: bool) -> None:
@@ -199,6 +202,12 @@ class Engine:
         or any reader can see is touched.
         """
         done = (self.state.length - self.w_base) * self.row_bytes
+        if self.w_taken < PREFILL_AFTER:
+            # Not before the fast paths have taken PREFILL_MIN bytes: a
+            # session that appends a batch or two and closes would otherwise
+            # zero (and fsync at close) far more than it writes.
+            self.w_taken += max(need - done, 0)
+            return
         start = max(self.w_fill, done)
         P = self.w_chunk
         stop = min((max(need, start + P) + P - 1) // P * P, self.meta.block_size * self.row_bytes)

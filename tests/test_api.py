@@ -1253,19 +1253,20 @@ def test_fast_path_writes_follow_the_cursor_and_blocks_in_every_writable_mode(pa
 
 @pytest.mark.parametrize("in_txn", [False, True], ids=["own_txn", "in_txn"])
 def test_rows_written_past_the_prefilled_pages_are_kept(path, in_txn):
-    # Single rows zero the block ahead of them (Engine._prefill); a batch then
-    # writes past the zeroed pages, and the single rows after it must not zero
-    # the batch. 1 KiB rows and 1 MiB blocks: the zeroed stretch is 256 rows.
-    data = rows(2100, shape=(256,))
+    # Single rows zero the block ahead of them (Engine._prefill, once 256 KiB
+    # of them went through the fast path); a batch then writes past the
+    # zeroed pages, and the single rows after it must not zero the batch.
+    # 1 KiB rows and 1 MiB blocks.
+    data = rows(2400, shape=(256,))
     blob = new_blob(path, data[:1], mode="w", shape=(256,), block_size=1024)
     with blob.transaction() if in_txn else _nothing():
-        for i in range(1, 10):
+        for i in range(1, 300):  # zeroing starts after 256 rows
             blob.write(data[i])
-        blob.write(data[10:600])  # past the zeroed stretch
-        for i in range(600, 1100):  # into the next block, and two stretches on
+        blob.write(data[300:900])  # past the zeroed stretch
+        for i in range(900, 1400):  # into the next block, and on
             blob.write(data[i])
-        blob.write(data[1100:1110])  # a small batch: a pwrite, not the mapping
-        for i in range(1110, 2100):
+        blob.write(data[1400:1410])  # a small batch: a pwrite, not the mapping
+        for i in range(1410, 2400):
             blob.write(data[i])
     blob.close()
     assert torch.equal(stored(path), data)
