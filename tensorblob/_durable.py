@@ -326,8 +326,8 @@ def store(fd: int, src: int, nbytes: int, offset: int, path: str) -> None:
     tensor alive). Mappings of the file see the rows at once: Linux has one
     page cache for both. Large writes go in 2 MiB pieces: the page cache
     then holds them in 2 MiB folios, which mappings use with one page-table
-    entry each, and the pieces measured faster and steadier here than one
-    ``pwrite`` of a whole block (docs/performance.md).
+    entry each; and the pieces measured faster here than one ``pwrite`` of a
+    whole block (docs/performance.md, "Large folios on this VM").
     """
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))

@@ -46,25 +46,24 @@ from .errors import BlobIOError
 CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
 # Engine.write copies rows into a block by pwrite, unless the block is mapped
 # already and the rows are at most PWRITE_BYTES. A pwrite fills the page
-# cache in bulk, in folios as large as the write: 24 MiB blocks were written
-# at 2.9-3.2 GB/s against 1.4 GB/s through a mapping (/tmp/mb/d1b.py), and
-# readers map whole 2 MiB folios with one page-table entry, which is what
-# makes random reads of a np.memmap of a file written by write() fast.
+# cache in bulk, in folios as large as its 2 MiB pieces (_durable.store), and
+# readers map a 2 MiB folio with one page-table entry, which makes random
+# reads fast (docs/design.md, "How rows are copied").
 PWRITE_BYTES = 1 << 18
 CHECKPOINT_RECORDS = 2048  # journal records that trigger one: bounds replay time at open
-# Once they have taken PREFILL_MIN bytes in a block, the fast paths zero the
-# block ahead of the rows with one pwrite before
-# copying rows into it through the mapping: a first write to a page of a
-# shared mapping costs a page fault, measured at 4-5 us per 3 KiB row on this
-# machine, against about 1 us per row for a pwrite of zeros in bulk followed
-# by writes to pages already in the page cache (docs/performance.md). The
-# stretch zeroed at once doubles from PREFILL_MIN to PREFILL_MAX, aligned to
-# its size: a session that writes a few rows does not make its close write
-# back 2 MiB of zeros, and a long one gets 2 MiB folios, which readers map
-# with one page-table entry each (e2 140k -> 193k rows/s against 256 KiB).
+# Once the fast paths have copied PREFILL_AFTER bytes into a block, they zero
+# the block ahead of the rows with one pwrite before copying rows into it
+# through the mapping: a first write to a page of a shared mapping costs a
+# page fault, measured at 4-5 us per 3 KiB row on this machine, against
+# about 1 us per row for zeros written in bulk followed by writes to pages
+# already in the page cache. The stretch zeroed at once doubles from
+# PREFILL_MIN to PREFILL_MAX, aligned to its size, so that a long run of
+# rows gets 2 MiB folios (e2 179k -> 214k rows/s against a fixed 256 KiB).
+# Sessions that copy less than PREFILL_AFTER zero nothing: their close would
+# otherwise fsync more zeros than rows.
 PREFILL_MIN = 1 << 18
 PREFILL_MAX = 1 << 21
-PREFILL_AFTER = PREFILL_MIN  # bytes the fast paths copy into a block before its first prefill
+PREFILL_AFTER = PREFILL_MIN
 # close() checkpoints, rather than appending a close marker, past this many
 # records: the next open then replays nothing. Collectors that open, append
 # and close all day would otherwise make every open replay their sessions.
@@ -203,9 +202,7 @@ class Engine:
         """
         done = (self.state.length - self.w_base) * self.row_bytes
         if self.w_taken < PREFILL_AFTER:
-            # Not before the fast paths have taken PREFILL_MIN bytes: a
-            # session that appends a batch or two and closes would otherwise
-            # zero (and fsync at close) far more than it writes.
+            # Not yet (see PREFILL_AFTER): count the bytes this copy adds.
             self.w_taken += max(need - done, 0)
             return
         start = max(self.w_fill, done)
