@@ -220,6 +220,15 @@ class Engine:
             _durable.start_writeback(self.w_fd, self.w_flushed, done - self.w_flushed)
             self.w_flushed = done
 
+    def _copy_in(self, pos: int, src: int, n: int) -> None:
+        """Copy ``n`` rows from address ``src`` to row ``pos`` of the window's block."""
+        rb = self.row_bytes
+        off = (pos - self.w_base) * rb
+        if off + n * rb > self.w_fill:
+            self._prefill(off + n * rb)
+        addr = self.w_addr or self._map_window()
+        _durable.store_mapped(addr + off, src, n * rb, off, self.w_path)
+
     # -- the fast paths ---------------------------------------------------
 
     def put(self, pos: int, src: int, n: int) -> bool:
@@ -233,12 +242,7 @@ class Engine:
         st = self.state
         if pos > st.length:
             return False
-        rb = self.row_bytes
-        off = (pos - self.w_base) * rb
-        if off + n * rb > self.w_fill:
-            self._prefill(off + n * rb)
-        addr = self.w_addr or self._map_window()
-        _durable.store_mapped(addr + off, src, n * rb, off, self.w_path)
+        self._copy_in(pos, src, n)
         if pos + n > st.length:  # noqa: PLR1730 - an if is cheaper than max() here
             st.length = pos + n
         if not self.w_marked:
@@ -261,12 +265,7 @@ class Engine:
         pos = st.length
         if not (self.w_lo <= pos and pos + n <= self.w_hi) or self.full or not self.opened:
             return False
-        rb = self.row_bytes
-        off = (pos - self.w_base) * rb
-        if off + n * rb > self.w_fill:
-            self._prefill(off + n * rb)
-        addr = self.w_addr or self._map_window()
-        _durable.store_mapped(addr + off, src, n * rb, off, self.w_path)
+        self._copy_in(pos, src, n)
         end = pos + n
         j = self.journal
         try:
