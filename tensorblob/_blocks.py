@@ -9,6 +9,7 @@ never needs write permission. At most ``max_cached`` blocks stay mapped.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import zlib
@@ -23,6 +24,27 @@ from ._meta import Meta
 from .errors import CorruptBlobError
 
 BLOCKS = "blocks"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_madvise = getattr(_libc, "madvise", None)
+if _madvise is not None:
+    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+MADV_NORMAL, MADV_RANDOM = 0, 1
+
+
+def advise(mapping: np.ndarray, advice: int) -> None:
+    """Tell the kernel how ``mapping`` (a whole mapped block) will be accessed. A hint only.
+
+    The write window sets MADV_RANDOM while it fills a block: with the
+    default, the faults on the first rows' unwritten pages start readahead,
+    which fills the page cache ahead of the rows with small folios; the
+    zeroing ahead (``_durable.prefill``) then finds them there instead of
+    creating 2 MiB folios, and every page of the block takes its own page
+    fault (docs/performance.md, "Readahead and the write window").
+    """
+    if _madvise is not None:
+        addr = mapping.ctypes.data
+        _madvise(addr & ~4095, mapping.nbytes + (addr & 4095), advice)
 
 
 @functools.cache

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _durable, _format, _locking, _recovery
+from . import _blocks, _durable, _format, _locking, _recovery
 from ._blocks import BlockStore
 from ._journal import JournalWriter
 from ._manifest import State, append_delta
@@ -130,14 +130,17 @@ class Engine:
         # if the block cache evicts it. An empty range (w_lo == w_hi) disables it.
         self.w_fd = -1
         self.w_bid = -1
+        self.w_bytes: np.ndarray | None = None
         self._clear_window()
 
     def _clear_window(self) -> None:
         if self.w_fd >= 0:
             os.close(self.w_fd)
+        if self.w_bytes is not None:
+            _blocks.advise(self.w_bytes, _blocks.MADV_NORMAL)
         self.w_fd = self.w_bid = -1
         self.w_lo = self.w_hi = self.w_base = self.w_slot = self.w_addr = 0
-        self.w_bytes: np.ndarray | None = None
+        self.w_bytes = None
         self.w_path = ""
         self.w_marked = False  # the open transaction has recorded its use of the window
         self.w_fill = 0  # bytes of the block below this offset are in the page cache
@@ -189,6 +192,7 @@ class Engine:
         # The uint8 array view of the mapping, not the tensor: torch asserts if
         # a garbage collection clears a tensor that another object shares.
         self.w_bytes = self.blocks.get_bytes(self.w_bid)
+        _blocks.advise(self.w_bytes, _blocks.MADV_RANDOM)  # until the window leaves the block
         self.w_addr = self.w_bytes.ctypes.data
         return self.w_addr
 
