@@ -991,35 +991,27 @@ class TensorBlob:
         n = self._state.length
         if idx.numel() == 0:
             return torch.empty((0, *self.shape), dtype=self.dtype)
-        idx = torch.where(idx < 0, idx + n, idx)
-        lo, hi = int(idx.min()), int(idx.max())
+        # In numpy: far less per-call overhead than torch ops on small tensors.
+        ia = idx.numpy()
+        lo, hi = int(ia.min()), int(ia.max())
+        if lo < 0:  # negative positions count from the end
+            ia = np.where(ia < 0, ia + n, ia)
+            lo, hi = int(ia.min()), int(ia.max())
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
             raise InvalidIndexError(
                 f"index {bad if bad >= 0 else bad - n} is out of range "
                 f"for blob {self._path!r} of length {n}"
             )
-        # Rows are gathered as raw bytes with numpy, block by block: far less
-        # per-call overhead than torch indexing ops, and any dtype works.
+        # Rows are gathered as raw bytes, so any dtype works.
         B = self.block_size
-        blocks, get = self._state.blocks, self._blocks.get_bytes
-        ia = idx.numpy()
-        if lo // B == hi // B:
-            out = get(blocks[lo // B])[ia - (lo // B) * B]
+        if lo // B == hi // B:  # one block: its mapping, indexed directly
+            rows = torch.from_numpy(self._blocks.get_bytes(self._state.blocks[lo // B]))
+            out = torch.index_select(rows, 0, torch.from_numpy(ia - (lo // B) * B))
         else:
-            # In row order: block after block, and rows in address order
-            # within each, which the CPU's prefetcher follows.
-            order = np.argsort(ia)
-            rows = ia[order]
-            slots = rows // B
-            offs = rows - slots * B
-            ends = [*(np.flatnonzero(np.diff(slots)) + 1).tolist(), len(ia)]
-            out = np.empty((len(ia), self._meta.row_bytes), dtype=np.uint8)
-            start = 0
-            for end in ends:
-                out[order[start:end]] = get(blocks[slots[start]])[offs[start:end]]
-                start = end
-        return torch.from_numpy(out).view(self.dtype).reshape(len(ia), *self.shape)
+            slots = ia // B
+            out = self._blocks.gather(self._state.blocks, slots, ia - slots * B)
+        return out.view(self.dtype).reshape(len(ia), *self.shape)
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         """``blob[i]``, ``blob[a:b:c]``, ``blob[list | tuple | 1-D int tensor | ndarray]``.

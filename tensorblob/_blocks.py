@@ -72,6 +72,23 @@ def parse_block_name(name: str) -> int | None:
     return None
 
 
+class _Span:
+    """Exposes, to ``np.asarray``, the ``n`` bytes at address ``addr`` as a uint8 array.
+
+    It may cover gaps between mappings: only bytes of mapped blocks may be
+    read through it. It is declared writable only because torch warns about
+    read-only arrays; nothing writes through it.
+    """
+
+    def __init__(self, addr: int, n: int) -> None:
+        self.__array_interface__ = {
+            "version": 3,
+            "data": (addr, False),
+            "shape": (n,),
+            "typestr": "|u1",
+        }
+
+
 class BlockStore:
     """Maps block ids to tensors of shape ``(block_size, *row_shape)``, LRU-bounded."""
 
@@ -82,8 +99,9 @@ class BlockStore:
         self.max_cached = max_cached
         self.nbytes = meta.block_size * meta.row_bytes
         self.block_shape = (meta.block_size, *meta.shape)
-        # id -> (rows tensor, the same memory as a (block_size, row_bytes) uint8 array)
-        self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray]] = OrderedDict()
+        # id -> (rows tensor, the same memory as a (block_size, row_bytes) uint8
+        # array, the address of that memory)
+        self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray, int]] = OrderedDict()
 
     def path(self, bid: int) -> str:
         return f"{self.dir}/{bid:016x}"  # block_name(), inlined: this is on the write path
@@ -96,14 +114,59 @@ class BlockStore:
         """Block ``bid`` as a ``(block_size, row_bytes)`` uint8 array over the mapped file."""
         return self._entry(bid)[1]
 
-    def _entry(self, bid: int) -> tuple[torch.Tensor, np.ndarray]:
+    def gather(self, blocks: list[int], slots: np.ndarray, offs: np.ndarray) -> torch.Tensor:
+        """Row ``offs[i]`` of the block in slot ``slots[i]``, for each i, as ``(n, row_bytes)``
+        uint8. The caller has checked every slot and offset.
+
+        At most ``max_cached`` blocks are mapped at once: rows from more
+        distinct blocks are taken a group of blocks at a time.
+        """
+        distinct, which = np.unique(slots, return_inverse=True)
+        m = self.max_cached
+        if len(distinct) <= m:
+            return self._gather_group(blocks, distinct, which, offs)
+        out = torch.empty((len(slots), self.meta.row_bytes), dtype=torch.uint8)
+        for g in range(0, len(distinct), m):
+            sel = np.flatnonzero((which >= g) & (which < g + m))
+            part = self._gather_group(blocks, distinct[g : g + m], which[sel] - g, offs[sel])
+            out[torch.from_numpy(sel)] = part
+        return out
+
+    def _gather_group(
+        self, blocks: list[int], group: np.ndarray, which: np.ndarray, offs: np.ndarray
+    ) -> torch.Tensor:
+        """Row ``offs[i]`` of the block in slot ``group[which[i]]``, for each i.
+
+        One ``index_select`` over a view of the address range that spans the
+        group's mappings (``_Span``), not one copy per block: with rows spread
+        over many blocks the per-block calls cost more than the copies, and
+        ``index_select`` copies rows in parallel on torch's threads
+        (docs/performance.md, "Gathers in one call").
+        """
+        rb = self.meta.row_bytes
+        # The entries keep their mappings alive until the copy is done, even
+        # if the cache evicts them meanwhile.
+        entries = [self._entry(blocks[s]) for s in group.tolist()]
+        addrs = [e[2] for e in entries]
+        base = min(addrs)
+        size = max(addrs) - base + self.nbytes
+        at = (np.array(addrs, dtype=np.int64) - base)[which] + offs * rb
+        # Row r of this view is the rb bytes at base + r: rows overlap, and
+        # only the offsets of rows inside the group's blocks are used.
+        span = torch.from_numpy(np.asarray(_Span(base, size)))
+        rows = span.as_strided((size - rb + 1, rb), (1, 1))
+        out = torch.index_select(rows, 0, torch.from_numpy(at))
+        del entries
+        return out
+
+    def _entry(self, bid: int) -> tuple[torch.Tensor, np.ndarray, int]:
         cache = self._cache
         e = cache.get(bid)
         if e is not None:
             cache.move_to_end(bid)
             return e
         t = self._map(bid)
-        e = (t, t.view(torch.uint8).reshape(self.meta.block_size, -1).numpy())
+        e = (t, t.view(torch.uint8).reshape(self.meta.block_size, -1).numpy(), t.data_ptr())
         cache[bid] = e
         if len(cache) > self.max_cached:
             cache.popitem(last=False)

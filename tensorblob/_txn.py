@@ -46,9 +46,8 @@ from .errors import BlobIOError
 CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
 # Engine.write copies rows into a block by pwrite, unless the block is mapped
 # already and the rows are at most PWRITE_BYTES. A pwrite fills the page
-# cache in bulk, in folios as large as its 2 MiB pieces (_durable.store), and
-# readers map a 2 MiB folio with one page-table entry, which makes random
-# reads fast (docs/design.md, "How rows are copied").
+# cache in bulk, in folios as large as its 256 KiB pieces (_durable.store),
+# without a page fault per page (docs/design.md, "How rows are copied").
 PWRITE_BYTES = 1 << 18
 CHECKPOINT_RECORDS = 2048  # journal records that trigger one: bounds replay time at open
 # Once the fast paths have copied PREFILL_AFTER bytes into a block, they zero

@@ -600,6 +600,42 @@ def test_batch_indexing_keeps_order_repeats_and_negative_entries(path, key):
     assert torch.equal(got, want)
 
 
+def _mapped_blocks(blob_path) -> int:
+    with open("/proc/self/maps") as f:
+        return sum(f"{blob_path}/blocks/" in line for line in f)
+
+
+@pytest.mark.parametrize("mode", ["r", "a+"])
+@pytest.mark.parametrize("max_cached", [1, 2, 5, 64])
+def test_batch_indexing_over_more_blocks_than_the_cache_holds(tmp_path, mode, max_cached):
+    # 61 rows in 16 blocks of 4, 2-byte rows: a gather reaches more blocks than
+    # a small cache maps, and must take them a group at a time.
+    ref = rows(61, (1,), dtype=torch.int16)
+    path = str(tmp_path / "g.blob")
+    make_blob(path, ref, shape=(1,), dtype=torch.int16)
+    gen = np.random.default_rng(7)
+    with TensorBlob.open(path, mode, max_cached_blocks=max_cached) as blob:
+        for size in (2, 5, 17, 200):
+            key = gen.integers(-61, 61, size=size)
+            got = blob[key]
+            assert torch.equal(got, ref[torch.from_numpy(key)])
+            assert _mapped_blocks(path) <= max_cached
+        assert torch.equal(blob[np.arange(60, -1, -1)], ref.flip(0))
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.bool, torch.uint8, torch.bfloat16, torch.float64, torch.complex64]
+)
+def test_batch_indexing_across_blocks_returns_the_bytes_of_any_dtype(path, dtype):
+    ref = (rows(30, (3,), dtype=torch.float64) % 7 - 2).to(dtype)
+    key = [29, 0, 13, 13, -30, 7, 22, 4]
+    with new_blob(path, ref, dtype=dtype, block_size=4) as blob:
+        got = blob[key]
+    assert got.dtype == dtype
+    assert got.shape == (8, 3)
+    assert torch.equal(got, ref[key])
+
+
 def test_a_read_only_ndarray_works_as_an_index_without_warnings(path):
     # np.frombuffer and friends give read-only arrays; under -W error a warning is a failure.
     key = np.array([4, 0, 9])
@@ -1273,7 +1309,7 @@ def test_rows_written_past_the_prefilled_pages_are_kept(path, in_txn):
 
 
 def test_a_large_unaligned_batch_written_in_pieces_is_stored_whole(path):
-    # A batch is written by pwrite in pieces that end on 2 MiB boundaries of
+    # A batch is written by pwrite in pieces that end on 256 KiB boundaries of
     # the block file; here it starts 1 KiB in and spans several of them.
     data = rows(8000, shape=(256,))
     blob = new_blob(path, data[:1], mode="w", shape=(256,), block_size=8192)
