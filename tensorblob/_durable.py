@@ -328,8 +328,8 @@ def store(fd: int, src: int, nbytes: int, offset: int, path: str) -> None:
     faster here than one ``pwrite`` of a whole block. The page cache holds
     them in folios of up to 256 KiB. Pieces of 2 MiB would give 2 MiB folios,
     which a reader maps with one page-table entry, but on this VM writing
-    them ran at 0.3 GB/s in one repetition out of three, against a steady
-    3 GB/s for 256 KiB (docs/performance.md, "Large folios on this VM").
+    them ran at 0.3-0.5 GB/s in 2 repetitions of 5, against a steady 3 GB/s
+    for 256 KiB pieces (docs/performance.md, "Large folios on this VM").
     """
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))
