@@ -144,8 +144,8 @@ class BlockStore:
         (docs/performance.md, "Gathers in one call").
         """
         rb = self.meta.row_bytes
-        # The entries keep their mappings alive until the copy is done, even
-        # if the cache evicts them meanwhile.
+        # The entries (held until this returns) keep their mappings alive
+        # until the copy is done, even if the cache evicts them meanwhile.
         entries = [self._entry(blocks[s]) for s in group.tolist()]
         addrs = [e[2] for e in entries]
         base = min(addrs)
@@ -155,9 +155,7 @@ class BlockStore:
         # only the offsets of rows inside the group's blocks are used.
         span = torch.from_numpy(np.asarray(_Span(base, size)))
         rows = span.as_strided((size - rb + 1, rb), (1, 1))
-        out = torch.index_select(rows, 0, torch.from_numpy(at))
-        del entries
-        return out
+        return torch.index_select(rows, 0, torch.from_numpy(at))
 
     def _entry(self, bid: int) -> tuple[torch.Tensor, np.ndarray, int]:
         cache = self._cache
