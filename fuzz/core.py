@@ -327,6 +327,7 @@ def run_ops(path: str, ops: list[list[Any]], st: _Acks) -> None:
             st.durable = st.acks
         elif kind == "checkpoint_every":
             _txn.CHECKPOINT_BYTES = op[1]
+            _txn.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
         else:
             do(op)
             if kind in harness.MUTATING:

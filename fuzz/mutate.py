@@ -203,6 +203,40 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
         ),
     ),
+    # -- the rotation (Engine._rotate, docs/design.md item 4) ---------------------------
+    Mutation(
+        "rotate-after-durable-point",
+        "rotation",
+        "a durable point does not stop rotations: the carried record then covers "
+        "durable commits, which a power cut drops",
+        (
+            _drop(
+                "_txn.py",
+                "durable_point",
+                "self.rotatable = False",
+            ),
+        ),
+    ),
+    Mutation(
+        "rotate-after-overwrite",
+        "rotation",
+        "a commit that is not an append does not stop rotations: the carried append "
+        "record then misstates the session",
+        (_drop("_txn.py", "_committed", "self.rotatable = False"),),
+    ),
+    Mutation(
+        "rotate-without-carried-record",
+        "rotation",
+        "the rotated journal does not carry the session's rows",
+        (
+            Edit(
+                "_txn.py",
+                "_rotate",
+                "carried = st.length if st.length > self.base_length else None",
+                "carried = None",
+            ),
+        ),
+    ),
     Mutation(
         "write-atomic-no-file-fsync",
         "checkpoint (write_atomic)",

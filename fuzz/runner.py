@@ -82,6 +82,7 @@ CI_POWER = (
     "checkpoint",
     "checkpoint_full",
     "checkpoint_sessions",
+    "rotations",
     "append_many_sessions",
     "recreate_w",
     "extend_blocks",

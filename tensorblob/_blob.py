@@ -400,7 +400,7 @@ class TensorBlob:
         j = loaded.journal
         # A journal of format version 1 is checkpointed into a new one before
         # anything is appended: its readers would stop at an append record.
-        old = j is not None and j.version < _format.FORMAT_VERSION
+        old = j is not None and j.version < _format.WRITE_VERSION
         if not loaded.clean or old or _recovery.has_strays(self._path):
             actions = _recovery.recover(self._path, self._meta, self._blocks, loaded)
             if loaded.clean and old:
@@ -420,6 +420,9 @@ class TensorBlob:
             full=self._sync == "full",
             dirty=set(),
             last_closed=loaded.clean,
+            base=j.base,
+            # Rotation needs the manifest to be the durable state: no commit since.
+            rotatable=loaded.kept == 0,
         )
         self._state = loaded.state
         if not (self._meta.dtype.is_complex or self._meta.row_bytes == 0):

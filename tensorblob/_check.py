@@ -197,7 +197,7 @@ def _classify(sc: Scan) -> bool:
         sc.unrepairable = True
         sc.problems.append(Problem("error", "io-error", f"cannot read meta: {exc}", "", META))
         return False
-    sc.version = _format.FORMAT_VERSION
+    sc.version = _format.WRITE_VERSION
     return True
 
 

@@ -49,7 +49,7 @@ def read_state(sc: Scan, meta: Meta) -> None:
         sc.manifest = _read_manifest(sc, meta)
         sc.journal = read_journal_scan(root, meta)
         m, j = sc.manifest, sc.journal
-        if m is None or j.error or not j.present or j.gen <= m.gen or sc.own_lock:
+        if m is None or j.error or not j.present or j.base <= m.gen or sc.own_lock:
             break
         # journal newer than the manifest: maybe a checkpoint ran between the reads; again
     m, j = sc.manifest, sc.journal
@@ -59,12 +59,27 @@ def read_state(sc: Scan, meta: Meta) -> None:
     if not j.present or j.error:
         _journal_unusable(sc, m)
         return
-    if j.gen > m.gen:
+    if j.gen < m.gen:
+        sc.relation = "stale"
+        sc.add(
+            "warning",
+            "journal-stale",
+            f"the journal follows generation {j.base} but the manifest is generation {m.gen}: "
+            "a checkpoint was interrupted after writing the manifest and before replacing "
+            "the journal; the manifest already holds every committed transaction",
+            "run `tensorblob recover PATH`: it starts a new journal; nothing committed is lost",
+            JOURNAL,
+        )
+        sc.loaded = sc.committed = _recovery.Loaded(copy.deepcopy(m), None)
+        return
+    if j.base != m.gen:
+        # Newer (or, from damage only, older while the journal's own generation
+        # is not): the records apply to another manifest than this one.
         sc.relation = "newer"
         sc.add(
             "error",
             "manifest-older",
-            f"the journal follows checkpoint generation {j.gen} but the manifest is generation "
+            f"the journal follows checkpoint generation {j.base} but the manifest is generation "
             f"{m.gen}: the manifest is an older copy (restored from a backup, or copied over "
             "the newer one), and the journal's transactions cannot be applied to it",
             "put back the newest manifest if you have it; otherwise `tensorblob recover "
@@ -73,19 +88,6 @@ def read_state(sc: Scan, meta: Meta) -> None:
             MANIFEST,
         )
         _salvage_without_journal(sc, m, meta)
-        return
-    if j.gen < m.gen:
-        sc.relation = "stale"
-        sc.add(
-            "warning",
-            "journal-stale",
-            f"the journal follows generation {j.gen} but the manifest is generation {m.gen}: "
-            "a checkpoint was interrupted after writing the manifest and before replacing "
-            "the journal; the manifest already holds every committed transaction",
-            "run `tensorblob recover PATH`: it starts a new journal; nothing committed is lost",
-            JOURNAL,
-        )
-        sc.loaded = sc.committed = _recovery.Loaded(copy.deepcopy(m), None)
         return
     sc.relation = "current"
     _replay(sc, m, meta)
@@ -147,6 +149,7 @@ def read_journal_scan(root: str, meta: Meta) -> JournalScan:
         js.foreign, js.error = True, "it belongs to another blob (its uuid differs from meta's)"
         return js
     js.gen, js.salt = header["gen"], header["salt"]
+    js.base = header.get("base", js.gen)
     js.records, js.end = _format.decode_frames(data, start, js.salt)
     pos = start
     for _ in js.records:
@@ -270,7 +273,7 @@ def _replay(sc: Scan, m: State, meta: Meta) -> None:
     cut = len(j.records) if j.bad_index is None else j.bad_index
     reason = j.bad_reason
     while True:  # the library's own replay decides; we only look for where it fails
-        image = JournalImage(j.gen, j.salt, j.records[:cut], j.offset(cut), j.size)
+        image = JournalImage(j.gen, j.salt, j.base, j.records[:cut], j.offset(cut), j.size)
         try:
             loaded = _recovery._replay(copy.deepcopy(m), image, meta)
             break

@@ -53,6 +53,7 @@ class JournalScan:
     error: str = ""  # the header is unusable (damaged, or another blob's): nothing can be read
     foreign: bool = False
     gen: int = 0
+    base: int = 0  # the manifest generation its records apply to (F7)
     salt: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)  # where each valid frame starts
@@ -102,7 +103,7 @@ class Scan:
     own_lock: bool = False  # scanned by recover, under the writer lock
     manifest: State | None = None  # the last checkpoint
     journal: JournalScan = field(default_factory=JournalScan)
-    relation: str = ""  # "current" | "stale" | "newer": journal generation vs manifest's
+    relation: str = ""  # "current" | "stale" | "newer": the journal's generations vs manifest's
     committed: _recovery.Loaded | None = None  # what readers load (even if blocks are bad)
     loaded: _recovery.Loaded | None = None  # the committed state, when recover can keep it all
     salvage: _recovery.Loaded | None = None  # the prefix --salvage keeps, when damage stops it

@@ -7,7 +7,7 @@ Every file that is not a block starts with the same 20-byte header (F1)::
 
     offset size  field
     0      8     magic         b"TBLBMETA" | b"TBLBMANI" | b"TBLBJRNL"
-    8      2     version       u16 little-endian, format version (1 or 2)
+    8      2     version       u16 little-endian, format version (1, 2 or 3)
     10     2     reserved      u16, zero
     12     4     body_len      u32, length of the msgpack body that follows
     16     4     body_crc      u32, zlib.crc32(body)
@@ -27,7 +27,12 @@ import msgpack
 
 from .errors import CorruptBlobError, NotABlobError, UnsupportedVersionError
 
-FORMAT_VERSION = 2  # 2: append records, boot ids in open records only (docs/format.md)
+# 2: append records, boot ids in open records only; 3: a rotated journal, whose
+# header names the manifest generation it applies to ("base"), which a reader
+# of version 2 would take for damage (docs/format.md). Every file is written
+# as version 2 except a rotated journal.
+FORMAT_VERSION = 3  # the newest version this library reads
+WRITE_VERSION = 2  # the version of the files it writes, but rotated journals
 MAGIC_META = b"TBLBMETA"
 MAGIC_MANIFEST = b"TBLBMANI"
 MAGIC_JOURNAL = b"TBLBJRNL"
@@ -61,9 +66,9 @@ def _unpack(body: bytes, what: str) -> Any:
         raise CorruptBlobError(f"{what}: body is not valid msgpack ({exc})") from None
 
 
-def encode_file(magic: bytes, body: dict[str, Any]) -> bytes:
+def encode_file(magic: bytes, body: dict[str, Any], version: int = WRITE_VERSION) -> bytes:
     payload = pack(body)
-    return _HEADER.pack(magic, FORMAT_VERSION, 0, len(payload), zlib.crc32(payload)) + payload
+    return _HEADER.pack(magic, version, 0, len(payload), zlib.crc32(payload)) + payload
 
 
 def decode_header(magic: bytes, data: bytes, what: str) -> tuple[dict[str, Any], int]:
@@ -218,6 +223,8 @@ def check_journal_header(h: dict[str, Any], what: str) -> None:
     require(isinstance(h.get("uuid"), bytes), what, "bad uuid")
     require(_is_int(h.get("gen")), what, "bad gen")
     require(_is_int(h.get("salt")) and h["salt"] < 1 << 32, what, "bad salt")
+    base = h.get("base", h["gen"])  # absent before version 3: the journal's own generation
+    require(_is_int(base) and base <= h["gen"], what, "bad base generation")
 
 
 def _pairs(x: Any) -> bool:
@@ -246,6 +253,7 @@ def check_record(r: dict[str, Any], what: str) -> None:
     if t == REC_APPEND:
         n = r.get("n")
         require(type(n) is int and n > 0, what, f"append record q={r['q']}: bad n")
+        require(r.get("p", True) is True, what, f"append record q={r['q']}: bad p")
         return
     b = r.get("b")
     if t == REC_OPEN:

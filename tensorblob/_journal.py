@@ -1,8 +1,11 @@
 """The ``journal``: CRC-framed msgpack records appended since the last checkpoint (F4-F7).
 
-A journal names the manifest generation it follows. A writer creates a new,
-empty journal at every checkpoint (temp + fsync + rename + fsync dir) and then
-appends one frame per transaction with a single ``write``. A frame exists once
+A journal has a generation of its own and names the manifest generation its
+records apply to, its base: the same number after a checkpoint, the older
+manifest's after a rotation (F7). A writer creates a new, empty journal at
+every checkpoint (temp + fsync + rename + fsync dir), a new journal carrying
+its session at every rotation, and appends one frame per transaction with a
+single ``write``. A frame exists once
 it is complete and its CRC checks; a torn or garbage tail is simply where the
 journal ends.
 """
@@ -26,10 +29,11 @@ class JournalImage:
 
     gen: int
     salt: int
+    base: int  # the manifest generation the records apply to (F7)
     records: list[dict[str, Any]] = field(default_factory=list)
     end: int = 0
     size: int = 0
-    version: int = _format.FORMAT_VERSION  # of the header: a writer upgrades older ones
+    version: int = _format.WRITE_VERSION  # of the header: a writer upgrades version 1
 
     @property
     def torn(self) -> bool:
@@ -37,9 +41,19 @@ class JournalImage:
         return self.end != self.size
 
 
-def encode_journal(uuid: bytes, gen: int, salt: int, *, closed: bool) -> bytes:
-    """A journal file with no commits; with ``closed``, one close marker (a clean blob)."""
-    data = _format.encode_file(_format.MAGIC_JOURNAL, {"uuid": uuid, "gen": gen, "salt": salt})
+def encode_journal(
+    uuid: bytes, gen: int, salt: int, *, closed: bool, base: int | None = None
+) -> bytes:
+    """A journal file with no commits; with ``closed``, one close marker (a clean blob).
+
+    With a ``base`` older than ``gen``, a rotated journal (version 3): its
+    records apply to the manifest of generation ``base``.
+    """
+    header: dict[str, Any] = {"uuid": uuid, "gen": gen, "salt": salt}
+    version = _format.WRITE_VERSION
+    if base is not None and base != gen:
+        header["base"], version = base, 3
+    data = _format.encode_file(_format.MAGIC_JOURNAL, header, version)
     if closed:
         marker = {"t": _format.REC_SYNC, "c": True, "q": 1}
         data += _format.encode_frame(salt, marker)
@@ -55,6 +69,29 @@ def create_journal(root: str, uuid: bytes, gen: int, *, closed: bool = False) ->
     data = encode_journal(uuid, gen, salt, closed=closed)
     _durable.write_atomic(os.path.join(root, JOURNAL), data)
     return salt
+
+
+def rotate_journal(
+    root: str, uuid: bytes, gen: int, *, base: int, boot: str, length: int | None
+) -> tuple[int, int]:
+    """Durably replace the journal with a rotated one; return its salt and record count.
+
+    The new journal (generation ``gen``, over the manifest of generation
+    ``base``) holds an open marker with ``boot`` and, if ``length`` is given,
+    one append record to ``length`` rows carried from the old journal (F7).
+    """
+    salt = secrets.randbits(32)
+    data = encode_journal(uuid, gen, salt, closed=False, base=base)
+    data += _format.encode_frame(salt, {"t": _format.REC_OPEN, "b": boot, "q": 1})
+    if length is None:
+        n = 1
+    else:
+        n = 2
+        data += _format.encode_frame(
+            salt, {"t": _format.REC_APPEND, "n": length, "p": True, "q": 2}
+        )
+    _durable.write_atomic(os.path.join(root, JOURNAL), data)
+    return salt, n
 
 
 def read_journal(root: str, uuid: bytes) -> JournalImage:
@@ -73,7 +110,9 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
     for rec in records:
         _format.check_record(rec, what)
     version = _format.header_version(data)
-    return JournalImage(header["gen"], header["salt"], records, end, len(data), version)
+    gen = header["gen"]
+    base = header.get("base", gen)
+    return JournalImage(gen, header["salt"], base, records, end, len(data), version)
 
 
 class JournalWriter:

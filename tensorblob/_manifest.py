@@ -56,8 +56,10 @@ class State:
 
         Each record grows the blob to its ``n`` rows, so the run must grow
         strictly; its rows land past the high-water mark of the last block.
-        A block is born at the record whose rows first reach it. Returns the
-        blocks the run wrote.
+        A block is born at the record whose rows first reach it, unless that
+        record was carried over by a rotation (``p``, F6): the block was born
+        in an older journal, so it gets no birth, which protects it from
+        every older snapshot. Returns the blocks the run wrote.
         """
         B, blocks, hwm = block_size, self.blocks, self.hwm
         first, off = divmod(self.length, B)
@@ -74,9 +76,10 @@ class State:
         while len(blocks) < k:
             bid = self.next_id
             self.next_id += 1
-            q = recs[bisect.bisect_right(ns, len(blocks) * B)]["q"]
+            rec = recs[bisect.bisect_right(ns, len(blocks) * B)]
             blocks.append(bid)
-            self.born.setdefault(bid, snapshot_seq(self.gen, q))
+            if not rec.get("p"):  # a carried record's blocks may be older: born unknown (0)
+                self.born.setdefault(bid, snapshot_seq(self.gen, rec["q"]))
         for slot in range(first, k):
             hwm[blocks[slot]] = min(B, n - slot * B)
         self.seq = snapshot_seq(self.gen, recs[-1]["q"])

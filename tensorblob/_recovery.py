@@ -54,14 +54,16 @@ def load(root: str, meta: Meta) -> Loaded:
     for _ in range(_RETRIES):
         state = read_manifest(root, meta.uuid, meta.block_size)
         journal = read_journal(root, meta.uuid)
-        if journal.gen == state.gen:
-            return _replay(state, journal, meta)
         if journal.gen < state.gen:  # checkpoint between manifest and journal renames
             return Loaded(state, None)
-        # journal.gen > state.gen: we read the manifest just before a checkpoint
+        if journal.base == state.gen:  # after a checkpoint or a rotation (F7)
+            return _replay(state, journal, meta)
+        if journal.base < state.gen:  # only damage gets here (see F7)
+            break
+        # journal.base > state.gen: we read the manifest just before a checkpoint
         # replaced both; read again.
     raise CorruptBlobError(
-        f"journal of {root!r} follows generation {journal.gen} but the manifest is "
+        f"journal of {root!r} follows generation {journal.base} but the manifest is "
         f"generation {state.gen}; the manifest may have been replaced by an older copy"
     )
 
@@ -98,6 +100,9 @@ def applied(records: list[dict[str, Any]]) -> int:
 
 
 def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
+    # Snapshots are numbered in the journal's generation, which a rotation
+    # moved past the manifest's (F7): the state takes it on.
+    state.gen = journal.gen
     records = journal.records
     keep = applied(records)
     discarded = sum(rec["t"] in _format.COMMITS for rec in records[keep:])

@@ -21,7 +21,8 @@ Commit, in order (docs/design.md, "The atomic commit"):
    transaction allocated but did not keep.
 5. Delete superseded blocks, but only once their freeing is durable (at once
    under ``full``, at the next durable point under ``normal``) and no reader
-   holds the lease. Checkpoint if the journal has grown past its bound.
+   holds the lease. If the journal has grown past its bound, rotate it (an
+   append-only session under ``normal``) or checkpoint.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _blocks, _durable, _format, _locking, _recovery
+from . import _blocks, _durable, _format, _journal, _locking, _recovery
 from ._blocks import BlockStore
 from ._journal import JournalWriter
 from ._manifest import State, append_delta
@@ -50,6 +51,14 @@ CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
 # without a page fault per page (docs/design.md, "How rows are copied").
 PWRITE_BYTES = 1 << 18
 CHECKPOINT_RECORDS = 2048  # journal records that trigger one: bounds replay time at open
+# A journal past its bound is rotated instead of checkpointed when the
+# session has only appended since the manifest, under sync="normal", and made
+# none of it durable: a new journal over the same manifest carries the
+# session's rows in one append record (docs/design.md, item 4). That needs no
+# block fsync and no manifest. Once the rows since the manifest pass
+# ROTATE_BYTES, the bound checkpoints, which makes them durable: a power cut
+# never loses more than that (or what the last durable point left).
+ROTATE_BYTES = 64 << 20
 # Once the fast paths have copied PREFILL_AFTER bytes into a block, they zero
 # the block ahead of the rows with one pwrite before copying rows into it
 # through the mapping: a first write to a page of a shared mapping costs a
@@ -95,6 +104,8 @@ class Engine:
         full: bool,
         dirty: set[int],
         last_closed: bool,
+        base: int,
+        rotatable: bool,
     ) -> None:
         self.root = root
         self.meta = meta
@@ -112,6 +123,13 @@ class Engine:
         self.broken: str | None = None  # why the handle was given up, if it was
         self.deleted = False  # block files deleted since blocks/ was last fsynced
         self.row_bytes = meta.row_bytes
+        # The manifest's generation and length. The journal may be rotated
+        # while every commit since the manifest is an append and none of them
+        # is durable: then the manifest is the last durable state, and one
+        # append record says what the journal held (see _rotate).
+        self.base = base
+        self.base_length = state.length
+        self.rotatable = rotatable and not full
         # An open marker starts the session's records in the journal and gives
         # them its boot id. It is written before the session's first record,
         # and made durable before its first block file is created, so that a
@@ -285,7 +303,7 @@ class Engine:
         self.w_lo = end
         if j.size > CHECKPOINT_BYTES or j.seq > CHECKPOINT_RECORDS:
             with self._poison_on_error("completing a committed transaction"):
-                self._checkpoint()
+                self._past_bound()
         return True
 
     # -- transaction lifecycle --------------------------------------------
@@ -407,6 +425,8 @@ class Engine:
             self.blocks.delete(bid)
             self.deleted = True
         self.last_closed = False
+        if record["t"] != _format.REC_APPEND:
+            self.rotatable = False
         self._after_commit_window()
         if self.full:
             self.since_durable = 0
@@ -416,7 +436,7 @@ class Engine:
             self.since_durable += 1
         # Step 5: deferred deletions and the checkpoint bound.
         if self.journal.size > CHECKPOINT_BYTES or self.journal.seq > CHECKPOINT_RECORDS:
-            self._checkpoint()
+            self._past_bound()
         elif self.full and st.free:
             _recovery.reap(st, self.blocks, self.probe)
 
@@ -582,12 +602,49 @@ class Engine:
             self.new_files = False
             self.since_durable = 0
             self.last_closed = closing
+            if self.state.length != self.base_length:  # the manifest is no longer the durable state
+                self.rotatable = False
             _recovery.reap(self.state, self.blocks, self.probe)
 
     def checkpoint(self) -> None:
         """Make all blocks durable, write a new manifest and start an empty journal."""
         with self._poison_on_error("checkpointing"):
             self._checkpoint()
+
+    def _past_bound(self) -> None:
+        """The journal passed a bound after a commit: rotate it, or checkpoint."""
+        grown = (self.state.length - self.base_length) * self.row_bytes
+        if self.rotatable and grown <= ROTATE_BYTES:
+            self._rotate()
+        else:
+            self._checkpoint()
+
+    def _rotate(self) -> None:
+        """Start a new journal over the same manifest, carrying this session's rows.
+
+        Only while ``rotatable``: every commit since the manifest appended rows
+        in place and none is durable, so the manifest is the last durable state
+        and the journal says no more than "the blob grew to ``length`` rows,
+        in this boot". The new journal says the same in two records: an open
+        marker with this session's boot id, and one append record to the
+        current length, marked as carried (F6, F7). Under the boot rule (F9)
+        a power cut drops both, as it would have dropped what they replace.
+        Nothing is fsynced but the new journal: the rows stay undurable until
+        the next durable point or checkpoint, as they were.
+        """
+        assert self.txn is None
+        st = self.state
+        _recovery.fill_checksums(st, self.blocks, self.meta.block_size)
+        carried = st.length if st.length > self.base_length else None
+        salt, n = _journal.rotate_journal(
+            self.root, st.uuid, st.gen + 1, base=self.base, boot=self.boot, length=carried
+        )
+        st.gen += 1
+        st.seq = _locking.snapshot_seq(st.gen, n)
+        self.journal.close()
+        self.journal = JournalWriter(self.root, salt, n)
+        self.opened = self.marker_durable = True  # the new journal's open marker is synced
+        self.last_closed = False
 
     def _checkpoint(self, *, closing: bool = False) -> None:
         assert self.txn is None
@@ -604,6 +661,8 @@ class Engine:
         self.opened = False  # the next record starts with a new open marker
         self.marker_durable = False
         self.last_closed = closing
+        self.base, self.base_length = self.state.gen, self.state.length
+        self.rotatable = not self.full
         _recovery.reap(self.state, self.blocks, self.probe)
 
     def close(self) -> None:

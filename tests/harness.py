@@ -18,7 +18,7 @@ Ops::
     ["txn", [ops...]]           # one transaction
     ["rollback", [ops...]]      # a transaction whose body raises: it all rolls back
     ["flush"] | ["close"]
-    ["checkpoint_every", nbytes]  # lower the journal bound in the child
+    ["checkpoint_every", nbytes]  # lower the journal bound (and ROTATE_BYTES) in the child
 
 ``WORKLOADS`` is the shared catalogue (tests/test_crash.py and fuzz/ use it).
 """
@@ -130,6 +130,29 @@ WORKLOADS: dict[str, list[list[Any]]] = {
         *[["write", 1, i] for i in range(12)],
         ["truncate", 5],
         ["write", 2, 20],
+        ["close"],
+    ],
+    "rotations": [
+        # Append-only sessions rotate the journal at its bound (docs/design.md,
+        # item 4) until ROTATE_BYTES of rows, then checkpoint; after a durable
+        # point they checkpoint; a later session opens over a rotated journal.
+        ["checkpoint_every", 200],
+        ["open", "w", "normal", NEW],
+        *[["write", 1, i] for i in range(22)],
+        ["flush"],
+        *[["write", 1, 30 + i] for i in range(10)],
+        ["close"],
+        ["open", "a", "normal", {}],
+        *[["write", 2, 50 + i] for i in range(9)],
+        ["close"],
+        # After an overwrite, the next bound checkpoints too.
+        ["open", "r+", "normal", {}],
+        ["seek", 0, 2],
+        *[["write", 1, 70 + i] for i in range(6)],
+        ["seek", 1, 0],
+        ["write", 1, 80],
+        ["seek", 0, 2],
+        *[["write", 1, 90 + i] for i in range(10)],
         ["close"],
     ],
     "full_sync": [
@@ -295,6 +318,7 @@ def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
             os.write(ack_fd, b"D%d\n" % acks)  # a durable point: all acks so far survive power loss
         elif kind == "checkpoint_every":
             _txn.CHECKPOINT_BYTES = op[1]
+            _txn.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
         else:
             do(op)
             if kind in MUTATING:
