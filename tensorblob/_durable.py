@@ -75,11 +75,17 @@ def boot_id() -> str:
     the file missing, the empty string is returned and every boot would look
     the same, so the power-loss rule of docs/design.md could not apply.
     """
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-            return f.read().strip().decode("ascii")
-    except OSError:
-        return ""
+    global _boot  # noqa: PLW0603 - read once: a process does not outlive its boot
+    if _boot is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+                _boot = f.read().strip().decode("ascii")
+        except OSError:
+            _boot = ""
+    return _boot
+
+
+_boot: str | None = None
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -98,8 +98,7 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
     path = os.path.join(root, JOURNAL)
     what = f"journal {path!r}"
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = _format.read_file(path)
     except FileNotFoundError:
         raise CorruptBlobError(f"{what} is missing; run `tensorblob recover`") from None
     header, start = _format.decode_header(_format.MAGIC_JOURNAL, data, what)

@@ -178,8 +178,7 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
     path = os.path.join(root, MANIFEST)
     what = f"manifest {path!r}"
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = _format.read_file(path)
     except FileNotFoundError:
         raise CorruptBlobError(f"{what} is missing; run `tensorblob check`") from None
     body = _format.decode_file(_format.MAGIC_MANIFEST, data, what)

@@ -79,8 +79,7 @@ def read_meta(root: str) -> Meta:
     """Read and validate ``root/meta``; raise NotABlobError if there is none."""
     path = os.path.join(root, META)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = _format.read_file(path)
     except FileNotFoundError:
         raise NotABlobError(f"{root!r} is not a tensorblob: it has no meta file") from None
     except IsADirectoryError:
