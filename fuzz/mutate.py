@@ -230,10 +230,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the rotated journal does not carry the session's rows",
         (
             Edit(
-                "_txn.py",
-                "_rotate",
-                "carried = st.length if st.length > self.base_length else None",
-                "carried = None",
+                "_journal.py",
+                "rotate_journal",
+                'data += _format.encode_frame(salt, {"t": _format.REC_APPEND, "n": length, '
+                '"p": True, "q": 2})',
+                "",
             ),
         ),
     ),

@@ -71,27 +71,19 @@ def create_journal(root: str, uuid: bytes, gen: int, *, closed: bool = False) ->
     return salt
 
 
-def rotate_journal(
-    root: str, uuid: bytes, gen: int, *, base: int, boot: str, length: int | None
-) -> tuple[int, int]:
-    """Durably replace the journal with a rotated one; return its salt and record count.
+def rotate_journal(root: str, uuid: bytes, gen: int, *, base: int, boot: str, length: int) -> int:
+    """Durably replace the journal with a rotated one (F7.6); return its salt.
 
     The new journal (generation ``gen``, over the manifest of generation
-    ``base``) holds an open marker with ``boot`` and, if ``length`` is given,
-    one append record to ``length`` rows carried from the old journal (F7).
+    ``base``) holds two frames: an open marker with ``boot``, and the append
+    record to ``length`` rows carried from the old journal.
     """
     salt = secrets.randbits(32)
     data = encode_journal(uuid, gen, salt, closed=False, base=base)
     data += _format.encode_frame(salt, {"t": _format.REC_OPEN, "b": boot, "q": 1})
-    if length is None:
-        n = 1
-    else:
-        n = 2
-        data += _format.encode_frame(
-            salt, {"t": _format.REC_APPEND, "n": length, "p": True, "q": 2}
-        )
+    data += _format.encode_frame(salt, {"t": _format.REC_APPEND, "n": length, "p": True, "q": 2})
     _durable.write_atomic(os.path.join(root, JOURNAL), data)
-    return salt, n
+    return salt
 
 
 def read_journal(root: str, uuid: bytes) -> JournalImage:

@@ -634,15 +634,17 @@ class Engine:
         """
         assert self.txn is None
         st = self.state
+        # Every bound is checked after a commit, and a rotatable session's
+        # commits are appends: the blob has grown since the manifest.
+        assert st.length > self.base_length
         _recovery.fill_checksums(st, self.blocks, self.meta.block_size)
-        carried = st.length if st.length > self.base_length else None
-        salt, n = _journal.rotate_journal(
-            self.root, st.uuid, st.gen + 1, base=self.base, boot=self.boot, length=carried
+        salt = _journal.rotate_journal(
+            self.root, st.uuid, st.gen + 1, base=self.base, boot=self.boot, length=st.length
         )
         st.gen += 1
-        st.seq = _locking.snapshot_seq(st.gen, n)
+        st.seq = _locking.snapshot_seq(st.gen, 2)  # the carried record's
         self.journal.close()
-        self.journal = JournalWriter(self.root, salt, n)
+        self.journal = JournalWriter(self.root, salt, 2)
         self.opened = self.marker_durable = True  # the new journal's open marker is synced
         self.last_closed = False
 
