@@ -325,6 +325,10 @@ def run_ops(path: str, ops: list[list[Any]], st: _Acks) -> None:
             else:
                 blob.flush()
             st.durable = st.acks
+        elif kind == "unlink":
+            TensorBlob.unlink(path)
+            ack()
+            st.durable = st.acks  # durable when it returns
         elif kind == "checkpoint_every":
             _txn.CHECKPOINT_BYTES = op[1]
             _txn.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session

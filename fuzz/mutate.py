@@ -382,6 +382,26 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the parent directory is not fsynced after the rename (creation not durable)",
         (_drop("_blob.py", "_create", "_durable.fsync_dir(parent)"),),
     ),
+    # -- unlink (TensorBlob.unlink) -------------------------------------------------
+    Mutation(
+        "unlink-no-parent-fsync",
+        "unlink",
+        "the parent directory is not fsynced after the rename (unlink not durable)",
+        (_drop("_blob.py", "unlink", "_durable.fsync_dir(parent)"),),
+    ),
+    Mutation(
+        "unlink-remove-in-place",
+        "unlink",
+        "order: the files are removed under the blob's own name, before the rename",
+        (
+            Edit(
+                "_blob.py",
+                "unlink",
+                "_durable.rename(root, tomb)  # the commit point: the blob is gone",
+                "_remove_tree(root)\n            _durable.mkdir(tomb)",
+            ),
+        ),
+    ),
 )
 
 

@@ -87,6 +87,7 @@ CI_POWER = (
     "recreate_w",
     "extend_blocks",
     "append",
+    "unlink",
 )
 
 

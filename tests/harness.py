@@ -18,6 +18,7 @@ Ops::
     ["txn", [ops...]]           # one transaction
     ["rollback", [ops...]]      # a transaction whose body raises: it all rolls back
     ["flush"] | ["close"]
+    ["unlink"]                  # TensorBlob.unlink(path), with no handle open
     ["checkpoint_every", nbytes]  # lower the journal bound (and ROTATE_BYTES) in the child
 
 ``WORKLOADS`` is the shared catalogue (tests/test_crash.py and fuzz/ use it).
@@ -40,7 +41,7 @@ from tensorblob import TensorBlob, _durable, _txn
 ABSENT = None  # the blob does not exist
 ROW_SHAPE = (3,)
 DTYPE = torch.float32
-MUTATING = {"write", "truncate", "extend", "txn", "rollback"}
+MUTATING = {"write", "truncate", "extend", "txn", "rollback", "unlink"}
 
 
 def rows(n: int, seed: int) -> torch.Tensor:
@@ -155,6 +156,15 @@ WORKLOADS: dict[str, list[list[Any]]] = {
         *[["write", 1, 90 + i] for i in range(10)],
         ["close"],
     ],
+    "unlink": [
+        # Whole or gone at every step; then a creation of the same name, which
+        # sweeps what an interrupted unlink left (its tombstone).
+        *create(5),
+        ["unlink"],
+        ["open", "w", "normal", NEW],
+        ["write", 2, 3],
+        ["close"],
+    ],
     "full_sync": [
         *create(3, sync="full"),
         ["open", "r+", "full", {}],
@@ -233,6 +243,8 @@ class Model:
                 self.apply(sub)
         elif kind == "rollback":
             pass  # the transaction raised inside: data and cursor are as before
+        elif kind == "unlink":
+            self.data, self.pos = ABSENT, 0
         elif kind in ("flush", "close", "checkpoint_every"):
             pass
         else:  # pragma: no cover - a typo in a workload
@@ -246,7 +258,7 @@ def expected_states(ops: list[list[Any]], others: dict[str, torch.Tensor]) -> li
     for op in ops:
         m.apply(op)
         if op[0] in MUTATING or (op[0] == "open" and op[1][0] in "wa"):
-            states.append(m.data.clone())
+            states.append(ABSENT if m.data is None else m.data.clone())
     return states
 
 
@@ -316,6 +328,10 @@ def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
         elif kind == "close":
             blob.close()
             os.write(ack_fd, b"D%d\n" % acks)  # a durable point: all acks so far survive power loss
+        elif kind == "unlink":
+            TensorBlob.unlink(path)
+            ack()
+            os.write(ack_fd, b"D%d\n" % acks)  # durable when it returns
         elif kind == "checkpoint_every":
             _txn.CHECKPOINT_BYTES = op[1]
             _txn.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
