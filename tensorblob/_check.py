@@ -197,7 +197,8 @@ def _classify(sc: Scan) -> bool:
         sc.unrepairable = True
         sc.problems.append(Problem("error", "io-error", f"cannot read meta: {exc}", "", META))
         return False
-    sc.version = _format.WRITE_VERSION
+    # The newest version among the headers: a rotated journal is version 3.
+    sc.version = max(_version_of(os.path.join(root, name)) for name in (META, JOURNAL))
     return True
 
 

@@ -8,6 +8,7 @@ new boot id.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -183,6 +184,13 @@ def test_check_and_info_read_a_rotated_journal(path: Any, small_bound: None) -> 
             check=False,
         )
         assert out.returncode == 0, out.stdout + out.stderr
+    info = subprocess.run(
+        [sys.executable, "-m", "tensorblob", "info", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(info.stdout)["info"]["format_version"] == 3  # the rotated journal's
     assert torch.equal(harness.read_all(path), data)
 
 
