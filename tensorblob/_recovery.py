@@ -62,9 +62,10 @@ def load(root: str, meta: Meta) -> Loaded:
             break
         # journal.base > state.gen: we read the manifest just before a checkpoint
         # replaced both; read again.
+    copied = "manifest" if journal.base > state.gen else "journal"
     raise CorruptBlobError(
         f"journal of {root!r} follows generation {journal.base} but the manifest is "
-        f"generation {state.gen}; the manifest may have been replaced by an older copy"
+        f"generation {state.gen}; the {copied} may have been replaced by an older copy"
     )
 
 
