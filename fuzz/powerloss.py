@@ -17,7 +17,8 @@ At a crash, ``image(variant)`` builds what a reboot finds:
   kept (``"keep"``), kept up to a random point of their order
   (``"prefix"``: as a journaling filesystem commits metadata in order, e.g.
   a file's creation reached the disk but its later unlink did not), or
-  each one decided at random (``"mix"``);
+  each pending operation decided at random (``"mix"``; a rename is one
+  operation, kept or undone whole, as the model assumes renames atomic);
 - unsynced appended bytes (the journal's tail) are dropped, zeroed, turned
   into garbage, or kept (``tail``);
 - other bytes written since the file's last fsync (rows written through the
@@ -234,8 +235,9 @@ class DiskModel:
 
     # -- the image after a power cut -------------------------------------------
 
-    def _prefix_views(self, rng: random.Random) -> dict[int, dict[str, int]]:
-        """Directory entries as if the pending operations reached the disk up to a random point."""
+    def _pending_views(self, rng: random.Random, *, mix: bool) -> dict[int, dict[str, int]]:
+        """Directory entries as if the pending operations reached the disk up to a random
+        point (``prefix``), or a random subset of them (``mix``), each one whole."""
         pending = [
             i
             for i, op in enumerate(self.log)
@@ -246,7 +248,10 @@ class DiskModel:
             return views
         k = rng.randint(pending[0], len(self.log))
         for i in pending:
-            if i >= k:
+            if mix:
+                if rng.random() < 0.5:
+                    continue
+            elif i >= k:
                 break
             for dino, name, ino in self.log[i]:
                 if i < self.inodes[dino].synced:
@@ -261,17 +266,15 @@ class DiskModel:
     def image(self, v: Variant, rng: random.Random) -> core.Snap:
         dirs: list[str] = []
         files: dict[str, bytes] = {}
-        views = self._prefix_views(rng) if v.ns == "prefix" else {}
+        views = self._pending_views(rng, mix=v.ns == "mix") if v.ns in ("prefix", "mix") else {}
 
         def binding(d: Inode, name: str) -> int | None:
             cached, durable = d.entries.get(name), d.dentries.get(name)
             if v.ns == "keep":
                 return cached
-            if v.ns == "prefix":
+            if v.ns in ("prefix", "mix"):
                 return views.get(d.ino, d.dentries).get(name)
-            if v.ns == "undo" or cached == durable:
-                return durable
-            return rng.choice((cached, durable))
+            return durable  # "undo"
 
         def walk(d: Inode, prefix: str) -> None:
             names = set(d.entries) | set(d.dentries) | set(views.get(d.ino, ()))

@@ -121,6 +121,7 @@ def _sweep_leftovers(parent: str, name: str) -> None:
         entries = os.listdir(parent)
     except OSError:
         return
+    removed = False
     for entry in entries:
         if not entry.startswith(prefixes):
             continue
@@ -130,10 +131,15 @@ def _sweep_leftovers(parent: str, name: str) -> None:
             continue
         try:
             _remove_tree(leftover)
+            removed = True
         except OSError:
             pass  # best effort: a later creation or unlink tries again
         finally:
             os.close(fd)
+    if removed:
+        # Durable before anything this name does next: otherwise a power cut
+        # could bring a leftover back next to a blob created after it.
+        _durable.fsync_dir(parent)
 
 
 def _remove_tree(root: str) -> None:
@@ -545,6 +551,9 @@ class TensorBlob:
                 _remove_tree(tomb)
             finally:
                 os.close(held)
+            # The tombstone's removal is durable too: a power cut after a later
+            # creation of the name must not bring it back beside the new blob.
+            _durable.fsync_dir(parent)
         _sweep_leftovers(parent, name)
 
     # -- properties -------------------------------------------------------

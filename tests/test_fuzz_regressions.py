@@ -106,3 +106,44 @@ def test_recovery_makes_a_dead_writers_unlinks_durable_before_its_checkpoint(
     assert renames, "recovery wrote no checkpoint"
     assert dir_syncs, "recovery never fsynced blocks/"
     assert dir_syncs[0] < renames[0]
+
+
+def _steps_of(fn: Any) -> list[tuple[str, str]]:
+    steps: list[tuple[str, str]] = []
+    _durable.set_fault_hook(lambda step, p, extent: steps.append((step, p)))
+    try:
+        fn()
+    finally:
+        _durable.set_fault_hook(None)
+    return steps
+
+
+def test_unlink_and_the_sweep_make_removed_leftovers_durable(tmp_path: Any) -> None:
+    """Found by the long power-loss campaign (power/workload, workload unlink, ns=mix): G4.
+
+    ``unlink`` renamed the blob to a tombstone, fsynced the parent, then
+    removed the tombstone without fsyncing the parent again; the sweep of
+    leftovers did the same. When a creation of the same name followed, a
+    power cut that kept the creation's rename but not the earlier rmdir
+    (metadata not reaching the disk in order) brought the tombstone back
+    next to the new blob, where nothing removed it. Both now fsync the parent
+    after removing a leftover, before the name is used again.
+    """
+    path = str(tmp_path / "blob")
+    parent = str(tmp_path)
+    TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=4).close()
+    steps = _steps_of(lambda: TensorBlob.unlink(path))
+    rmdirs = [i for i, (s, p) in enumerate(steps) if s == "rmdir" and ".blob.deleting-" in p]
+    syncs = [i for i, (s, p) in enumerate(steps) if s == "fsync_dir" and p == parent]
+    assert rmdirs, "unlink removed no tombstone"
+    assert any(i > rmdirs[-1] for i in syncs), "the tombstone's removal is not made durable"
+
+    leftover = tmp_path / ".blob.deleting-0badf00d"  # an unlink that died
+    leftover.mkdir()
+    (leftover / "meta").write_bytes(b"x")
+    steps = _steps_of(lambda: TensorBlob.open(path, "w", dtype="float32", shape=3).close())
+    assert not leftover.exists()
+    gone = max(i for i, (s, p) in enumerate(steps) if s == "rmdir" and p == str(leftover))
+    made = min(i for i, (s, p) in enumerate(steps) if s == "mkdir" and ".blob.creating-" in p)
+    syncs = [i for i, (s, p) in enumerate(steps) if s == "fsync_dir" and p == parent]
+    assert any(gone < i < made for i in syncs), "the sweep's removal is not durable first"
