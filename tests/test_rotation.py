@@ -62,7 +62,7 @@ def test_an_append_only_session_rotates_instead_of_checkpointing(
     with TensorBlob.open(path, "w", dtype=torch.float32, shape=(3,), block_size=B) as blob:
         gen0 = _manifest_of(path).gen
         _append_rows(blob, data)
-        # Bound passed four times: the manifest is untouched, the journal rotated.
+        # The bound passed five times: the manifest is untouched, the journal rotated.
         m = _manifest_of(path)
         assert (m.gen, m.length) == (gen0, 0)
         version, header = _journal_header(path)
