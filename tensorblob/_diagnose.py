@@ -37,11 +37,6 @@ _TAIL_SCAN_BUDGET = 64 << 20  # bytes of CRC work spent looking for intact frame
 _FRAME = struct.Struct("<II")
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def read_state(sc: Scan, meta: Meta) -> None:
     """Read manifest and journal (retrying a checkpoint race, as load() does) and replay."""
     root = sc.root
@@ -130,7 +125,7 @@ def _read_manifest(sc: Scan, meta: Meta) -> State | None:
 def read_journal_scan(root: str, meta: Meta) -> JournalScan:
     js = JournalScan()
     try:
-        data = _read(os.path.join(root, JOURNAL))
+        data = _format.read_file(os.path.join(root, JOURNAL))
     except FileNotFoundError:
         return js
     except OSError as exc:
