@@ -107,7 +107,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "commit (normal)",
         "order: freed blocks are deleted right after a sync='normal' commit, "
         "before the durable point that makes their freeing durable",
-        (Edit("_txn.py", "_committed", "elif self.full and st.free:", "elif st.free:"),),
+        (Edit("_txn.py", "_committed", "if self.full and st.free:", "if st.free:"),),
     ),
     # -- the durable point (flush / close) ---------------------------------------
     Mutation(
@@ -149,16 +149,15 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_txn.py",
                 "durable_point",
-                "self.last_closed = closing\n            _recovery.reap(self.state, self.blocks, "
-                "self.probe)",
-                "self.last_closed = closing",
+                "self.rotatable = False\n        _recovery.reap(st, self.blocks, self.probe)",
+                "self.rotatable = False",
             ),
             Edit(
                 "_txn.py",
                 "durable_point",
-                "self.deleted = False\n",
-                "self.deleted = False\n            _recovery.reap(self.state, self.blocks, "
-                "self.probe)\n",
+                "            self.journal.append(record)\n",
+                "            _recovery.reap(st, self.blocks, self.probe)\n"
+                "            self.journal.append(record)\n",
             ),
         ),
     ),
@@ -193,13 +192,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "checkpoint",
         "order: the new journal is installed before the new manifest",
         (
-            _drop("_recovery.py", "checkpoint", "write_manifest(root, state)"),
+            _drop(
+                "_recovery.py",
+                "install_checkpoint",
+                "_durable.install(os.path.join(root, MANIFEST))",
+            ),
             Edit(
                 "_recovery.py",
-                "checkpoint",
-                "salt = create_journal(root, state.uuid, state.gen, closed=closed)",
-                "salt = create_journal(root, state.uuid, state.gen, closed=closed)\n    "
-                "write_manifest(root, state)",
+                "install_checkpoint",
+                "_durable.install(os.path.join(root, JOURNAL))",
+                "_durable.install(os.path.join(root, JOURNAL))\n    "
+                "_durable.install(os.path.join(root, MANIFEST))",
             ),
         ),
     ),
@@ -231,7 +234,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "_journal.py",
-                "rotate_journal",
+                "stage_rotation",
                 'data += _format.encode_frame(salt, {"t": _format.REC_APPEND, "n": length, '
                 '"p": True, "q": 2})',
                 "",
@@ -240,12 +243,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "write-atomic-no-file-fsync",
-        "checkpoint (write_atomic)",
+        "checkpoint (stage, install)",
         "the temporary file is not fsynced before the rename",
         (
             Edit(
                 "_durable.py",
-                "write_atomic",
+                "stage",
                 "create_file(tmp, data, sync=True)",
                 "create_file(tmp, data, sync=False)",
             ),
@@ -253,20 +256,26 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "write-atomic-no-dir-fsync",
-        "checkpoint (write_atomic)",
+        "checkpoint (stage, install)",
         "the directory is not fsynced after the rename",
-        (_drop("_durable.py", "write_atomic", "fsync_dir(os.path.dirname(path))"),),
+        (_drop("_durable.py", "install", "fsync_dir(os.path.dirname(path))"),),
     ),
     Mutation(
         "write-atomic-rename-before-fsync",
-        "checkpoint (write_atomic)",
+        "checkpoint (stage, install)",
         "order: the file is fsynced only after it was renamed into place",
         (
             Edit(
                 "_durable.py",
-                "write_atomic",
-                "create_file(tmp, data, sync=True)\n    rename(tmp, path)",
-                "create_file(tmp, data, sync=False)\n    rename(tmp, path)\n    fsync_path(path)",
+                "stage",
+                "create_file(tmp, data, sync=True)",
+                "create_file(tmp, data, sync=False)",
+            ),
+            Edit(
+                "_durable.py",
+                "install",
+                'rename(path + ".tmp", path)',
+                'rename(path + ".tmp", path)\n    fsync_path(path)',
             ),
         ),
     ),
@@ -321,8 +330,9 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_recovery.py",
                 "recover",
-                "    checkpoint(root, state)\n",
-                "    checkpoint(root, state)\n    blocks.sync(loaded.dirty, new_files=True)\n",
+                "    checkpoint(root, state, meta.block_size)\n",
+                "    checkpoint(root, state, meta.block_size)\n"
+                "    blocks.sync(loaded.dirty, new_files=True)\n",
             ),
         ),
     ),
@@ -362,7 +372,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "create-manifest-no-fsync",
         "creation",
         "the first manifest is not fsynced",
-        (Edit("_blob.py", "_create", "state.encode(), sync=True)", "state.encode(), sync=False)"),),
+        (
+            Edit(
+                "_blob.py",
+                "_create",
+                "state.encode(meta.block_size), sync=True",
+                "state.encode(meta.block_size), sync=False",
+            ),
+        ),
     ),
     Mutation(
         "create-journal-no-fsync",
@@ -387,7 +404,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "unlink-no-parent-fsync",
         "unlink",
         "the parent directory is not fsynced after the rename (unlink not durable)",
-        (_drop("_blob.py", "unlink", "_durable.fsync_dir(parent)"),),
+        (
+            Edit(
+                "_blob.py",
+                "unlink",
+                "# the commit point: the blob is gone\n            _durable.fsync_dir(parent)",
+                "# the commit point: the blob is gone",
+            ),
+        ),
     ),
     Mutation(
         "unlink-remove-in-place",

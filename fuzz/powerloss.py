@@ -179,7 +179,7 @@ class DiskModel:
             old = len(node.cache)
             node.cache = files[rel]
             node.dirty.append((TAIL, old, len(node.cache) - old))
-        elif kind == "write_rows":
+        elif kind in ("write_rows", "punch"):
             node = self._lookup(rel)
             assert node is not None, (kind, rel)
             node.cache = files[rel]
@@ -205,6 +205,8 @@ class DiskModel:
             self._remove(rel)
         elif kind == "mkdir":
             self._add(rel, self._new(is_dir=True))
+        elif kind == "reserve":
+            pass  # disk space only: no byte of content changes (_durable.reserve_tail)
         else:
             raise ModelError(f"unknown step {kind!r}")
 

@@ -34,6 +34,7 @@ from .errors import (
     ShapeMismatchError,
     TensorBlobError,
     UnsupportedOperationError,
+    from_os_error,
 )
 
 _MODES = ("r", "w", "a", "r+", "w+", "a+")
@@ -87,7 +88,7 @@ def _create(path: str, meta: Meta) -> bool:
         _durable.create_file(os.path.join(tmp, LOCK), b"", sync=False)
         state = State(meta.uuid)
         _durable.create_file(os.path.join(tmp, META), meta.encode(), sync=True)
-        _durable.create_file(os.path.join(tmp, MANIFEST), state.encode(), sync=True)
+        _durable.create_file(os.path.join(tmp, MANIFEST), state.encode(meta.block_size), sync=True)
         journal = encode_journal(meta.uuid, state.gen, secrets.randbits(32), closed=True)
         _durable.create_file(os.path.join(tmp, JOURNAL), journal, sync=True)
         _durable.create_file(os.path.join(tmp, READERS), b"", sync=False)
@@ -217,6 +218,7 @@ class TensorBlob:
         max_cached_blocks: int | None = None,
         sync: str = "normal",
         timeout: float = DEFAULT_TIMEOUT,
+        verify: bool = False,
     ) -> TensorBlob:
         """Open the blob at ``path`` (a directory), creating it if the mode allows.
 
@@ -247,6 +249,11 @@ class TensorBlob:
                 it returns, at the cost of fsyncs in every transaction.
             timeout: Seconds a writable open waits for the writer lock (default 30;
                 0 fails at once). Readers never wait.
+            verify: Check each block against the checksum recorded when its rows
+                became durable, the first time this handle maps it (a read of the
+                whole block; rows not yet durable have no checksum). A mismatch
+                raises CorruptBlobError naming the block file. Off by default:
+                ``tensorblob check --deep`` does the same for a whole blob.
 
         Returns:
             The open blob; use it as a context manager so that it is closed.
@@ -262,6 +269,11 @@ class TensorBlob:
             LockTimeoutError: another writer kept the lock past ``timeout``.
             CorruptBlobError: a file of the blob is damaged.
             UnsupportedVersionError: the blob has a newer format version.
+            ReadOnlyFilesystemError: a writable mode on a read-only filesystem.
+            BlobPermissionError: no permission to read (or, to write, write) the blob.
+            DiskFullError: creating the blob, or the recovery a writable open runs,
+                ran out of disk space (nothing committed was lost).
+            BlobOSError: another error of the operating system.
         """
         if not isinstance(mode, str) or mode not in _MODES:
             raise InvalidArgumentError(f"mode={mode!r}: must be one of {', '.join(_MODES)}")
@@ -279,10 +291,35 @@ class TensorBlob:
             raise InvalidArgumentError(f"block_size={block_size!r}: must be a positive int")
         if not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidArgumentError(f"timeout={timeout!r}: must be a non-negative number")
+        if not isinstance(verify, bool):
+            raise InvalidArgumentError(f"verify={verify!r}: must be True or False")
         want_dtype = parse_dtype(dtype) if dtype is not None else None
         want_shape = parse_shape(shape) if shape is not None else None
         root = _abspath(path)
+        try:
+            return cls._open(
+                root, mode, want_dtype, want_shape, block_size, max_cached_blocks, sync, timeout
+            )._verifying(verify)
+        except OSError as exc:
+            if isinstance(exc, TensorBlobError):
+                raise
+            doing = "opening it for writing" if mode != "r" else "opening it"
+            raise from_os_error(
+                exc, root, f"{doing} (mode {mode!r})", "Nothing committed was lost."
+            ) from exc
 
+    @classmethod
+    def _open(  # noqa: PLR0917 - private: open()'s checked arguments
+        cls,
+        root: str,
+        mode: str,
+        want_dtype: torch.dtype | None,
+        want_shape: tuple[int, ...] | None,
+        block_size: int | None,
+        max_cached_blocks: int | None,
+        sync: str,
+        timeout: float,
+    ) -> TensorBlob:
         creating = mode[0] in "wa"
         if not os.path.exists(root) or (creating and os.path.isdir(root) and not os.listdir(root)):
             if not creating:
@@ -315,6 +352,13 @@ class TensorBlob:
         blob._setup(root, mode, meta, max_cached_blocks or default_max_cached(), sync, timeout)
         return blob
 
+    def _verifying(self, verify: bool) -> TensorBlob:
+        """Turn on ``verify`` (see ``open``): blocks are checked when first mapped."""
+        self._verify = verify
+        if verify:
+            self._blocks.verify = self._state.sums
+        return self
+
     def _setup(  # noqa: PLR0917 - private, called once from open()
         self,
         root: str,
@@ -344,6 +388,7 @@ class TensorBlob:
         self._pid = os.getpid()
         self._max_cached = max_cached
         self._saved_pos = 0
+        self._verify = False
         self.recovery_actions: list[str] = []
         self._blocks = BlockStore(root, meta, writable=self._writable, max_cached=max_cached)
         if self._writable:
@@ -368,7 +413,7 @@ class TensorBlob:
         self._pos = self._state.length if self._append else 0
         if mode[0] == "w" and self._state.length:
             try:
-                with self._mutation() as engine:
+                with self._mutation("emptying the blob (mode 'w')") as engine:
                     engine.truncate(0)
             except BaseException:
                 self.close()
@@ -399,6 +444,8 @@ class TensorBlob:
                 self._pid = os.getpid()
             self._state = self._load_snapshot(self._lease)
             self._pos = min(self._pos, self._state.length)
+            if self._verify:
+                self._blocks.verify = self._state.sums
         return self._state.length
 
     def _open_writer(self) -> None:
@@ -648,7 +695,8 @@ class TensorBlob:
         engine = self._check_writable()
         outer = self._depth == 0
         if outer:
-            self._begin(engine)
+            with self._os_errors("starting a transaction"):
+                self._begin(engine)
         self._depth += 1
         try:
             yield self
@@ -661,7 +709,21 @@ class TensorBlob:
             raise
         self._depth -= 1
         if outer:
-            self._commit(engine)
+            with self._os_errors("committing a transaction"):
+                self._commit(engine)
+
+    @contextlib.contextmanager
+    def _os_errors(self, doing: str) -> Iterator[None]:
+        """Raise an OSError of the library's own disk work as a tensorblob error (from_os_error).
+
+        Only around the library's own operations, never around user code.
+        """
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, TensorBlobError):
+                raise
+            raise from_os_error(exc, self._path, doing) from exc
 
     def _begin(self, engine: Engine) -> None:
         engine.begin()
@@ -698,18 +760,19 @@ class TensorBlob:
         self._doomed = False
 
     @contextlib.contextmanager
-    def _mutation(self) -> Iterator[Engine]:
+    def _mutation(self, doing: str) -> Iterator[Engine]:
         """Run one mutating call as its own transaction, or as part of the open one."""
         engine = self._check_writable()
-        if self._depth:
-            try:
+        with self._os_errors(doing):
+            if self._depth:
+                try:
+                    yield engine
+                except BaseException:
+                    self._doomed = True
+                    raise
+                return
+            with self.transaction():
                 yield engine
-            except BaseException:
-                self._doomed = True
-                raise
-            return
-        with self.transaction():
-            yield engine
 
     # -- writing ----------------------------------------------------------
 
@@ -729,59 +792,68 @@ class TensorBlob:
             DTypeMismatchError: wrong dtype (nothing is cast silently).
             ShapeMismatchError: not a row, batch or flat run of rows.
             BlobClosedError: the blob is closed.
+            DiskFullError: the disk is full: nothing of this call was committed,
+                and the handle stays usable (retry once space is freed).
+            BlobOSError: another disk error before the commit point: nothing
+                of this call was committed, and the handle stays usable.
             BlobIOError: a commit step failed; the handle closed itself.
         """
-        fast = self._fast
-        if fast is not None and type(t) is torch.Tensor and t.dtype is self._meta.dtype:
-            # The fast path: a row or a small batch, copied straight into the
-            # write window of the engine (see Engine.put and put_commit).
-            shape = t.shape
-            if shape == self._row_shape:
-                n = 1
-            elif shape[1:] == self._row_shape and 0 < shape[0] * fast.row_bytes <= _FAST_BYTES:
-                n = shape[0]
-            else:
-                n = 0
-            if n and t.is_contiguous() and t.is_cpu and not t.is_neg():
-                if self._depth:
-                    pos = fast.state.length if self._append else self._pos
-                    done = fast.put(pos, t.data_ptr(), n)
-                else:
-                    pos = fast.state.length
-                    try:
-                        done = (self._append or self._pos == pos) and fast.put_commit(
-                            t.data_ptr(), n
-                        )
-                    except BaseException:
-                        if fast.broken:
-                            self._abandon()
-                        raise
-                if done:
-                    self._pos = pos + n
-                    return n
-        engine = self._check_writable()
-        rows = _as_rows(t, self._meta)
-        n = rows.shape[0]
-        if n == 0:
-            return 0
-        # The hot path of every collector: the same steps as _mutation(),
-        # without the cost of two generator context managers.
-        outer = self._depth == 0
-        if outer:
-            self._begin(engine)
         try:
-            pos = self._state.length if self._append else self._pos
-            engine.write(pos, rows)
-        except BaseException:
+            fast = self._fast
+            if fast is not None and type(t) is torch.Tensor and t.dtype is self._meta.dtype:
+                # The fast path: a row or a small batch, copied straight into the
+                # write window of the engine (see Engine.put and put_commit).
+                shape = t.shape
+                if shape == self._row_shape:
+                    n = 1
+                elif shape[1:] == self._row_shape and 0 < shape[0] * fast.row_bytes <= _FAST_BYTES:
+                    n = shape[0]
+                else:
+                    n = 0
+                if n and t.is_contiguous() and t.is_cpu and not t.is_neg():
+                    if self._depth:
+                        pos = fast.state.length if self._append else self._pos
+                        done = fast.put(pos, t.data_ptr(), n)
+                    else:
+                        pos = fast.state.length
+                        try:
+                            done = (self._append or self._pos == pos) and fast.put_commit(
+                                t.data_ptr(), n
+                            )
+                        except BaseException:
+                            if fast.broken:
+                                self._abandon()
+                            raise
+                    if done:
+                        self._pos = pos + n
+                        return n
+            engine = self._check_writable()
+            rows = _as_rows(t, self._meta)
+            n = rows.shape[0]
+            if n == 0:
+                return 0
+            # The hot path of every collector: the same steps as _mutation(),
+            # without the cost of two generator context managers.
+            outer = self._depth == 0
             if outer:
-                self._rollback()
-            else:
-                self._doomed = True
-            raise
-        self._pos = pos + n
-        if outer:
-            self._commit(engine)
-        return n
+                self._begin(engine)
+            try:
+                pos = self._state.length if self._append else self._pos
+                engine.write(pos, rows)
+            except BaseException:
+                if outer:
+                    self._rollback()
+                else:
+                    self._doomed = True
+                raise
+            self._pos = pos + n
+            if outer:
+                self._commit(engine)
+            return n
+        except OSError as exc:  # the library's own disk work only: nothing else runs here
+            if isinstance(exc, TensorBlobError):
+                raise
+            raise from_os_error(exc, self._path, "writing rows") from exc
 
     def truncate(self, pos: int | None = None) -> int:
         """Cut the blob to ``pos`` rows (default: the cursor); return the new length.
@@ -803,7 +875,7 @@ class TensorBlob:
         if pos < 0:
             raise InvalidArgumentError(f"truncate({pos}): the size must not be negative")
         if pos < self._state.length:
-            with self._mutation():
+            with self._mutation("truncating"):
                 engine.truncate(pos)
                 self._pos = min(self._pos, pos)
         return self._state.length
@@ -844,7 +916,7 @@ class TensorBlob:
             return 0
         other_blocks = list(other._state.blocks)
         B = self.block_size
-        with self._mutation():
+        with self._mutation("extending"):
             if not maintain_order and other.block_size == B and total >= B:
                 nfull = total // B
                 sources = [other._blocks.path(b) for b in other_blocks[:nfull]]
@@ -1071,11 +1143,12 @@ class TensorBlob:
 
     def _index_tensor(self, index: Any) -> torch.Tensor:
         if isinstance(index, (list, tuple)):
-            if not all(
-                isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
-                for i in index
-            ):
-                raise BlobTypeError("a list or tuple index must hold only ints")
+            for k, i in enumerate(index):
+                if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):
+                    raise BlobTypeError(
+                        f"a list or tuple index must hold only ints; item {k} is "
+                        f"{i!r} ({type(i).__name__})"
+                    )
             return torch.tensor([int(i) for i in index], dtype=torch.int64)
         if isinstance(index, np.ndarray):
             if index.dtype.kind not in "iu":

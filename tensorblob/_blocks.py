@@ -58,6 +58,32 @@ def default_max_cached() -> int:
     return max(128, limit // 16)
 
 
+_CRC_CHUNK = 1 << 20
+
+
+def crc_file(path: str, start: int, stop: int, seed: int = 0) -> int:
+    """CRC-32 of bytes ``[start, stop)`` of the file ``path``, continuing from ``seed``.
+
+    Raises CorruptBlobError if the file ends before ``stop``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = memoryview(bytearray(min(max(stop - start, 1), _CRC_CHUNK)))
+        crc, pos = seed, start
+        while pos < stop:
+            n = os.preadv(fd, [buf[: min(len(buf), stop - pos)]], pos)
+            if n == 0:
+                raise CorruptBlobError(
+                    f"block file {path!r} ends at byte {pos}, before its committed rows "
+                    f"(which need {stop} bytes): it was truncated or damaged"
+                )
+            crc = zlib.crc32(buf[:n], crc)
+            pos += n
+        return crc
+    finally:
+        os.close(fd)
+
+
 def block_name(bid: int) -> str:
     return f"{bid:016x}"
 
@@ -102,6 +128,9 @@ class BlockStore:
         # id -> (rows tensor, the same memory as a (block_size, row_bytes) uint8
         # array, the address of that memory)
         self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray, int]] = OrderedDict()
+        # Checksums to verify each block against when it is first mapped
+        # (``TensorBlob.open(verify=True)``); None: no verification.
+        self.verify: dict[int, tuple[int, int]] | None = None
 
     def path(self, bid: int) -> str:
         return f"{self.dir}/{bid:016x}"  # block_name(), inlined: this is on the write path
@@ -165,6 +194,8 @@ class BlockStore:
             return e
         t = self._map(bid)
         e = (t, t.view(torch.uint8).reshape(self.meta.block_size, -1).numpy(), t.data_ptr())
+        if self.verify is not None and bid in self.verify:
+            self._verify(bid, e[1])
         cache[bid] = e
         if len(cache) > self.max_cached:
             cache.popitem(last=False)
@@ -179,6 +210,17 @@ class BlockStore:
         # A plain tensor view of the same mapped storage: indexing it skips the
         # subclass dispatch of MemoryMappedTensor on every row access.
         return mmt.as_subclass(torch.Tensor)
+
+    def _verify(self, bid: int, data: np.ndarray) -> None:
+        assert self.verify is not None
+        rows, want = self.verify[bid]
+        got = zlib.crc32(data[:rows])
+        if got != want:
+            raise CorruptBlobError(
+                f"block file {self.path(bid)!r}: its first {rows} rows do not match the "
+                f"checksum recorded when they became durable (crc32 {got:08x}, expected "
+                f"{want:08x}); the file changed on disk. Run `tensorblob check --deep`"
+            )
 
     def allocate(self, bid: int) -> None:
         """Create block ``bid`` zero-filled. Not durable until ``sync``.
@@ -226,9 +268,14 @@ class BlockStore:
         if new_files:
             _durable.fsync_dir(self.dir)
 
-    def checksum(self, bid: int) -> int:
-        """crc32 of block ``bid``'s bytes, as stored in the manifest."""
-        return zlib.crc32(self.get_bytes(bid))
+    def crc(self, bid: int, start: int, stop: int, seed: int = 0) -> int:
+        """CRC-32 of rows ``[start, stop)`` of block ``bid``, continuing from ``seed`` (F3).
+
+        Read with ``pread``, never through a mapping: a block file shortened
+        or damaged on disk raises CorruptBlobError or OSError, not SIGBUS.
+        """
+        rb = self.meta.row_bytes
+        return crc_file(self.path(bid), start * rb, stop * rb, seed)
 
     def delete(self, bid: int) -> None:
         self._cache.pop(bid, None)

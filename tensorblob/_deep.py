@@ -24,46 +24,56 @@ _CHUNK = 8 << 20  # deep reads go in chunks of this many bytes
 class BlockVerifier:
     """The one place where block data is checked against a stored checksum.
 
-    The manifest may record a CRC-32 of a full block's whole file (F3, the
-    optional ``crc``, filled in at checkpoints). ``deep_read`` asks ``span``
-    how many bytes of a block to read (the whole file if it has a checksum,
-    else its committed rows), streams them through ``update`` and asks
-    ``finish`` for a verdict. Partial blocks, and blocks written since the
-    last checkpoint, have no checksum: their rows are only read.
+    A block's checksum (F3, F6) is a CRC-32 of its first ``rows`` rows,
+    recorded when they became durable (in the manifest, or in the journal
+    record of a durable point) and extended as the block grows.
+    ``deep_read`` asks ``span`` how many bytes of a block to read (its
+    committed rows, or more if the checksum covers more: rows a truncate
+    hid), streams them through ``update`` and asks ``finish`` for a verdict.
+    Rows that are not durable yet have no checksum: they are only read.
     """
 
     def __init__(self, meta: Meta, state: State) -> None:
-        self.crc: dict[int, int] = dict(getattr(state, "crc", {}))
-        self.nbytes = meta.block_size * meta.row_bytes
+        self.sums: dict[int, tuple[int, int]] = dict(state.sums)
+        self.row_bytes = meta.row_bytes
         self.verified = 0
         self.unchecked = 0
         self.mismatched = 0
-        self._want: int | None = None
+        self._want: tuple[int, int] | None = None
+        self._left = 0  # bytes still to feed to the checksum
         self._crc = 0
 
     def span(self, bid: int, committed: int) -> int:
         """Start on block ``bid``; return how many of its bytes to read."""
-        self._want, self._crc = self.crc.get(bid), 0
-        return self.nbytes if self._want is not None else committed
+        self._want, self._crc = self.sums.get(bid), 0
+        self._left = self._want[0] * self.row_bytes if self._want is not None else 0
+        return max(committed, self._left)
 
     def update(self, chunk: memoryview) -> None:
         """Feed the next bytes of the block, in order."""
-        if self._want is not None:
-            self._crc = zlib.crc32(chunk, self._crc)
+        if self._left:
+            n = min(self._left, len(chunk))
+            self._crc = zlib.crc32(chunk[:n], self._crc)
+            self._left -= n
 
-    def finish(self, bid: int) -> str | None:
-        """Return what is wrong if the block's bytes do not match its checksum."""
+    def finish(self, bid: int, first_row: int) -> str | None:
+        """Return what is wrong if the block's bytes do not match its checksum.
+
+        ``first_row`` is the blob row of the block's row 0, for the message.
+        """
         if self._want is None:
             self.unchecked += 1
             return None
         self.verified += 1
-        if self._crc == self._want:
+        rows, want = self._want
+        if self._crc == want:
             return None
         self.mismatched += 1
         return (
-            f"block {block_name(bid)}: its bytes do not match the crc32 the manifest recorded "
-            f"({self._crc:08x}, expected {self._want:08x}): they changed on disk (bit rot, a "
-            "bad sector, or a write that bypassed tensorblob), and readers return them as they are"
+            f"block {block_name(bid)} (rows {first_row} to {first_row + rows - 1}): its bytes "
+            f"do not match the crc32 recorded when they became durable ({self._crc:08x}, "
+            f"expected {want:08x}): they changed on disk (bit rot, a bad sector, or a write "
+            "that bypassed tensorblob), and readers return them as they are"
         )
 
     def summary(self) -> dict[str, int]:
@@ -76,13 +86,12 @@ class BlockVerifier:
     def status(self) -> str:
         if not self.verified:
             return (
-                "none recorded for these blocks yet (the manifest records a crc32 of each "
-                "full block at checkpoints)"
+                "none recorded for these blocks yet (a block's checksum is recorded when its "
+                "rows become durable: at flush(), close() or a checkpoint)"
             )
         return (
-            f"{self.verified} block(s) verified against the manifest's crc32 "
-            f"({self.mismatched} mismatched); {self.unchecked} without one (partial blocks, "
-            "or written since the last checkpoint)"
+            f"{self.verified} block(s) verified against their crc32 ({self.mismatched} "
+            f"mismatched); {self.unchecked} without one (rows not yet durable)"
         )
 
 
@@ -99,7 +108,7 @@ def deep_read(sc: Scan, progress: Any = None) -> BlockVerifier | None:
         for slot, bid in enumerate(state.blocks)
         if f"{BLOCKS}/{block_name(bid)}" not in bad
     ]
-    total = sum(B * rb if bid in verifier.crc else n * rb for _, bid, n in work)
+    total = sum(max(n, verifier.sums.get(bid, (0, 0))[0]) * rb for _, bid, n in work)
     done = 0
     buf = bytearray(min(_CHUNK, max(total, 1)))
     view = memoryview(buf)
@@ -129,7 +138,7 @@ def deep_read(sc: Scan, progress: Any = None) -> BlockVerifier | None:
                 name,
             )
             continue
-        mismatch = verifier.finish(bid)
+        mismatch = verifier.finish(bid, slot * B)
         if mismatch:
             sc.add(
                 "error",

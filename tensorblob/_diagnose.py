@@ -417,7 +417,7 @@ def check_blocks(sc: Scan, meta: Meta) -> None:
     del st.blocks[first:]
     for bid in dropped:
         st.hwm.pop(bid, None)
-        getattr(st, "crc", {}).pop(bid, None)
+        st.sums.pop(bid, None)
         if bid not in st.free:
             st.free.append(bid)
         st.freed_at[bid] = protect

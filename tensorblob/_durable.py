@@ -14,6 +14,7 @@ only after ``fsync_path`` and a ``fsync_dir`` of its directory.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -31,15 +32,19 @@ __all__ = [
     "fsync_dir",
     "fsync_path",
     "fsync_paths",
+    "install",
     "mkdir",
     "open_block",
     "prefill",
     "rename",
+    "reserve_tail",
     "rmdir",
     "set_fault_hook",
+    "stage",
     "start_writeback",
     "store",
     "store_mapped",
+    "truncate",
     "unlink",
     "write_atomic",
     "write_lock_owner",
@@ -111,16 +116,40 @@ def create_file(path: str, data: bytes, *, sync: bool) -> None:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` all-or-nothing, durably.
+    """Replace ``path`` with ``data`` all-or-nothing, durably: ``stage``, then ``install``.
 
-    Steps: write ``path.tmp``, fsync it, rename it over ``path``, fsync the
-    directory. A crash leaves either the old file (and maybe a stray ``.tmp``,
-    which recovery removes) or the new one, never a mix.
+    A crash leaves either the old file (and maybe a stray ``.tmp``, which
+    recovery removes) or the new one, never a mix. Every byte of disk space
+    it needs is taken before the rename, so a full disk fails it with the
+    old file in place.
+    """
+    stage(path, data)
+    install(path)
+
+
+def stage(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path.tmp`` and fsync it; changes nothing else.
+
+    If writing fails (a full disk, say), the partial ``.tmp`` is removed
+    again, best effort, and the error is raised.
     """
     tmp = path + ".tmp"
     unlink(tmp, missing_ok=True)
-    create_file(tmp, data, sync=True)
-    rename(tmp, path)
+    try:
+        create_file(tmp, data, sync=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            unlink(tmp, missing_ok=True)
+        raise
+
+
+def install(path: str) -> None:
+    """Rename the staged ``path.tmp`` over ``path``, then fsync the directory.
+
+    The rename is the commit point of the replacement; it needs no new disk
+    space.
+    """
+    rename(path + ".tmp", path)
     fsync_dir(os.path.dirname(path))
 
 
@@ -131,6 +160,12 @@ def append(fd: int, data: bytes, path: str) -> None:
     n = os.write(fd, data)
     if n != len(data):  # a short write: rare, but allowed to happen
         _write_all(fd, memoryview(data)[n:])
+
+
+def truncate(fd: int, size: int, path: str) -> None:
+    """Cut the file ``fd`` back to ``size`` bytes (a journal after a failed append)."""
+    _step("ftruncate", path)
+    os.ftruncate(fd, size)
 
 
 def fdatasync(fd: int, path: str) -> None:
@@ -163,6 +198,40 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
     """
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
+_fallocate = getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_FALLOC_FL_KEEP_SIZE = 1
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _falloc(fd: int, mode: int, offset: int, nbytes: int, path: str) -> bool:
+    """fallocate(2); False if the filesystem cannot, OSError (errno kept) if it failed."""
+    if _fallocate is None:
+        return False
+    if _fallocate(fd, mode, offset, nbytes) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_FALLOCATE:
+        return False
+    raise OSError(err, os.strerror(err), path)
+
+
+def reserve_tail(fd: int, offset: int, nbytes: int, path: str) -> bool:
+    """Give ``nbytes`` past ``offset`` of the append-only file ``fd`` disk space, keeping its
+    size; return False if the filesystem cannot (appends may then fail for lack of space).
+
+    The journal reserves room this way before it needs it, so that appending
+    a commit or close record does not meet a full disk. Changes no content.
+    (Block files are never reserved this way: rows reach them through a
+    shared mapping, and ext4 may still need a block when a page of a
+    reserved extent is first written through one; ``prefill`` writes zeros
+    instead.)
+    """
+    _step("reserve", path)
+    return _falloc(fd, _FALLOC_FL_KEEP_SIZE, offset, nbytes, path)
 
 
 _FSYNC_BATCH = 64  # files open at once: stays far below any descriptor limit
@@ -311,14 +380,45 @@ def prefill(fd: int, offset: int, nbytes: int, path: str) -> None:
     """Write zeros at ``offset`` of block file ``fd``, past every row. Not durable.
 
     The callers zero only bytes that no transaction or reader can see, so
-    this changes no content; it puts the pages in the page cache in bulk,
-    which is far cheaper than faulting them in one at a time through a mapping.
+    this changes no content. It takes the disk space of those pages (a full
+    disk raises ENOSPC here, so that rows stored there through a mapping
+    later cannot fault on a page without space, which is a SIGBUS), and puts
+    the pages in the page cache in bulk, far cheaper than faulting them in
+    one at a time through a mapping. If it fails for lack of space, the
+    range is punched out again (``_give_back``).
     """
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))
-    end = offset + nbytes
-    while offset < end:
-        offset += os.pwrite(fd, _ZEROS[: min(end - offset, len(_ZEROS))], offset)
+    start, end = offset, offset + nbytes
+    try:
+        while offset < end:
+            offset += os.pwrite(fd, _ZEROS[: min(end - offset, len(_ZEROS))], offset)
+    except OSError as exc:
+        _give_back(fd, start, nbytes, path, exc)
+        raise
+
+
+_FALLOC_FL_PUNCH_HOLE = 2
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _give_back(fd: int, offset: int, nbytes: int, path: str, exc: OSError) -> None:
+    """After a write into a block failed for lack of space: punch its range out. Best effort.
+
+    On ext4, a page that a failed multi-page ``pwrite`` left in the page
+    cache can take a later small ``pwrite`` without getting disk space, and
+    a store into it through a mapping is then a SIGBUS (seen on Linux 6.x,
+    docs/design.md "A full disk"). Punching the range drops such pages, so
+    that the next write of it either gets its space or fails honestly. The
+    callers pass only bytes past every row a reader can see, or rows of a
+    transaction that the failure rolls back, so no visible content changes.
+    """
+    if exc.errno not in _NO_SPACE:
+        return
+    if _hook is not None:
+        _hook("punch", path, (offset, nbytes))
+    with contextlib.suppress(OSError):
+        _falloc(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, nbytes, path)
 
 
 _STORE_CHUNK = 1 << 18
@@ -339,11 +439,16 @@ def store(fd: int, src: int, nbytes: int, offset: int, path: str) -> None:
     """
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))
-    while nbytes > _STORE_CHUNK:
-        n = _STORE_CHUNK - offset % _STORE_CHUNK  # the pieces end on 256 KiB boundaries
-        _pwrite(fd, src, n, offset)
-        src, nbytes, offset = src + n, nbytes - n, offset + n
-    _pwrite(fd, src, nbytes, offset)
+    start, total = offset, nbytes
+    try:
+        while nbytes > _STORE_CHUNK:
+            n = _STORE_CHUNK - offset % _STORE_CHUNK  # the pieces end on 256 KiB boundaries
+            _pwrite(fd, src, n, offset)
+            src, nbytes, offset = src + n, nbytes - n, offset + n
+        _pwrite(fd, src, nbytes, offset)
+    except OSError as exc:  # the transaction is rolled back: its rows may go
+        _give_back(fd, start, total, path, exc)
+        raise
 
 
 def _pwrite(fd: int, src: int, nbytes: int, offset: int) -> None:

@@ -231,6 +231,13 @@ def check_manifest(m: dict[str, Any], what: str) -> None:
     crc = m.get("crc", [None] * len(blocks))  # absent in manifests written before 0.1.0
     require(isinstance(crc, list) and len(crc) == len(blocks), what, "bad crc list")
     require(all(c is None or (_is_int(c) and c < 1 << 32) for c in crc), what, "bad crc list")
+    psum = m.get("psum", [None] * len(blocks))  # absent in manifests written before 0.2.0
+    require(isinstance(psum, list) and len(psum) == len(blocks), what, "bad psum list")
+    require(all(p is None or _sum(p) for p in psum), what, "bad psum list")
+
+
+def _sum(p: Any) -> bool:
+    return type(p) is list and len(p) == 2 and _is_int(p[0]) and _is_int(p[1]) and p[1] < 1 << 32
 
 
 def check_journal_header(h: dict[str, Any], what: str) -> None:
@@ -268,6 +275,8 @@ def check_record(r: dict[str, Any], what: str) -> None:
         n = r.get("n")
         require(type(n) is int and n > 0, what, f"append record q={r['q']}: bad n")
         require(r.get("p", True) is True, what, f"append record q={r['q']}: bad p")
+        if "cs" in r:
+            check_sums(r, what)
         return
     b = r.get("b")
     if t == REC_OPEN:
@@ -277,6 +286,18 @@ def check_record(r: dict[str, Any], what: str) -> None:
     require(b is None or type(b) is str, what, f"record q={r['q']}: bad boot id")
     if t == REC_COMMIT:
         check_commit(r, what)
+    check_sums(r, what)
+
+
+def check_sums(r: dict[str, Any], what: str) -> None:
+    """The optional checksums ``cs`` of a durable marker: ``[[bid, rows, crc], ...]`` (F6)."""
+    cs = r.get("cs")
+    if cs is None:
+        return
+    ok = type(cs) is list and all(
+        type(e) is list and len(e) == 3 and _is_int(e[0]) and _sum(e[1:]) for e in cs
+    )
+    require(ok, what, f"record q={r['q']}: bad checksums")
 
 
 def check_commit(r: dict[str, Any], what: str) -> None:

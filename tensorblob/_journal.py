@@ -12,6 +12,7 @@ journal ends.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -60,29 +61,31 @@ def encode_journal(
     return data
 
 
-def create_journal(root: str, uuid: bytes, gen: int, *, closed: bool = False) -> int:
-    """Durably replace the journal with an empty one following ``gen``; return its salt.
+def stage_journal(root: str, uuid: bytes, gen: int, *, closed: bool = False) -> int:
+    """Stage an empty journal following ``gen`` as ``journal.tmp``; return its salt.
 
     With ``closed``, the new journal holds one close marker: a clean blob.
+    ``_durable.install`` puts it in place.
     """
     salt = secrets.randbits(32)
-    data = encode_journal(uuid, gen, salt, closed=closed)
-    _durable.write_atomic(os.path.join(root, JOURNAL), data)
+    _durable.stage(os.path.join(root, JOURNAL), encode_journal(uuid, gen, salt, closed=closed))
     return salt
 
 
-def rotate_journal(root: str, uuid: bytes, gen: int, *, base: int, boot: str, length: int) -> int:
-    """Durably replace the journal with a rotated one (F7.6); return its salt.
+def stage_rotation(root: str, uuid: bytes, gen: int, *, base: int, boot: str, length: int) -> int:
+    """Stage a rotated journal (F7.6) as ``journal.tmp``; return its salt.
 
     The new journal (generation ``gen``, over the manifest of generation
     ``base``) holds two frames: an open marker with ``boot``, and the append
-    record to ``length`` rows carried from the old journal.
+    record to ``length`` rows carried from the old journal. Nothing changes
+    until ``_durable.install`` renames it into place (the rotation's commit
+    point); a full disk fails here with the old journal in place.
     """
     salt = secrets.randbits(32)
     data = encode_journal(uuid, gen, salt, closed=False, base=base)
     data += _format.encode_frame(salt, {"t": _format.REC_OPEN, "b": boot, "q": 1})
     data += _format.encode_frame(salt, {"t": _format.REC_APPEND, "n": length, "p": True, "q": 2})
-    _durable.write_atomic(os.path.join(root, JOURNAL), data)
+    _durable.stage(os.path.join(root, JOURNAL), data)
     return salt
 
 
@@ -106,8 +109,28 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
     return JournalImage(gen, header["salt"], base, records, end, len(data), version)
 
 
+# Disk space the journal takes ahead of its end, so that appends never meet a
+# full disk: far more than the records of a journal between two checkpoints.
+RESERVE_BYTES = 64 << 10
+
+
+def sync_room(nblocks: int) -> int:
+    """Bytes a sync record with the checksums of ``nblocks`` blocks can take, at most (F6)."""
+    return 64 + 24 * nblocks
+
+
 class JournalWriter:
-    """Appends frames to the journal through the durable seam."""
+    """Appends frames to the journal through the durable seam.
+
+    Room for the frames is reserved on disk before they are written
+    (``_durable.reserve_tail``), together with room the caller asks to keep
+    (``keep``: the close record a durable point will append later), so a
+    full disk fails an append before any byte is written. If writing fails
+    all the same, the journal is cut back to its last whole frame: the
+    record is then simply not there (not committed), and the writer stays
+    usable. Only if that fails too is the writer ``broken``: whether the
+    record is on disk is then for the next open to find out.
+    """
 
     def __init__(self, root: str, salt: int, seq: int) -> None:
         self.path = os.path.join(root, JOURNAL)
@@ -115,23 +138,56 @@ class JournalWriter:
         self.seq = seq  # frames already in the journal
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self.size = os.fstat(self.fd).st_size
+        self.room = self.size  # bytes below this offset have disk space
+        self.reservable = True  # False: the filesystem cannot reserve (appends may fail)
+        self.broken = False
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Append ``record`` as the next frame, numbered ``q`` (F4, F5)."""
+    def make_room(self, nbytes: int) -> None:
+        """Reserve disk space for ``nbytes`` past the end, unless there is room already."""
+        if self.size + nbytes > self.room and self.reservable:
+            n = max(nbytes, RESERVE_BYTES)
+            try:
+                ok = _durable.reserve_tail(self.fd, self.size, n, self.path)
+            except OSError as exc:  # a nearly full disk: take just what is needed
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or n == nbytes:
+                    raise
+                n = nbytes
+                ok = _durable.reserve_tail(self.fd, self.size, n, self.path)
+            if ok:
+                self.room = self.size + n
+            else:
+                self.reservable = False
+
+    def append(self, record: dict[str, Any], keep: int = 0) -> None:
+        """Append ``record`` as the next frame, numbered ``q`` (F4, F5), leaving ``keep``
+        bytes of room after it."""
         record["q"] = self.seq + 1
         frame = _format.encode_frame(self.salt, record)
         if len(frame) > _format.MAX_FRAME:
             raise TensorBlobError(f"a transaction of {len(frame)} journal bytes is too large")
-        _durable.append(self.fd, frame, self.path)
+        self._write(frame, keep)
+
+    def append_rows(self, n: int, keep: int = 0) -> None:
+        """Append the append record ``{"t": "a", "n": n}`` (F6): ``append``, faster."""
+        self._write(_format.encode_append_frame(self.salt, n, self.seq + 1), keep)
+
+    def _write(self, frame: bytes, keep: int) -> None:
+        self.make_room(len(frame) + keep)
+        try:
+            _durable.append(self.fd, frame, self.path)
+        except BaseException:
+            self._restore()
+            raise
         self.seq += 1
         self.size += len(frame)
 
-    def append_rows(self, n: int) -> None:
-        """Append the append record ``{"t": "a", "n": n}`` (F6): ``append``, faster."""
-        frame = _format.encode_append_frame(self.salt, n, self.seq + 1)
-        _durable.append(self.fd, frame, self.path)
-        self.seq += 1
-        self.size += len(frame)
+    def _restore(self) -> None:
+        """After a failed append: cut the journal back to its last whole frame, or give up."""
+        try:
+            if os.fstat(self.fd).st_size != self.size:
+                _durable.truncate(self.fd, self.size, self.path)
+        except BaseException:
+            self.broken = True
 
     def sync(self) -> None:
         _durable.fdatasync(self.fd, self.path)

@@ -18,6 +18,7 @@ writer and the writer only tests for readers.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -71,14 +72,23 @@ class WriterLock:
         self._lock: filelock.FileLock | None = None  # held through filelock
 
     def record_owner(self) -> None:
-        """Name this process in the lock file, for the error a waiting writer gets."""
+        """Name this process in the lock file, for the error a waiting writer gets.
+
+        Informational only: on a full disk the note is left as it was.
+        """
         owner = f"pid {os.getpid()} on {socket.gethostname()}"
-        _durable.write_lock_owner(self.path, owner.encode())
+        with contextlib.suppress(OSError):
+            _durable.write_lock_owner(self.path, owner.encode())
 
     def acquire(self) -> None:
+        """Take the lock, waiting up to ``timeout``; raise LockTimeoutError past it.
+
+        A lock file that cannot be opened for writing (a read-only filesystem,
+        no permission) raises that OSError at once: waiting would not help.
+        """
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
+        except FileNotFoundError:  # filelock creates it
             fd = -1
         if fd >= 0:
             try:

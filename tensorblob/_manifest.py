@@ -38,10 +38,11 @@ class State:
     seq: int = 0
     freed_at: dict[int, int] = field(default_factory=dict)
     born: dict[int, int] = field(default_factory=dict)
-    # Persisted in the manifest: crc32 of each *full* block's bytes (F3). Rows
-    # below a block's high-water mark never change, so a full block's
-    # checksum stays valid for the block's whole life.
-    crc: dict[int, int] = field(default_factory=dict)
+    # Checksums (F3, F6): block id -> (rows, crc32 of the block's first
+    # ``rows`` rows). Rows below a block's high-water mark never change, so a
+    # checksum stays valid for the block's whole life; it is extended as the
+    # block grows, each time its new rows become durable.
+    sums: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def append_delta(self, n: int, block_size: int) -> dict[str, Any] | None:
         """The commit delta an append record growing this state to ``n`` rows stands for."""
@@ -107,13 +108,23 @@ class State:
             self.hwm[bid] = h
         for bid in rec["f"]:
             self.hwm.pop(bid, None)
-            self.crc.pop(bid, None)
+            self.sums.pop(bid, None)
             self.free.append(bid)
             self.freed_at[bid] = seq
         self.seq = seq
         self.length = rec["n"]
         self.next_id = rec["x"]
         return rec["w"]
+
+    def apply_sums(self, sums: list[list[int]], what: str) -> None:
+        """Record the checksums ``[[bid, rows, crc], ...]`` of a durable marker (F6)."""
+        for bid, rows, crc in sums:
+            _format.require(
+                rows <= self.hwm.get(bid, -1) and crc < 1 << 32,
+                what,
+                f"checksum of block {bid} over {rows} rows does not fit the state",
+            )
+            self.sums[bid] = (rows, crc)
 
     def validate(self, block_size: int, what: str) -> None:
         need = -(-self.length // block_size)
@@ -129,16 +140,24 @@ class State:
         _format.require(not set(self.free) & set(self.blocks), what, "a live block is listed free")
         _format.require(all(b < self.next_id for b in self.free), what, "bad free block id")
 
-    def encode(self) -> bytes:
+    def encode(self, block_size: int, gen: int | None = None) -> bytes:
+        """The manifest of this state (F3), as generation ``gen`` (default: its own)."""
+        full: list[int | None] = []
+        part: list[list[int] | None] = []
+        for b in self.blocks:
+            rows, crc = self.sums.get(b, (0, None))
+            full.append(crc if rows == block_size else None)
+            part.append([rows, crc] if crc is not None and rows < block_size else None)
         body = {
             "uuid": self.uuid,
-            "gen": self.gen,
+            "gen": self.gen if gen is None else gen,
             "length": self.length,
             "blocks": self.blocks,
             "hwm": [self.hwm[b] for b in self.blocks],
             "free": self.free,
             "next_id": self.next_id,
-            "crc": [self.crc.get(b) for b in self.blocks],
+            "crc": full,
+            "psum": part,
         }
         return _format.encode_file(_format.MAGIC_MANIFEST, body)
 
@@ -197,12 +216,21 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
         seq,
         dict.fromkeys(body["free"], seq),
     )
-    crcs = body.get("crc", [])
-    st.crc = {b: c for b, c in zip(body["blocks"], crcs, strict=False) if c is not None}
+    for b, c in zip(body["blocks"], body.get("crc", []), strict=False):
+        if c is not None:
+            st.sums[b] = (block_size, c)
+    for b, p in zip(body["blocks"], body.get("psum", []), strict=False):
+        if p is not None:
+            st.sums[b] = (p[0], p[1])
     st.validate(block_size, what)
+    for b, (rows, _crc) in st.sums.items():
+        _format.require(rows <= st.hwm[b], what, f"checksum of block {b} covers unwritten rows")
     return st
 
 
-def write_manifest(root: str, state: State) -> None:
-    """Durably replace the manifest with ``state`` (temp, fsync, rename, fsync dir)."""
-    _durable.write_atomic(os.path.join(root, MANIFEST), state.encode())
+def stage_manifest(root: str, state: State, block_size: int, gen: int) -> None:
+    """Write ``state`` as the manifest of generation ``gen`` to ``manifest.tmp``, fsynced.
+
+    ``_durable.install`` puts it in place.
+    """
+    _durable.stage(os.path.join(root, MANIFEST), state.encode(block_size, gen))

@@ -15,14 +15,16 @@ removes what crashed transactions left behind, and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _durable, _format, _locking
 from ._blocks import BlockStore
-from ._journal import JOURNAL, JournalImage, create_journal, read_journal
-from ._manifest import MANIFEST, State, read_manifest, write_manifest
+from ._journal import JOURNAL, JournalImage, read_journal, stage_journal
+from ._manifest import MANIFEST, State, read_manifest, stage_manifest
 from ._meta import Meta
 from .errors import CorruptBlobError
 
@@ -122,6 +124,9 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
             loaded.kept += j - i
             if i > last_durable:
                 loaded.dirty.update(written)
+            for r in records[i:j]:  # sync="full" appends carry checksums
+                if "cs" in r:
+                    state.apply_sums(r["cs"], what)
             i = j
             continue
         if t == _format.REC_COMMIT:
@@ -129,48 +134,89 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
             loaded.kept += 1
             if i > last_durable:
                 loaded.dirty.update(written)
+        if "cs" in rec:
+            state.apply_sums(rec["cs"], what)
         i += 1
     if loaded.kept:
         state.validate(meta.block_size, f"{what}: after replay")
     return loaded
 
 
-def fill_checksums(state: State, blocks: BlockStore, block_size: int) -> int:
-    """Checksum every full block that has no checksum yet; return how many.
+def extend_sums(state: State, blocks: BlockStore, bids: Iterable[int]) -> None:
+    """Extend the checksum of each live block in ``bids`` over all its committed rows (F3).
 
-    Done at checkpoint time, once per block in its life: the per-write hot
-    path never pays for it.
+    A block's checksum covers its first ``rows`` rows; rows below the
+    high-water mark never change, so only the rows past ``rows`` are read.
+    The caller has made those rows durable (the checksum is recorded with a
+    durable marker or a checkpoint).
     """
-    n = 0
-    for bid in state.blocks:
-        if bid not in state.crc and state.hwm.get(bid) == block_size:
-            state.crc[bid] = blocks.checksum(bid)
-            n += 1
-    return n
+    hwm, sums = state.hwm, state.sums
+    for bid in bids:
+        h = hwm.get(bid)
+        if h is None:  # freed since it was written
+            continue
+        rows, crc = sums.get(bid, (0, 0))
+        if h > rows:
+            sums[bid] = (h, blocks.crc(bid, rows, h, crc))
+
+
+def sums_record(state: State, bids: Iterable[int]) -> list[list[int]]:
+    """The checksums of the live blocks among ``bids``, as a record's ``cs`` (F6)."""
+    sums = state.sums
+    return [[b, *sums[b]] for b in sorted(bids) if b in sums and b in state.hwm]
 
 
 def verify_checksums(state: State, blocks: BlockStore) -> tuple[int, list[int]]:
-    """Recompute the checksum of every block that has one; return (checked, damaged ids)."""
-    damaged = [
-        bid for bid in state.blocks if bid in state.crc and blocks.checksum(bid) != state.crc[bid]
-    ]
-    return sum(bid in state.crc for bid in state.blocks), damaged
+    """Recompute the checksum of every live block that has one; return (checked, damaged ids)."""
+    have = [b for b in state.blocks if b in state.sums]
+    damaged = [b for b in have if blocks.crc(b, 0, state.sums[b][0]) != state.sums[b][1]]
+    return len(have), damaged
 
 
-def checkpoint(root: str, state: State, *, closed: bool = False) -> int:
+def stage_checkpoint(
+    root: str, state: State, block_size: int, *, closed: bool = False
+) -> tuple[int, int]:
+    """Stage the next generation's manifest and an empty journal; return (gen, salt).
+
+    Writes ``manifest.tmp`` and ``journal.tmp``, each fsynced: every byte of
+    disk space the checkpoint needs is taken here, before its commit point.
+    Nothing a reader sees changes. If staging fails (a full disk), what was
+    staged is removed again, best effort, and the error is raised. With
+    ``closed``, the new journal starts with a close marker.
+    """
+    gen = state.gen + 1
+    stage_manifest(root, state, block_size, gen)
+    try:
+        salt = stage_journal(root, state.uuid, gen, closed=closed)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _durable.unlink(os.path.join(root, MANIFEST + ".tmp"), missing_ok=True)
+        raise
+    return gen, salt
+
+
+def install_checkpoint(root: str, state: State, gen: int) -> None:
+    """Put a staged checkpoint in place: rename the manifest (the commit point), fsync the
+    directory, rename the journal, fsync the directory.
+
+    A crash between the two renames leaves a journal of the previous
+    generation, which ``load`` ignores, and a stray ``journal.tmp``, which
+    recovery removes.
+    """
+    _durable.install(os.path.join(root, MANIFEST))
+    state.gen = gen
+    state.seq = _locking.snapshot_seq(gen, 0)
+    _durable.install(os.path.join(root, JOURNAL))
+
+
+def checkpoint(root: str, state: State, block_size: int, *, closed: bool = False) -> int:
     """Write ``state`` as the next generation's manifest and start an empty journal.
 
-    The caller has made every block the state references durable. Steps:
-    manifest.tmp, fsync, rename, fsync dir (the checkpoint's commit point),
-    then journal.tmp, fsync, rename, fsync dir. A crash between the two
-    renames leaves a journal of the previous generation, which ``load``
-    ignores. With ``closed``, the new journal starts with a close marker.
-    Returns the new journal's salt.
+    The caller has made every block the state references durable. Returns
+    the new journal's salt.
     """
-    state.gen += 1
-    write_manifest(root, state)
-    salt = create_journal(root, state.uuid, state.gen, closed=closed)
-    state.seq = _locking.snapshot_seq(state.gen, 0)
+    gen, salt = stage_checkpoint(root, state, block_size, closed=closed)
+    install_checkpoint(root, state, gen)
     return salt
 
 
@@ -200,13 +246,19 @@ def _reap_guarded(state: State, blocks: BlockStore, probe: _locking.ReaderProbe)
             gone.append(bid)
     if not gone:
         return 0
+    try:
+        for bid in gone:
+            blocks.delete(bid)
+        _durable.fsync_dir(blocks.dir)
+    except OSError:
+        # Best effort: the blocks stay listed as free, and a later reap (or
+        # recovery) deletes them. Committed data is not affected.
+        return 0
     for bid in gone:
-        blocks.delete(bid)
         state.freed_at.pop(bid, None)
         state.born.pop(bid, None)
     dead = set(gone)
     state.free[:] = [b for b in state.free if b not in dead]
-    _durable.fsync_dir(blocks.dir)
     return len(gone)
 
 
@@ -261,8 +313,8 @@ def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[s
     if orphans:
         _durable.fsync_dir(blocks.dir)
         actions.append(f"deleted {len(orphans)} block(s) of uncommitted transactions")
-    fill_checksums(state, blocks, meta.block_size)
-    checkpoint(root, state)
+    extend_sums(state, blocks, state.blocks)
+    checkpoint(root, state, meta.block_size)
     actions.append(f"wrote checkpoint generation {state.gen} ({state.length} rows)")
     probe = _locking.ReaderProbe(root)
     try:

@@ -28,6 +28,7 @@ Commit, in order (docs/design.md, "The atomic commit"):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -39,10 +40,10 @@ import torch
 
 from . import _blocks, _durable, _format, _journal, _locking, _recovery
 from ._blocks import BlockStore
-from ._journal import JournalWriter
+from ._journal import JournalWriter, sync_room
 from ._manifest import State, append_delta
 from ._meta import Meta
-from .errors import BlobIOError
+from .errors import BlobIOError, os_error
 
 CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
 # Engine.write copies rows into a block by pwrite, unless the block is mapped
@@ -76,6 +77,31 @@ PREFILL_AFTER = PREFILL_MIN
 # records: the next open then replays nothing. Collectors that open, append
 # and close all day would otherwise make every open replay their sessions.
 CLOSE_CHECKPOINT_RECORDS = 48
+
+
+# What a BlobIOError says is durable, by the step that failed (see _give_up).
+_UNKNOWN = (
+    "Whether this transaction committed is decided when the blob is next opened; every "
+    "transaction before it is committed."
+)
+_BEFORE = "This transaction is not committed; every transaction before it is."
+_COMMITTED = (
+    "This transaction is committed (it survives the death of this process, and power loss "
+    "as sync= says)."
+)
+_COMMITTED_ALL = (
+    "Every transaction so far is committed (each survives the death of this process; since "
+    "the last flush() or close(), not necessarily power loss)."
+)
+_DURABLE_POINT = "durable point"  # replaced by one of the two below
+_DURABLE_FULL = (
+    "Every committed transaction was durable already (sync='full'); only the close "
+    "marker may be missing."
+)
+_DURABLE_NORMAL = (
+    "Every committed transaction survives the death of this process; those since the last "
+    "flush() or close() may not survive power loss."
+)
 
 
 @dataclass
@@ -160,9 +186,9 @@ class Engine:
         self.w_bytes = None
         self.w_path = ""
         self.w_marked = False  # the open transaction has recorded its use of the window
-        self.w_fill = 0  # bytes of the block below this offset are in the page cache
+        self.w_ready = 0  # bytes of the block below this offset have disk space
         self.w_chunk = PREFILL_MIN  # bytes the next prefill zeroes
-        self.w_taken = 0  # bytes the fast paths copied in before the first prefill
+        self.w_taken = 0  # bytes reserved before the first prefill
         self.w_flushed = 0  # writeback was started for the bytes below this offset
 
     def _set_window(self, slot: int, bid: int, private: bool) -> None:
@@ -192,16 +218,26 @@ class Engine:
             self._clear_window()
 
     def _mark_open(self) -> None:
-        with self._poison_on_error("writing the open marker"):
-            self.journal.append({"t": _format.REC_OPEN, "b": self.boot})
+        self._append({"t": _format.REC_OPEN, "b": self.boot}, "writing the open marker")
         self.opened = True
         self.last_closed = False
+
+    def _append(self, record: dict[str, Any], what: str, keep: int = 0) -> None:
+        """Append ``record`` to the journal. Raises the OSError as it is if nothing was
+        written (the record is not there: a full disk, say); gives the handle up if
+        the journal may hold part of it."""
+        try:
+            self.journal.append(record, keep)
+        except BaseException as exc:
+            if self.journal.broken:
+                raise self._give_up(what, exc, _UNKNOWN) from exc
+            raise
 
     def _before_new_file(self) -> None:
         if not self.opened:
             self._mark_open()
         if not self.marker_durable:
-            with self._poison_on_error("syncing the open marker"):
+            with self._poison_on_error("syncing the open marker", _BEFORE):
                 self.journal.sync()
             self.marker_durable = True
 
@@ -213,40 +249,63 @@ class Engine:
         self.w_addr = self.w_bytes.ctypes.data
         return self.w_addr
 
-    def _prefill(self, need: int) -> None:
-        """Zero the window block's bytes from the end of its rows to at least ``need``.
+    def _make_ready(self, need: int) -> None:
+        """Give the window block disk space from the end of its rows to at least byte ``need``.
 
-        Only bytes past the blob's length are zeroed, and the callers have
-        checked that the window (which starts at or past the block's
-        high-water mark) holds that length, so no row that this transaction
-        or any reader can see is touched.
+        Rows are stored into a block through a shared mapping, and a store
+        into a page of a full disk that has no space yet is a SIGBUS, not an
+        error. So the space is taken first, by writing zeros there with
+        ``pwrite`` (``_durable.prefill``), which fails with ENOSPC on a full
+        disk, before any row is stored. (``fallocate`` is not enough: ext4
+        leaves delayed allocation when space runs low and converts the
+        reserved extent at the page fault, which can need a new block.)
+
+        The first PREFILL_AFTER bytes of a window are zeroed page by page, just
+        ahead of the rows; past them, in stretches that double up to
+        PREFILL_MAX, which also fills the page cache in bulk. Only bytes past
+        the blob's length are touched, and the callers have checked that the
+        window (which starts at or past the block's high-water mark) holds that
+        length, so no row that this transaction or any reader can see changes.
         """
         done = (self.state.length - self.w_base) * self.row_bytes
-        if self.w_taken < PREFILL_AFTER:
-            # Not yet (see PREFILL_AFTER): count the bytes this copy adds.
-            self.w_taken += max(need - done, 0)
+        if need <= done:  # rows written already: they have their space
+            self.w_ready = max(self.w_ready, done)
             return
-        start = max(self.w_fill, done)
-        P = self.w_chunk
-        stop = min((max(need, start + P) + P - 1) // P * P, self.meta.block_size * self.row_bytes)
-        if stop > start:
+        start = max(self.w_ready, done)
+        end = self.meta.block_size * self.row_bytes
+        exact = min(-(-need // 4096) * 4096, end)  # the pages these rows need
+        if self.w_taken < PREFILL_AFTER:  # see PREFILL_AFTER
+            stop = exact
+            self.w_taken += stop - start
+        else:
+            P = self.w_chunk
+            stop = min((max(need, start + P) + P - 1) // P * P, end)
+            self.w_chunk = min(2 * P, PREFILL_MAX)
+        try:
             _durable.prefill(self.w_fd, start, stop - start, self.w_path)
-        self.w_fill = stop
-        self.w_chunk = min(2 * P, PREFILL_MAX)
-        # The whole pages below the rows written so far will not be written
-        # again by appends: start their writeback now, so that the next
-        # durable point or checkpoint finds them on disk already.
-        done &= ~4095
-        if done > self.w_flushed:
-            _durable.start_writeback(self.w_fd, self.w_flushed, done - self.w_flushed)
-            self.w_flushed = done
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or stop <= exact:
+                raise
+            # A nearly full disk: take only what these rows need, so that a
+            # collector can use the last of the space.
+            stop = exact
+            _durable.prefill(self.w_fd, start, stop - start, self.w_path)
+        self.w_ready = stop
+        if self.w_taken >= PREFILL_AFTER:
+            # The whole pages below the rows written so far will not be written
+            # again by appends: start their writeback now, so that the next
+            # durable point or checkpoint finds them on disk already.
+            done &= ~4095
+            if done > self.w_flushed:
+                _durable.start_writeback(self.w_fd, self.w_flushed, done - self.w_flushed)
+                self.w_flushed = done
 
     def _copy_in(self, pos: int, src: int, n: int) -> None:
         """Copy ``n`` rows from address ``src`` to row ``pos`` of the window's block."""
         rb = self.row_bytes
         off = (pos - self.w_base) * rb
-        if off + n * rb > self.w_fill:
-            self._prefill(off + n * rb)
+        if off + n * rb > self.w_ready:
+            self._make_ready(off + n * rb)
         addr = self.w_addr or self._map_window()
         _durable.store_mapped(addr + off, src, n * rb, off, self.w_path)
 
@@ -286,13 +345,17 @@ class Engine:
         pos = st.length
         if not (self.w_lo <= pos and pos + n <= self.w_hi) or self.full or not self.opened:
             return False
+        j = self.journal
+        if j.size > CHECKPOINT_BYTES or j.seq > CHECKPOINT_RECORDS:
+            return False  # the general path rotates or checkpoints first (see begin)
         self._copy_in(pos, src, n)
         end = pos + n
-        j = self.journal
         try:
-            j.append_rows(end)
+            j.append_rows(end, sync_room(len(self.dirty) + 1))
         except BaseException as exc:
-            raise self._give_up("writing the commit record", exc) from exc
+            if j.broken:
+                raise self._give_up("writing the commit record", exc, _UNKNOWN) from exc
+            raise  # nothing was written: not committed, and nothing to undo
         # Committed: the same bookkeeping as _committed(), for this one case.
         st.length = end
         st.hwm[self.w_bid] = end - self.w_base
@@ -301,15 +364,22 @@ class Engine:
         self.since_durable += 1
         self.last_closed = False
         self.w_lo = end
-        if j.size > CHECKPOINT_BYTES or j.seq > CHECKPOINT_RECORDS:
-            with self._poison_on_error("completing a committed transaction"):
-                self._past_bound()
         return True
 
     # -- transaction lifecycle --------------------------------------------
 
     def begin(self) -> None:
+        """Start a transaction; first rotate or checkpoint the journal if it is past its bound.
+
+        The bound is dealt with here, before anything of the transaction is
+        written, not at the end of the commit that passed it: if that work
+        fails (a full disk), no transaction is open, nothing changed, and the
+        error is raised as it is.
+        """
         assert self.txn is None
+        j = self.journal
+        if j.size > CHECKPOINT_BYTES or j.seq > CHECKPOINT_RECORDS:
+            self._past_bound()
         self.txn = _Txn(self.state.length, len(self.state.blocks), self.state.next_id)
         self.w_marked = False
 
@@ -379,22 +449,29 @@ class Engine:
             delta = append_delta(prefix, st.hwm, t.length0, t.next0, st.length, B)
             if delta is not None and all(delta[key] == record[key] for key in delta):
                 record = {"t": _format.REC_APPEND, "n": st.length}
-        if self.full:
-            record["d"] = True
         if not self.opened:
             self._mark_open()
-        # Step 1: under "full", the rows reach the disk before the record does.
+        # Step 1: under "full", the rows reach the disk before the record does,
+        # and the record carries their checksums (it is a durable marker).
+        sums = None
         if self.full:
+            record["d"] = True
             self.blocks.sync(written, new_files=bool(kept_private))
-        # Step 2: the commit point (process death). If the append fails, the
-        # frame may be torn or (in theory) whole: only the next open can tell,
-        # so nothing is undone here and the handle is given up.
-        with self._poison_on_error("writing the commit record"):
-            self.journal.append(record)
+            sums = self._sums_after(written, hwm_updates)
+            if sums:
+                record["cs"] = sums
+        # Step 2: the commit point (process death). If the append fails having
+        # written nothing, or its bytes were cut off again, the transaction is
+        # not committed and the caller rolls it back. If part of the frame may
+        # be on disk, only the next open can tell: the handle is given up.
+        keep = sync_room(len(self.dirty) + len(written))
+        self._append(record, "writing the commit record", keep)
         # The transaction is committed: memory follows, whatever fails below.
         self.txn = None
-        with self._poison_on_error("completing a committed transaction"):
+        with self._poison_on_error("completing a committed transaction", _COMMITTED):
             self._committed(record, kept_private, dropped_private, hwm_updates, freed, written)
+            if sums:
+                st.apply_sums(sums, "commit")
 
     def _committed(  # noqa: PLR0917 - the parts of one commit, computed by commit()
         self,
@@ -417,7 +494,7 @@ class Engine:
             st.born[bid] = st.seq
         for bid in freed:
             st.hwm.pop(bid, None)
-            st.crc.pop(bid, None)
+            st.sums.pop(bid, None)
             st.freed_at[bid] = st.seq
             self.blocks.forget(bid)
         st.free.extend(freed)
@@ -434,35 +511,56 @@ class Engine:
             self.dirty.update(written)
             self.new_files |= bool(kept_private)
             self.since_durable += 1
-        # Step 5: deferred deletions and the checkpoint bound.
-        if self.journal.size > CHECKPOINT_BYTES or self.journal.seq > CHECKPOINT_RECORDS:
-            self._past_bound()
-        elif self.full and st.free:
+        # Step 5: deferred deletions (best effort). The journal's bound is
+        # checked when the next transaction begins.
+        if self.full and st.free:
             _recovery.reap(st, self.blocks, self.probe)
+
+    def _sums_after(self, written: list[int], hwm_updates: list[list[int]]) -> list[list[int]]:
+        """The checksums of the blocks a ``sync="full"`` commit wrote, over the rows it
+        exposes (``[[bid, rows, crc], ...]``); the state is not changed yet."""
+        st, out = self.state, []
+        rows_after = dict(map(tuple, hwm_updates))
+        for bid in written:
+            h = rows_after.get(bid, st.hwm.get(bid))
+            if h is None:
+                continue
+            rows, crc = st.sums.get(bid, (0, 0))
+            if h > rows:
+                out.append([bid, h, self.blocks.crc(bid, rows, h, crc)])
+        return out
 
     # -- mutations (inside a transaction) --------------------------------
 
     @contextlib.contextmanager
-    def _poison_on_error(self, what: str) -> Iterator[None]:
+    def _poison_on_error(self, what: str, status: str) -> Iterator[None]:
         """Give the handle up if a step at or after a commit point fails.
 
         After such a failure memory and disk may disagree (a torn frame, an
         fsync that failed, a checkpoint half done). Writing on would build on
         that, so the engine refuses all further work; reopening the blob runs
         recovery, which resolves the last transaction from what is on disk.
+        ``status`` says what is and is not durable at that point.
         """
         try:
             yield
         except BaseException as exc:
-            raise self._give_up(what, exc) from exc
+            raise self._give_up(what, exc, status) from exc
 
-    def _give_up(self, what: str, exc: BaseException) -> BlobIOError:
+    def _give_up(self, what: str, exc: BaseException, status: str) -> BlobIOError:
         """Mark the handle broken (see _poison_on_error); return the error to raise."""
         self.txn = None  # never roll back: the commit may be on disk
-        self.broken = f"{what} failed: {exc!r}"
-        return BlobIOError(
-            f"blob {self.root!r}: {self.broken}. The handle is closed; reopen the blob "
-            "(or run `tensorblob recover`) to resolve the last transaction"
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+        self.broken = f"{what} failed ({why})"
+        if status == _DURABLE_POINT:
+            status = _DURABLE_FULL if self.full else _DURABLE_NORMAL
+        return os_error(
+            BlobIOError,
+            exc.errno if isinstance(exc, OSError) else None,
+            f"blob {self.root!r}: {self.broken}. {status} The handle is closed; reopen the "
+            "blob (or run `tensorblob recover`): the open recovers, losing nothing committed "
+            "that reached the disk",
+            getattr(exc, "filename", None),
         )
 
     def _save_slots(self) -> None:
@@ -519,6 +617,8 @@ class Engine:
             src = rows if k == n else rows[done : done + k]
             self._set_window(slot, bid, bid in t.private)
             if self.w_addr and k * rb <= PWRITE_BYTES:  # mapped already: no system call
+                if (off + k) * rb > self.w_ready:
+                    self._make_ready((off + k) * rb)
                 _durable.write_rows(self.blocks.get(bid), off, src, rb, self.w_path)
             else:  # see PWRITE_BYTES
                 _durable.store(self.w_fd, src.data_ptr(), k * rb, off * rb, self.w_path)
@@ -576,45 +676,51 @@ class Engine:
     # -- durable points ---------------------------------------------------
 
     def durable_point(self, *, closing: bool) -> None:
-        """Make every commit so far survive power loss (``flush()`` / ``close()``)."""
+        """Make every commit so far survive power loss (``flush()`` / ``close()``).
+
+        Checkpoints if the journal is long; if that fails for lack of disk
+        space (before its commit point), falls back to a sync record, for
+        which the journal always keeps room: a full disk does not stop a
+        durable point.
+        """
         assert self.txn is None
         if self.since_durable == 0 and not self.dirty and (self.last_closed or not closing):
             if self.state.free:  # everything is durable: blocks freed earlier may go now
-                with self._poison_on_error("deleting freed blocks"):
-                    _recovery.reap(self.state, self.blocks, self.probe)
+                _recovery.reap(self.state, self.blocks, self.probe)
             return
-        with self._poison_on_error("making commits durable"):
-            j = self.journal
-            # Not while the interpreter shuts down (a close from __del__): a
-            # checkpoint maps blocks, and torch may be half torn down by then.
-            if (
-                j.size > CHECKPOINT_BYTES or (closing and j.seq > CLOSE_CHECKPOINT_RECORDS)
-            ) and not sys.is_finalizing():
-                self._checkpoint(closing=closing)  # everything is durable
-                if closing:  # and the new journal says "closed"
-                    return
-            elif self.dirty or self.new_files or self.deleted:
+        j = self.journal
+        # Not while the interpreter shuts down (a close from __del__): torch
+        # may be half torn down by then.
+        long = j.size > CHECKPOINT_BYTES or (closing and j.seq > CLOSE_CHECKPOINT_RECORDS)
+        checkpointed = (
+            long and not sys.is_finalizing() and self._checkpoint(closing=closing, optional=True)
+        )
+        if checkpointed and closing:
+            return  # everything is durable, and the new journal says "closed"
+        with self._poison_on_error("making commits durable", _DURABLE_POINT):
+            st = self.state
+            if self.dirty or self.new_files or self.deleted:
                 self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
-            self.deleted = False
-            self.journal.append({"t": _format.REC_SYNC, "c": closing})
+            _recovery.extend_sums(st, self.blocks, self.dirty)
+            record: dict[str, Any] = {"t": _format.REC_SYNC, "c": closing}
+            sums = _recovery.sums_record(st, self.dirty)
+            if sums:
+                record["cs"] = sums
+            self.journal.append(record)
             self.journal.sync()
+            self.deleted = False
             self.dirty.clear()
             self.new_files = False
             self.since_durable = 0
             self.last_closed = closing
-            if self.state.length != self.base_length:  # the manifest is no longer the durable state
+            if st.length != self.base_length:  # the manifest is no longer the durable state
                 self.rotatable = False
-            _recovery.reap(self.state, self.blocks, self.probe)
-
-    def checkpoint(self) -> None:
-        """Make all blocks durable, write a new manifest and start an empty journal."""
-        with self._poison_on_error("checkpointing"):
-            self._checkpoint()
+        _recovery.reap(st, self.blocks, self.probe)
 
     def _past_bound(self) -> None:
-        """The journal passed a bound after a commit: rotate it, or checkpoint."""
+        """The journal passed a bound: rotate it, or checkpoint (before a transaction)."""
         grown = (self.state.length - self.base_length) * self.row_bytes
-        if self.rotatable and grown <= ROTATE_BYTES:
+        if self.rotatable and 0 < grown <= ROTATE_BYTES:
             self._rotate()
         else:
             self._checkpoint()
@@ -629,43 +735,61 @@ class Engine:
         marker with this session's boot id, and one append record to the
         current length, marked as carried (F6, F7). Under the boot rule (F9)
         a power cut drops both, as it would have dropped what they replace.
-        Nothing is fsynced but the new journal: the rows stay undurable until
-        the next durable point or checkpoint, as they were.
+        Nothing is fsynced but the new journal: the rows stay undurable (and
+        without checksums) until the next durable point or checkpoint, as
+        they were. A full disk fails the staging of the new journal, before
+        anything changed.
         """
         assert self.txn is None
         st = self.state
-        # Every bound is checked after a commit, and a rotatable session's
-        # commits are appends: the blob has grown since the manifest.
-        assert st.length > self.base_length
-        _recovery.fill_checksums(st, self.blocks, self.meta.block_size)
-        salt = _journal.rotate_journal(
+        assert st.length > self.base_length  # there are rows to carry (see _past_bound)
+        salt = _journal.stage_rotation(
             self.root, st.uuid, st.gen + 1, base=self.base, boot=self.boot, length=st.length
         )
-        st.gen += 1
-        st.seq = _locking.snapshot_seq(st.gen, 2)  # the carried record's
-        self.journal.close()
-        self.journal = JournalWriter(self.root, salt, 2)
+        with self._poison_on_error("rotating the journal", _COMMITTED_ALL):
+            _durable.install(self.journal.path)  # the rotation's commit point
+            st.gen += 1
+            st.seq = _locking.snapshot_seq(st.gen, 2)  # the carried record's
+            self.journal.close()
+            self.journal = JournalWriter(self.root, salt, 2)
         self.opened = self.marker_durable = True  # the new journal's open marker is synced
         self.last_closed = False
 
-    def _checkpoint(self, *, closing: bool = False) -> None:
+    def _checkpoint(self, *, closing: bool = False, optional: bool = False) -> bool:
+        """Make all blocks durable, write a new manifest and start an empty journal.
+
+        The manifest and journal are staged first: if that fails (a full
+        disk), nothing changed and the error is raised, or, if ``optional``,
+        False is returned. Returns True once the checkpoint is in place.
+        """
         assert self.txn is None
-        if self.dirty or self.new_files or self.deleted:
-            self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
-        self.deleted = False
+        st = self.state
+        with self._poison_on_error("checkpointing", _DURABLE_POINT):
+            if self.dirty or self.new_files or self.deleted:
+                self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
+            self.deleted = self.new_files = False
+            _recovery.extend_sums(st, self.blocks, st.blocks)
+        try:
+            gen, salt = _recovery.stage_checkpoint(
+                self.root, st, self.meta.block_size, closed=closing
+            )
+        except OSError:
+            if optional:
+                return False
+            raise
+        with self._poison_on_error("checkpointing", _DURABLE_POINT):
+            _recovery.install_checkpoint(self.root, st, gen)
+            self.journal.close()
+            self.journal = JournalWriter(self.root, salt, int(closing))
         self.dirty.clear()
-        self.new_files = False
         self.since_durable = 0
-        _recovery.fill_checksums(self.state, self.blocks, self.meta.block_size)
-        salt = _recovery.checkpoint(self.root, self.state, closed=closing)
-        self.journal.close()
-        self.journal = JournalWriter(self.root, salt, int(closing))
         self.opened = False  # the next record starts with a new open marker
         self.marker_durable = False
         self.last_closed = closing
-        self.base, self.base_length = self.state.gen, self.state.length
+        self.base, self.base_length = st.gen, st.length
         self.rotatable = not self.full
-        _recovery.reap(self.state, self.blocks, self.probe)
+        _recovery.reap(st, self.blocks, self.probe)
+        return True
 
     def close(self) -> None:
         self._clear_window()

@@ -4,24 +4,31 @@ Every class also derives from the standard-library exception a caller would
 naturally catch (``FileNotFoundError``, ``TimeoutError``, ``ValueError``, ...),
 so code written against plain files keeps working. Messages name the blob path
 or the argument at fault and, where it helps, what to do next. All classes take
-a single message argument and pickle cleanly.
+a single message argument (the ``OSError`` ones also ``(errno, message,
+filename)``) and pickle cleanly.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+from typing import TypeVar
 
 __all__ = [
     "BlobClosedError",
     "BlobIOError",
     "BlobNotFoundError",
+    "BlobOSError",
+    "BlobPermissionError",
     "BlobTypeError",
     "CorruptBlobError",
     "DTypeMismatchError",
+    "DiskFullError",
     "InvalidArgumentError",
     "InvalidIndexError",
     "LockTimeoutError",
     "NotABlobError",
+    "ReadOnlyFilesystemError",
     "ShapeMismatchError",
     "TensorBlobError",
     "UnsupportedOperationError",
@@ -72,12 +79,86 @@ class BlobClosedError(TensorBlobError, ValueError):
     """An operation was attempted on a closed blob."""
 
 
-class BlobIOError(TensorBlobError, OSError):
+class BlobOSError(TensorBlobError, OSError):
+    """A disk operation on the blob failed; ``errno`` and ``filename`` are the system's.
+
+    Raised as it is for failures other than those of the subclasses below.
+    Unless it is a ``BlobIOError``, it came before any commit point: nothing
+    of the call was committed, everything committed before is intact, and
+    the handle stays usable. Takes ``(message)`` or ``(errno, message[,
+    filename])``, as ``OSError`` does; the message names the blob and the file.
+    """
+
+    def __str__(self) -> str:
+        if self.errno is None or self.strerror is None:
+            return super().__str__()
+        return f"[Errno {self.errno}] {self.strerror}"
+
+
+class DiskFullError(BlobOSError):
+    """The disk is full or a quota is reached (``ENOSPC``, ``EDQUOT``).
+
+    Nothing of the call was committed; free some space and retry with the
+    same handle.
+    """
+
+
+class ReadOnlyFilesystemError(BlobOSError):
+    """The blob is on a read-only filesystem (``EROFS``); open it with mode ``"r"``."""
+
+
+class BlobPermissionError(BlobOSError, PermissionError):
+    """The process may not read or write a file of the blob (``EACCES``, ``EPERM``)."""
+
+
+class BlobIOError(BlobOSError):
     """A disk operation failed at or after a commit point; the handle closed itself.
 
-    The transaction in flight is either committed or not, as the next open
-    finds it: reopen the blob (or run ``tensorblob recover``) to resolve it.
+    The message says what is durable. The transaction in flight is either
+    committed or not, as the next open finds it: reopen the blob (or run
+    ``tensorblob recover``) to resolve it.
     """
+
+
+_NOTHING_COMMITTED = (
+    "Nothing of this call was committed; every transaction committed before it is intact."
+)
+
+
+def from_os_error(
+    exc: OSError, blob: str, doing: str, status: str = _NOTHING_COMMITTED
+) -> BlobOSError:
+    """The tensorblob error for ``exc``, raised while ``doing`` something to ``blob``.
+
+    The class follows the errno (kept, as is the file name): ``DiskFullError``,
+    ``ReadOnlyFilesystemError``, ``BlobPermissionError``, else ``BlobOSError``.
+    ``status`` says what is committed; the message ends with what to do.
+    """
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        cls, what = DiskFullError, "the disk is full (or a disk quota is reached)"
+        todo = "Free some space and retry: the handle is still usable."
+    elif code == errno.EROFS:
+        cls, what = ReadOnlyFilesystemError, "the filesystem is read-only"
+        todo = "Open the blob with mode 'r' to read it."
+    elif code in (errno.EACCES, errno.EPERM):
+        cls, what = BlobPermissionError, "permission denied"
+        todo = "Check the permissions of the blob's directory and files."
+    else:
+        cls, what, todo = BlobOSError, exc.strerror or str(exc), ""
+    where = f" on {exc.filename!r}" if exc.filename else ""
+    message = f"blob {blob!r}: {doing} failed{where}: {what}. {status} {todo}".strip()
+    return os_error(cls, code, message, exc.filename)
+
+
+_E = TypeVar("_E", bound=OSError)
+
+
+def os_error(cls: type[_E], code: int | None, message: str, filename: object = None) -> _E:
+    """``cls(code, message, filename)``, or ``cls(message)`` when there is no errno."""
+    if code is None:
+        return cls(message)
+    return cls(code, message, filename) if filename is not None else cls(code, message)
 
 
 class UnsupportedOperationError(TensorBlobError, io.UnsupportedOperation):

@@ -208,13 +208,13 @@ def test_clean_blob_is_reported_clean_and_recover_touches_nothing(run: Run, blob
     assert f"the last writer was pid {os.getpid()} on {socket.gethostname()}" in info
     assert got["check"][0] == 0
     assert "result: clean" in got["check"][1]
-    # Blocks 0 and 1 were full at the last checkpoint, which recorded their crc32.
-    assert "data checksums: 2 block(s) verified against the manifest's crc32" in got["deep"][1]
+    # The blob was closed: every block's rows are durable, and each has its crc32.
+    assert "data checksums: 4 block(s) verified against their crc32" in got["deep"][1]
     assert got["deep_json"][1]["rows_read"] == 13
     assert got["deep_json"][1]["data_checksums"] == {
-        "verified": 2,
+        "verified": 4,
         "mismatched": 0,
-        "without_checksum": 2,
+        "without_checksum": 0,
     }
     assert got["dry"][0] == 0
     assert "nothing to do" in got["dry"][1]
@@ -607,7 +607,7 @@ def test_deep_check_finds_block_bytes_that_changed_on_disk(run: Run, blob: Any) 
     assert got["check"][0] == 0  # structure is fine: only --deep reads rows
     code, deep = got["deep"]
     assert code == 1
-    assert "block 0000000000000001: its bytes do not match the crc32 the manifest recorded" in deep
+    assert "block 0000000000000001 (rows 4 to 7): its bytes do not match the crc32" in deep
     assert "restore blocks/0000000000000001 from a backup" in deep
     assert got["deep_json"][1]["data_checksums"]["mismatched"] == 1
     assert codes(got["deep_json"][1]) == {"checksum"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from typing import Any
 
 import harness
@@ -147,3 +148,16 @@ def test_unlink_and_the_sweep_make_removed_leftovers_durable(tmp_path: Any) -> N
     made = min(i for i, (s, p) in enumerate(steps) if s == "mkdir" and ".blob.creating-" in p)
     syncs = [i for i, (s, p) in enumerate(steps) if s == "fsync_dir" and p == parent]
     assert any(gone < i < made for i in syncs), "the sweep's removal is not durable first"
+
+
+def test_every_mutation_of_the_durability_code_still_applies(tmp_path: Any) -> None:
+    """fuzz/mutate.py edits the engine's source by text: a refactor must not leave a
+    mutation behind that no longer finds its code (it would then prove nothing)."""
+    fuzz = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fuzz")
+    if fuzz not in sys.path:
+        sys.path.insert(0, fuzz)
+    import mutate  # noqa: PLC0415 - fuzz/ joins sys.path only here
+
+    for m in mutate.MUTATIONS:
+        dest = tmp_path / m.name / "tensorblob"
+        mutate.apply(m, str(dest))  # raises NotApplicable naming the edit

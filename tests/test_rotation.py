@@ -21,7 +21,7 @@ import harness
 import pytest
 import torch
 
-from tensorblob import CorruptBlobError, TensorBlob, _format, _manifest, _txn
+from tensorblob import CorruptBlobError, TensorBlob, _durable, _format, _manifest, _txn
 from tensorblob._meta import read_meta
 
 B = 4  # rows per block
@@ -113,7 +113,7 @@ def _killed_after_rotation(path: str, work: str) -> harness.Run:
     """
     ops = [["checkpoint_every", 200], ["open", "w", "normal", NEW]]
     ops += [["write", 1, 100 + i] for i in range(15)]
-    clean = harness.run_child(path, [*ops, ["close"]], 0, work)
+    clean = harness.run_child(path + ".clean", [*ops, ["close"]], 0, work)  # the same steps
     renames = [p for s, p, _ in clean.log if s == "rename" and p.endswith("journal")]
     assert len(renames) >= 2, "the journal did not rotate"
     assert not [p for s, p, _ in clean.log if s == "rename" and p.endswith("manifest")][1:]
@@ -202,7 +202,7 @@ def test_a_manifest_newer_than_the_rotated_journals_base_is_damage(
     _, header = _journal_header(path)
     m = _manifest_of(path)
     m.gen = header["gen"]  # a manifest of the journal's own generation: never written so
-    _manifest.write_manifest(str(path), m)
+    _durable.write_atomic(os.path.join(path, "manifest"), m.encode(B))
     before = harness.snapshot_files(str(path))
     with pytest.raises(CorruptBlobError, match="the journal may have been replaced"):
         TensorBlob.open(path, "r")
