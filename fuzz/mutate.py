@@ -115,10 +115,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "durable point",
         "the blocks written since the last durable point are not fsynced",
         (
-            _drop(
+            Edit(
                 "_txn.py",
                 "durable_point",
-                "self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)",
+                "sync_and_sum(st, self.blocks, dirty, new_files=new_files, sums=dirty)",
+                "sync_and_sum(st, self.blocks, set(), new_files=new_files, sums=dirty)",
             ),
         ),
     ),
@@ -130,8 +131,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_txn.py",
                 "durable_point",
-                "new_files=self.new_files or self.deleted)",
-                "new_files=False)",
+                "new_files = self.new_files or self.deleted",
+                "new_files = False",
             ),
         ),
     ),
@@ -167,10 +168,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "checkpoint",
         "the blocks are not fsynced before the new manifest",
         (
-            _drop(
+            Edit(
                 "_txn.py",
                 "_checkpoint",
-                "self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)",
+                "sync_and_sum(st, self.blocks, self.dirty, new_files=new_files, sums=st.blocks)",
+                "sync_and_sum(st, self.blocks, set(), new_files=new_files, sums=st.blocks)",
             ),
         ),
     ),
@@ -182,8 +184,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_txn.py",
                 "_checkpoint",
-                "new_files=self.new_files or self.deleted)",
-                "new_files=False)",
+                "new_files = self.new_files or self.deleted",
+                "new_files = False",
             ),
         ),
     ),

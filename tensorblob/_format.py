@@ -220,20 +220,36 @@ def check_meta(m: dict[str, Any], what: str) -> None:
 
 
 def check_manifest(m: dict[str, Any], what: str) -> None:
+    """Schema of a manifest body (F3). Plain loops: every open runs this over every block."""
     require(isinstance(m.get("uuid"), bytes), what, "bad uuid")
     for key in ("gen", "length", "next_id"):
         require(_is_int(m.get(key)), what, f"bad {key}")
     blocks, hwm, free = m.get("blocks"), m.get("hwm"), m.get("free")
-    require(isinstance(blocks, list) and all(_is_int(b) for b in blocks), what, "bad blocks")
-    require(isinstance(hwm, list) and len(hwm) == len(blocks), what, "bad hwm")
-    require(all(_is_int(h) for h in hwm), what, "bad hwm")
-    require(isinstance(free, list) and all(_is_int(b) for b in free), what, "bad free list")
-    crc = m.get("crc", [None] * len(blocks))  # absent in manifests written before 0.1.0
-    require(isinstance(crc, list) and len(crc) == len(blocks), what, "bad crc list")
-    require(all(c is None or (_is_int(c) and c < 1 << 32) for c in crc), what, "bad crc list")
-    psum = m.get("psum", [None] * len(blocks))  # absent in manifests written before 0.2.0
-    require(isinstance(psum, list) and len(psum) == len(blocks), what, "bad psum list")
-    require(all(p is None or _sum(p) for p in psum), what, "bad psum list")
+    require(_ints(blocks), what, "bad blocks")
+    require(_ints(hwm) and len(hwm) == len(blocks), what, "bad hwm")
+    require(_ints(free), what, "bad free list")
+    crc = m.get("crc")  # absent in manifests written before 0.1.0
+    require(crc is None or _opt_crcs(crc, len(blocks)), what, "bad crc list")
+    psum = m.get("psum")  # absent in manifests written before 0.2.0
+    require(psum is None or _opt_sums(psum, len(blocks)), what, "bad psum list")
+
+
+def _opt_crcs(x: Any, n: int) -> bool:
+    if type(x) is not list or len(x) != n:
+        return False
+    for c in x:  # noqa: SIM110 - a plain loop, as _ints
+        if c is not None and (type(c) is not int or not 0 <= c < 1 << 32):
+            return False
+    return True
+
+
+def _opt_sums(x: Any, n: int) -> bool:
+    if type(x) is not list or len(x) != n:
+        return False
+    for p in x:  # noqa: SIM110 - a plain loop, as _ints
+        if p is not None and not _sum(p):
+            return False
+    return True
 
 
 def _sum(p: Any) -> bool:
@@ -292,12 +308,22 @@ def check_record(r: dict[str, Any], what: str) -> None:
 def check_sums(r: dict[str, Any], what: str) -> None:
     """The optional checksums ``cs`` of a durable marker: ``[[bid, rows, crc], ...]`` (F6)."""
     cs = r.get("cs")
-    if cs is None:
-        return
-    ok = type(cs) is list and all(
-        type(e) is list and len(e) == 3 and _is_int(e[0]) and _sum(e[1:]) for e in cs
-    )
-    require(ok, what, f"record q={r['q']}: bad checksums")
+    if cs is not None:
+        require(_triples(cs), what, f"record q={r['q']}: bad checksums")
+
+
+def _triples(x: Any) -> bool:
+    if type(x) is not list:
+        return False
+    for e in x:  # a plain loop: this runs for every block of a close record at every open
+        if type(e) is not list or len(e) != 3:
+            return False
+        a, b, c = e
+        if type(a) is not int or type(b) is not int or type(c) is not int:
+            return False
+        if a < 0 or b < 0 or not 0 <= c < 1 << 32:
+            return False
+    return True
 
 
 def check_commit(r: dict[str, Any], what: str) -> None:

@@ -137,8 +137,11 @@ class JournalWriter:
         self.salt = salt
         self.seq = seq  # frames already in the journal
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        self.size = os.fstat(self.fd).st_size
-        self.room = self.size  # bytes below this offset have disk space
+        st = os.fstat(self.fd)
+        self.size = st.st_size
+        # Bytes below this offset have disk space: room an earlier writer of
+        # this journal reserved is still allocated (a journal has no holes).
+        self.room = max(self.size, st.st_blocks * 512)
         self.reservable = True  # False: the filesystem cannot reserve (appends may fail)
         self.broken = False
 

@@ -118,13 +118,13 @@ class State:
 
     def apply_sums(self, sums: list[list[int]], what: str) -> None:
         """Record the checksums ``[[bid, rows, crc], ...]`` of a durable marker (F6)."""
-        for bid, rows, crc in sums:
-            _format.require(
-                rows <= self.hwm.get(bid, -1) and crc < 1 << 32,
-                what,
-                f"checksum of block {bid} over {rows} rows does not fit the state",
-            )
-            self.sums[bid] = (rows, crc)
+        hwm, mine = self.hwm, self.sums
+        for bid, rows, crc in sums:  # check_sums has checked the types and ranges
+            if rows > hwm.get(bid, -1):
+                raise CorruptBlobError(
+                    f"{what}: checksum of block {bid} over {rows} rows does not fit the state"
+                )
+            mine[bid] = (rows, crc)
 
     def validate(self, block_size: int, what: str) -> None:
         need = -(-self.length // block_size)
@@ -223,8 +223,9 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
         if p is not None:
             st.sums[b] = (p[0], p[1])
     st.validate(block_size, what)
-    for b, (rows, _crc) in st.sums.items():
-        _format.require(rows <= st.hwm[b], what, f"checksum of block {b} covers unwritten rows")
+    for b, p in zip(body["blocks"], body.get("psum", []), strict=False):
+        if p is not None and p[0] > st.hwm[b]:
+            raise CorruptBlobError(f"{what}: checksum of block {b} covers unwritten rows")
     return st
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,42 @@ def extend_sums(state: State, blocks: BlockStore, bids: Iterable[int]) -> None:
         rows, crc = sums.get(bid, (0, 0))
         if h > rows:
             sums[bid] = (h, blocks.crc(bid, rows, h, crc))
+
+
+# Past this many bytes to checksum, the checksums are computed on a thread
+# while the blocks are fsynced: zlib releases the GIL, fsync waits on the
+# device. Below it a thread costs more than it saves.
+SUM_THREAD_BYTES = 8 << 20
+
+
+def sync_and_sum(
+    state: State, blocks: BlockStore, dirty: set[int], *, new_files: bool, sums: Iterable[int]
+) -> None:
+    """Fsync the ``dirty`` blocks (and ``blocks/`` if ``new_files``), and extend the
+    checksums of the blocks in ``sums``; the two overlap when there is much to checksum."""
+    ids = [b for b in sums if b in state.hwm]
+    todo = sum(state.hwm[b] - state.sums.get(b, (0, 0))[0] for b in ids)
+    if todo * blocks.meta.row_bytes < SUM_THREAD_BYTES:
+        if dirty or new_files:
+            blocks.sync(dirty, new_files=new_files)
+        extend_sums(state, blocks, ids)
+        return
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            extend_sums(state, blocks, ids)
+        except BaseException as exc:  # raised in the caller's thread below
+            failed.append(exc)
+
+    worker = threading.Thread(target=work, name="tensorblob-checksums")
+    worker.start()
+    try:
+        blocks.sync(dirty, new_files=new_files)
+    finally:
+        worker.join()
+    if failed:
+        raise failed[0]
 
 
 def sums_record(state: State, bids: Iterable[int]) -> list[list[int]]:

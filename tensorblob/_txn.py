@@ -77,6 +77,10 @@ PREFILL_AFTER = PREFILL_MIN
 # records: the next open then replays nothing. Collectors that open, append
 # and close all day would otherwise make every open replay their sessions.
 CLOSE_CHECKPOINT_RECORDS = 48
+# ... and past this many blocks written since the last durable point: the
+# checkpoint (a few fsyncs, nothing next to writing that many blocks) spares
+# every later open replaying them and their checksums.
+CLOSE_CHECKPOINT_BLOCKS = 16
 
 
 # What a BlobIOError says is durable, by the step that failed (see _give_up).
@@ -691,17 +695,19 @@ class Engine:
         j = self.journal
         # Not while the interpreter shuts down (a close from __del__): torch
         # may be half torn down by then.
-        long = j.size > CHECKPOINT_BYTES or (closing and j.seq > CLOSE_CHECKPOINT_RECORDS)
+        long = j.size > CHECKPOINT_BYTES or (
+            closing
+            and (j.seq > CLOSE_CHECKPOINT_RECORDS or len(self.dirty) > CLOSE_CHECKPOINT_BLOCKS)
+        )
         checkpointed = (
             long and not sys.is_finalizing() and self._checkpoint(closing=closing, optional=True)
         )
         if checkpointed and closing:
             return  # everything is durable, and the new journal says "closed"
         with self._poison_on_error("making commits durable", _DURABLE_POINT):
-            st = self.state
-            if self.dirty or self.new_files or self.deleted:
-                self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
-            _recovery.extend_sums(st, self.blocks, self.dirty)
+            st, dirty = self.state, self.dirty
+            new_files = self.new_files or self.deleted
+            _recovery.sync_and_sum(st, self.blocks, dirty, new_files=new_files, sums=dirty)
             record: dict[str, Any] = {"t": _format.REC_SYNC, "c": closing}
             sums = _recovery.sums_record(st, self.dirty)
             if sums:
@@ -765,10 +771,9 @@ class Engine:
         assert self.txn is None
         st = self.state
         with self._poison_on_error("checkpointing", _DURABLE_POINT):
-            if self.dirty or self.new_files or self.deleted:
-                self.blocks.sync(self.dirty, new_files=self.new_files or self.deleted)
+            new_files = self.new_files or self.deleted
+            _recovery.sync_and_sum(st, self.blocks, self.dirty, new_files=new_files, sums=st.blocks)
             self.deleted = self.new_files = False
-            _recovery.extend_sums(st, self.blocks, st.blocks)
         try:
             gen, salt = _recovery.stage_checkpoint(
                 self.root, st, self.meta.block_size, closed=closing
