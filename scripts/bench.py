@@ -11,6 +11,7 @@ Usage::
     python scripts/bench.py              # full run: 200k rows of 768 float32, 5/15 reps
     python scripts/bench.py --quick      # about a minute
     python scripts/bench.py --rows 500000 --dir /mnt/fast --json results.json
+    python scripts/bench.py --peers      # beside h5py, zarr, LMDB, SQLite, ... (bench_peers.py)
 
 The exit code is 0 whatever the PASS/MISS verdicts: this is a report, not a test.
 Everything the run creates lives in one fresh directory that is removed at the end.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -909,7 +911,7 @@ class Bench:
 # -- main ----------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="about a one-minute run")
     ap.add_argument("--rows", type=int, help="rows of the read/write blobs (default 200k)")
@@ -922,9 +924,53 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, help="torch.set_num_threads(N) first (default: torch's choice)"
     )
     ap.add_argument(
-        "--only", help="comma-separated subset of: reads,write,single,full,sessions,open,memory"
+        "--only",
+        help="comma-separated subset of: reads,write,single,full,sessions,open,memory; "
+        "with --peers: power,process,open,session,bulk,row,gather,scan",
     )
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--peers",
+        nargs="?",
+        const="all",
+        metavar="LIST",
+        help="instead of the figures, run the same workloads on tensorblob and its peers "
+        "(all, or a comma-separated subset of: tensorblob-0.3.0,np.memmap,h5py,zarr,lmdb,"
+        "sqlite); medians of 3, one process per measurement; see scripts/bench_peers.py",
+    )
+    ap.add_argument(
+        "--peer-cache",
+        metavar="DIR",
+        help="with --peers: where tensorblob 0.3.0 is installed on demand "
+        "(default: ~/.cache/tensorblob-bench)",
+    )
+    ap.add_argument(
+        "--no-install",
+        action="store_true",
+        help="with --peers: never run pip; skip tensorblob 0.3.0 if it is not cached",
+    )
+    return ap
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    """``--peers``: the comparison with other stores, in scripts/bench_peers.py."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    bench_peers = importlib.import_module("bench_peers")
+
+    base = os.path.abspath(args.dir or tempfile.gettempdir())
+    os.makedirs(base, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="tensorblob-peers-", dir=base)
+    try:
+        return bench_peers.run(args, machine_facts(work), work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.peers is not None:
+        return run_peers(args)
     p = params_for(args.quick, args.rows)
     if args.reps:
         p.reps, p.fast_reps = args.reps, 3 * args.reps
