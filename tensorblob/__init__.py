@@ -1,6 +1,8 @@
 """tensorblob: crash-safe, growable, memory-mapped storage for same-shaped tensors."""
 
 from ._blob import TensorBlob
+from ._import import import_blob
+from ._transfer import export_blob
 from .errors import (
     BlobClosedError,
     BlobIOError,
@@ -47,4 +49,6 @@ __all__ = [
     "UnsupportedVersionError",
     "WaitTimeoutError",
     "__version__",
+    "export_blob",
+    "import_blob",
 ]
