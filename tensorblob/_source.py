@@ -76,8 +76,8 @@ def check_layout(path: str, what: str, dims: tuple[int, ...]) -> tuple[int, ...]
     return shape
 
 
-def spans(length: int, row_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
-    """Split rows ``0:length`` into ranges of about ``chunk_bytes`` (at least one row each)."""
-    step = max(1, chunk_bytes // max(1, row_bytes))
+def spans(length: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+    """Split rows ``0:length`` into ranges of about ``CHUNK_BYTES`` (at least one row each)."""
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
     for start in range(0, length, step):
         yield start, min(length, start + step)
