@@ -81,7 +81,9 @@ def _read_header(path: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
             else:
                 raise ValueError(f"unknown .npy version {version}")
             return shape, fortran, dtype, f.tell()
-    except (ValueError, SyntaxError, EOFError) as exc:
+    except OSError:
+        raise
+    except Exception as exc:  # numpy's parser raises ValueError, SyntaxError, TokenError...
         raise CorruptInputError(f"{path!r} is not a valid .npy file: {exc}") from None
 
 
