@@ -251,8 +251,6 @@ def _follow(
                         yield rows[i]
                 idle_since = time.monotonic()
                 continue
-            if watcher.gone:
-                return
             wait = None
             if until_closed:
                 state = _writer_state(root, meta, length)
@@ -266,6 +264,8 @@ def _follow(
                     return
                 wait = left if wait is None else min(wait, left)
             watcher.wait(wait)
+            if watcher.gone:  # deleted or moved: nothing more will come
+                return
 
 
 def _writer_state(root: str, meta: Meta, length: int) -> str:
