@@ -13,7 +13,8 @@ does not see (another machine writing to a network filesystem).
 "The writer closed the blob for good" is defined as: no process holds the
 writer lock, and the committed state is clean (its journal ends with the
 close marker the last writer's ``close()`` wrote, F7.5) and has no rows the
-follower has not been given. A writer that crashed did not close the blob:
+follower has not been given (``_writer_state`` says how this is tested
+without a race). A writer that crashed did not close the blob:
 followers keep waiting for the one that recovers it. Whether the lock is
 held is tested as ``tensorblob check`` tests it: a non-blocking ``flock``,
 released at once.
@@ -271,18 +272,31 @@ def _follow(
 def _writer_state(root: str, meta: Meta, length: int) -> str:
     """``"closed"``, ``"clean-held"`` (closed journal, lock held) or ``"open"``.
 
-    The lock is tested first: if it is free and, after that, the committed
-    state is clean with exactly the rows already given, no writer held the
-    blob at the instant of the test and the last one had closed it.
+    Closed means: the committed state is clean with exactly ``length`` rows,
+    then the lock is free, then the committed state is still the same one
+    (same generation, sequence, length and frames). So at the instant of the
+    lock test no writer held the blob and the last one had closed it: a
+    writer that took the lock since and changed anything changed the state.
     """
-    held = _lock_held(root)
+    before = _identity(root, meta)
+    if before is None or before[0] != length:
+        return "open"
+    if _lock_held(root):
+        return "clean-held"  # a writer's close releases the lock without a frame
+    return "closed" if _identity(root, meta) == before else "open"
+
+
+def _identity(root: str, meta: Meta) -> tuple[int, int, int, int] | None:
+    """Length, generation, sequence and frame count of a clean committed state, else None."""
     try:
         loaded = _recovery.load(root, meta)
     except OSError:
-        return "open"  # the blob is being replaced or removed: the watcher will tell
-    if not loaded.clean or loaded.state.length != length:
-        return "open"
-    return "clean-held" if held else "closed"
+        return None  # the blob is being removed: the watcher will tell
+    j = loaded.journal
+    if not loaded.clean or j is None:
+        return None
+    s = loaded.state
+    return (s.length, s.gen, s.seq, len(j.records))
 
 
 def _lock_held(root: str) -> bool:
