@@ -159,13 +159,14 @@ def run_export(
             head = _fmt_safetensors.header(dtype, shape, n, blob.path, name)
 
         def pieces() -> Iterator[memoryview]:
-            done = 0
             for start, stop in spans(n, dtype.itemsize * _numel(shape)):
-                rows = blob[start:stop]  # a new contiguous tensor: its bytes, as stored
-                yield memoryview(rows.reshape(-1).view(torch.uint8).numpy())
-                done = stop
+                # A new contiguous tensor: its bytes, as stored. Only the view
+                # keeps it alive, so one piece at a time is in memory.
+                view = memoryview(blob[start:stop].reshape(-1).view(torch.uint8).numpy())
+                yield view
+                del view
                 if progress is not None:
-                    progress(done, n)
+                    progress(stop, n)
 
         nbytes = _write_whole(out_path, head, pieces(), replace=if_exists == "replace")
         return Transfer(blob.path, out_path, fmt, dtype, shape, n, nbytes, time.monotonic() - t0)
@@ -207,6 +208,7 @@ def _write_whole(out: str, head: bytes, pieces: Iterator[memoryview], *, replace
             for piece in pieces:
                 _durable.append(fd, piece, tmp)  # type: ignore[arg-type]
                 nbytes += len(piece)
+                del piece  # before the next piece is read
             _durable.fdatasync(fd, tmp)
             if not replace and os.path.lexists(out):  # appeared while we wrote
                 raise DestinationExistsError(
