@@ -21,7 +21,6 @@ import safetensors.torch
 import torch
 
 from tensorblob import (
-    BlobIOError,
     BlobNotFoundError,
     CorruptInputError,
     DestinationExistsError,
@@ -30,7 +29,6 @@ from tensorblob import (
     TensorBlob,
     UnsupportedFormatError,
     WaitTimeoutError,
-    _durable,
     _source,
     export_blob,
     import_blob,
@@ -384,67 +382,3 @@ def test_new_error_classes_are_the_stdlib_errors_a_caller_would_catch():
     assert issubclass(DestinationExistsError, FileExistsError)
     assert issubclass(WaitTimeoutError, TimeoutError)
     assert issubclass(MissingDependencyError, ImportError)
-
-
-# -- atomicity -----------------------------------------------------------------------
-
-
-class Boom(OSError):
-    pass
-
-
-def _fail_at(step: str, nth: int = 1):
-    seen = {"n": 0}
-
-    def hook(name: str, path: str, extent: object) -> None:
-        if name == step:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                raise Boom(28, f"injected at {step}")
-
-    return hook
-
-
-@pytest.mark.parametrize("step", ["create", "append", "fdatasync", "rename"])
-def test_an_export_that_fails_at_any_step_leaves_neither_the_file_nor_a_temporary(tmp_path, step):
-    src = make(tmp_path / "s.blob", torch.arange(40.0).reshape(10, 4))
-    old = _durable.set_fault_hook(_fail_at(step, nth=2 if step == "append" else 1))
-    try:
-        with pytest.raises(BlobIOError, match="nothing was written"):
-            export_blob(src, tmp_path / "x.npy")
-    finally:
-        _durable.set_fault_hook(old)
-    assert listing(tmp_path) == ["s.blob"]
-
-
-def test_a_temporary_left_by_a_killed_export_is_removed_by_the_next_export(tmp_path):
-    src = make(tmp_path / "s.blob", torch.arange(40.0).reshape(10, 4))
-    pid = os.fork()
-    if pid == 0:  # the child dies after writing the temporary file, before the rename
-        _durable.set_fault_hook(lambda s, p, e: os._exit(9) if s == "rename" else None)
-        export_blob(src, tmp_path / "x.npy")
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 9
-    left = [n for n in listing(tmp_path) if n.startswith(".x.npy.export-")]
-    assert len(left) == 1
-    assert not (tmp_path / "x.npy").exists()
-    export_blob(src, tmp_path / "x.npy")
-    assert listing(tmp_path) == ["s.blob", "x.npy"]
-    assert np.load(tmp_path / "x.npy").tolist() == content(src).tolist()
-
-
-def test_an_import_that_fails_midway_commits_nothing_and_removes_a_blob_it_created(tmp_path):
-    np.save(tmp_path / "in.npy", np.arange(400, dtype=np.float32).reshape(100, 4))
-    old = _durable.set_fault_hook(_fail_at("write_rows", nth=3))
-    try:
-        with pytest.raises(OSError, match="injected"):
-            import_blob(tmp_path / "in.npy", tmp_path / "new", block_size=8)
-        assert not (tmp_path / "new").exists()
-        dst = make(tmp_path / "dst", torch.ones(2, 4))
-        _durable.set_fault_hook(_fail_at("write_rows", nth=3))
-        with pytest.raises(OSError, match="injected"):
-            import_blob(tmp_path / "in.npy", dst, if_exists="replace")
-    finally:
-        _durable.set_fault_hook(old)
-    assert content(dst).tolist() == [[1.0] * 4] * 2  # the old rows, untouched
