@@ -68,12 +68,14 @@ def sniff(path: str) -> str:
 
 def open_source(path: str, format: str | None = None, name: str | None = None) -> Source:
     """Check the input at ``path`` completely and return its rows (see ``import_blob``)."""
-    fmt = sniff(path) if format is None else choice(format, "format", IMPORT_FORMATS)
-    if not os.path.lexists(path):
-        raise BlobNotFoundError(f"nothing to import at {path!r}: no such file or directory")
-    if name is not None and fmt != "safetensors":
-        raise InvalidArgumentError(f"name={name!r} applies only to .safetensors inputs")
+    fmt = "known" if format is None else choice(format, "format", IMPORT_FORMATS)
     try:
+        if format is None:
+            fmt = sniff(path)
+        if not os.path.lexists(path):
+            raise BlobNotFoundError(f"nothing to import at {path!r}: no such file or directory")
+        if name is not None and fmt != "safetensors":
+            raise InvalidArgumentError(f"name={name!r} applies only to .safetensors inputs")
         if fmt == "npy":
             return _fmt_npy.open_source(path)
         if fmt == "safetensors":
@@ -138,7 +140,10 @@ def import_blob(
         NotABlobError: ``dst`` exists and is not a blob.
         MissingDependencyError: a ``.safetensors`` input without the safetensors package.
         LockTimeoutError: another writer kept ``dst``'s lock past ``timeout``.
-        BlobIOError: reading ``src`` or writing ``dst`` failed.
+        BlobIOError: reading ``src`` failed while it was checked, or a commit
+            step of ``dst`` failed (its handle closed itself; see ``TensorBlob``).
+        OSError: reading ``src`` or writing ``dst``'s rows failed (a full disk)
+            during the transaction, which was rolled back.
     """
     return run_import(
         src,
