@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _durable, _format, _recovery
+from . import _durable, _format, _recovery, _watch
 from ._blocks import BLOCKS, BlockStore, default_max_cached, parse_block_name
 from ._journal import JOURNAL, JournalWriter, encode_journal
 from ._locking import LOCK, READERS, ReaderLease, WriterLock, hold_dir
@@ -447,6 +447,59 @@ class TensorBlob:
             if self._verify:
                 self._blocks.verify = self._state.sums
         return self._state.length
+
+    def wait_for(self, n: int, timeout: float | None = None) -> int:
+        """Wait until the newest commit has at least ``n`` rows, move to it; return its length.
+
+        A ``refresh()`` that sleeps, without using the CPU, until a writer in
+        another process commits enough rows (inotify on the blob directory;
+        docs/guide.md, "Following a growing blob"). Returns at once if the
+        newest commit already has them. Rows committed and then truncated away
+        by the writer before this looks do not count.
+
+        Args:
+            n: The number of rows to wait for.
+            timeout: Seconds to wait at most; None (default) waits for ever.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` passed first; the snapshot moved to
+                the newest commit all the same.
+            UnsupportedOperationError: the blob is open for writing: only this
+                handle could add the rows.
+            BlobNotFoundError: the blob was deleted or moved while waiting.
+            InvalidArgumentError: ``n`` or ``timeout`` is negative.
+            BlobTypeError: ``n`` is not an int.
+            BlobClosedError: the blob is closed.
+        """
+        return _watch.wait_for(self, n, timeout)
+
+    def follow(
+        self, batch: int | None = None, timeout: float | None = None, *, until_closed: bool = True
+    ) -> Iterator[torch.Tensor]:
+        """Yield rows from the cursor on, and then each row as a writer commits it (``tail -f``).
+
+        Refreshes the snapshot as it goes and advances the cursor past what it
+        yields. Sleeps without using the CPU while no row comes (see
+        ``wait_for``). Stops when the writer has closed the blob for good: no
+        writer holds the lock and the last one closed the blob (a crashed
+        writer did not: it waits for the next one), and every row was yielded.
+
+        Args:
+            batch: None (default) yields one row at a time, shape ``shape``;
+                an int yields tensors ``(k, *shape)`` of what is committed, up to
+                ``batch`` rows each (it never waits to fill a batch).
+            timeout: Stop after this many seconds without a new row; None
+                (default) has no limit.
+            until_closed: False keeps following after the writer closes the
+                blob, for the next writer (until ``timeout``).
+
+        Raises:
+            UnsupportedOperationError: the blob is open for writing.
+            InvalidArgumentError: ``batch`` is below 1, or ``timeout`` negative.
+            BlobTypeError: ``batch`` is not an int or None.
+            BlobClosedError: the blob is closed.
+        """
+        return _watch.follow(self, batch, timeout, until_closed)
 
     def _open_writer(self) -> None:
         loaded = _recovery.load(self._path, self._meta)

@@ -1,5 +1,8 @@
 """The ``tensorblob`` command: ``info``, ``check`` and ``recover`` for operators (docs/cli.md).
 
+``export`` and ``import`` (rows to and from ``.npy``, ``.safetensors`` and the
+original tensorblob) live in ``_cli_transfer``.
+
 Exit codes (every command): 0 all is well; 1 problems found (``check``), the
 blob is damaged (``info``) or ``recover`` stopped or failed; 2 usage error,
 not a blob, or a newer format version; 3 (``recover``) another writer holds
@@ -19,7 +22,7 @@ import textwrap
 import time
 from typing import Any, TextIO
 
-from . import __version__, _check, _deep, _repair
+from . import __version__, _check, _cli_transfer, _deep, _repair
 from ._findings import Problem, Scan
 from ._meta import dtype_name
 
@@ -64,7 +67,8 @@ def _parser() -> _Parser:
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p = _Parser(
         prog="tensorblob",
-        description="Inspect, check and recover tensorblob blobs (see docs/cli.md).",
+        description="Inspect, check and recover tensorblob blobs, and export or import their "
+        "rows (see docs/cli.md).",
     )
     p.add_argument("--version", action="version", version=f"tensorblob {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -105,6 +109,7 @@ def _parser() -> _Parser:
         action="store_true",
         help="on damage, keep the longest consistent prefix and drop the rest (reported)",
     )
+    _cli_transfer.add_parsers(sub, _timeout)
     return p
 
 
@@ -121,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
-    handler = {"info": _info, "check": _check_cmd, "recover": _recover}[args.command]
+    handler = {
+        "info": _info,
+        "check": _check_cmd,
+        "recover": _recover,
+        "export": _cli_transfer.run_export,
+        "import": _cli_transfer.run_import,
+    }[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

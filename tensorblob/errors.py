@@ -22,17 +22,22 @@ __all__ = [
     "BlobPermissionError",
     "BlobTypeError",
     "CorruptBlobError",
+    "CorruptInputError",
     "DTypeMismatchError",
+    "DestinationExistsError",
     "DiskFullError",
     "InvalidArgumentError",
     "InvalidIndexError",
     "LockTimeoutError",
+    "MissingDependencyError",
     "NotABlobError",
     "ReadOnlyFilesystemError",
     "ShapeMismatchError",
     "TensorBlobError",
+    "UnsupportedFormatError",
     "UnsupportedOperationError",
     "UnsupportedVersionError",
+    "WaitTimeoutError",
 ]
 
 
@@ -47,8 +52,9 @@ class TensorBlobError(Exception):
 class BlobNotFoundError(TensorBlobError, FileNotFoundError):
     """The path does not exist and the mode does not create a blob.
 
-    Also raised by ``TensorBlob.unlink`` without ``missing_ok``, and when the
-    parent directory of a blob to create does not exist.
+    Also raised by ``TensorBlob.unlink`` without ``missing_ok``, when the
+    parent directory of a blob (or of an exported file) to create does not
+    exist, and by ``import_blob`` when its input does not exist.
     """
 
 
@@ -188,3 +194,40 @@ class ShapeMismatchError(TensorBlobError, ValueError):
 
 class InvalidIndexError(TensorBlobError, IndexError):
     """A row index is out of range for the blob's length."""
+
+
+class UnsupportedFormatError(TensorBlobError, ValueError):
+    """A file format cannot hold this data, or the format is unknown.
+
+    Raised by ``export_blob`` and ``import_blob`` before anything is written:
+    ``bfloat16`` rows to ``.npy`` (NumPy has no such dtype), an input whose
+    dtype or shape no blob can hold, or a path whose format cannot be told.
+    """
+
+
+class CorruptInputError(TensorBlobError, ValueError):
+    """A file to import is damaged, cut short, or not of the format it claims.
+
+    Raised by ``import_blob`` before anything is written; the message names
+    the file.
+    """
+
+
+class DestinationExistsError(TensorBlobError, FileExistsError):
+    """The destination of an export or import exists and the call may not replace it.
+
+    ``export_blob`` refuses an existing file and ``import_blob`` a blob that
+    holds rows, unless told otherwise (``if_exists=``).
+    """
+
+
+class WaitTimeoutError(TensorBlobError, TimeoutError):
+    """``wait_for`` gave up: the blob did not reach the rows asked for within ``timeout``."""
+
+
+class MissingDependencyError(TensorBlobError, ImportError):
+    """An optional package that this call needs is not installed.
+
+    The message names the package and the extra that installs it
+    (``pip install 'tensorblob[safetensors]'``).
+    """

@@ -1,0 +1,211 @@
+"""The ``tensorblob export`` and ``tensorblob import`` commands (docs/cli.md).
+
+Exit codes, as for the other commands: 0 done; 1 the work failed (a damaged
+input or blob, an I/O error such as a full disk); 2 usage error, not a blob,
+a format that cannot hold the data, or a destination that exists; 3
+(``import``) another writer held the destination's lock past ``--timeout``.
+Whatever the code, a failed command leaves no output file and changes no
+blob. ``--json`` prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from typing import Any
+
+from . import _import, _transfer
+from ._findings import Problem
+from ._fmt_safetensors import DEFAULT_NAME
+from ._meta import dtype_name
+from .errors import (
+    BlobNotFoundError,
+    BlobTypeError,
+    CorruptBlobError,
+    CorruptInputError,
+    DestinationExistsError,
+    InvalidArgumentError,
+    LockTimeoutError,
+    MissingDependencyError,
+    NotABlobError,
+    UnsupportedFormatError,
+    UnsupportedVersionError,
+)
+
+# Exception class -> exit code, verdict (= problem code), what to do. First match wins.
+_OUTCOMES: list[tuple[type[BaseException], int, str, str]] = [
+    (LockTimeoutError, 3, "busy", "close the other writer, or pass a larger --timeout"),
+    (BlobNotFoundError, 2, "not-found", "check the path"),
+    (NotABlobError, 2, "not-a-blob", "check the path"),
+    (UnsupportedVersionError, 2, "unsupported-version", "use a newer tensorblob"),
+    (UnsupportedFormatError, 2, "unsupported-format", "see the message: another format or input"),
+    (
+        DestinationExistsError,
+        2,
+        "exists",
+        "pass --replace (import also takes --append), or choose another destination",
+    ),
+    (MissingDependencyError, 2, "missing-dependency", "pip install 'tensorblob[safetensors]'"),
+    (InvalidArgumentError, 2, "usage", "see --help"),
+    (BlobTypeError, 2, "usage", "see --help"),
+    (CorruptInputError, 1, "damaged-input", "the input is damaged: recreate it from its source"),
+    (CorruptBlobError, 1, "damaged", "run `tensorblob check PATH` for what happened"),
+    (OSError, 1, "failed", "fix the cause (a full disk, permissions) and run the command again"),
+]
+
+
+def add_parsers(sub: Any, timeout: Any) -> None:
+    """Add ``export`` and ``import`` to the ``tensorblob`` parser's subcommands.
+
+    ``timeout`` is the argparse type of ``--timeout`` (as ``recover`` takes it).
+    """
+    e = sub.add_parser(
+        "export",
+        help="write a blob's rows to a .npy or .safetensors file",
+        description="Write every committed row of the blob SRC into the file OUT, bit for "
+        "bit, streamed in bounded pieces. OUT appears whole or not at all. Exit 0 done, "
+        "1 failed, 2 usage error, not a blob, unsupported format or OUT exists.",
+    )
+    e.add_argument("src", metavar="SRC", help="the blob directory")
+    e.add_argument("out", metavar="OUT", help="the file to write (*.npy or *.safetensors)")
+    e.add_argument("--format", choices=_transfer.EXPORT_FORMATS, help="default: OUT's suffix")
+    e.add_argument(
+        "--name", default=DEFAULT_NAME, help=f"the tensor's name in .safetensors ({DEFAULT_NAME})"
+    )
+    e.add_argument("--replace", action="store_true", help="replace an existing OUT atomically")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    i = sub.add_parser(
+        "import",
+        help="copy a .npy, .safetensors or original tensorblob into a blob",
+        description="Copy the rows of IN (a .npy file, a .safetensors file, or a blob of the "
+        "original tensorblob 0.3) into the blob DST, creating it, in one transaction. Exit 0 "
+        "done, 1 failed, 2 usage error, unsupported or DST holds rows, 3 DST's lock is busy.",
+    )
+    i.add_argument("src", metavar="IN", help="the file or original blob directory to read")
+    i.add_argument("dst", metavar="DST", help="the blob to create or fill")
+    i.add_argument("--format", choices=_import.IMPORT_FORMATS, help="default: told from IN's bytes")
+    i.add_argument("--name", help="the tensor to read from .safetensors (default: data)")
+    i.add_argument("--block-size", type=int, metavar="N", help="rows per block of a new DST")
+    how = i.add_mutually_exclusive_group()
+    how.add_argument("--replace", action="store_true", help="replace the rows DST holds")
+    how.add_argument("--append", action="store_true", help="append after the rows DST holds")
+    i.add_argument(
+        "--timeout",
+        type=timeout,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for DST's writer lock (default 30)",
+    )
+    i.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """The ``export`` command; return its exit code."""
+    blob, file = os.path.abspath(args.src), os.path.abspath(args.out)
+    return _run(
+        args,
+        "export",
+        blob,
+        file,
+        lambda progress: _transfer.run_export(
+            args.src,
+            args.out,
+            format=args.format,
+            name=args.name,
+            if_exists="replace" if args.replace else "error",
+            progress=progress,
+        ),
+    )
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """The ``import`` command; return its exit code."""
+    blob, file = os.path.abspath(args.dst), os.path.abspath(args.src)
+    if_exists = "replace" if args.replace else "append" if args.append else "error"
+    return _run(
+        args,
+        "import",
+        blob,
+        file,
+        lambda progress: _import.run_import(
+            args.src,
+            args.dst,
+            format=args.format,
+            name=args.name,
+            block_size=args.block_size,
+            if_exists=if_exists,
+            timeout=args.timeout,
+            progress=progress,
+        ),
+    )
+
+
+def _run(args: argparse.Namespace, command: str, blob: str, file: str, work: Any) -> int:
+    from . import _cli  # noqa: PLC0415 - _cli imports this module: its helpers, at run time
+
+    progress = _cli.Progress(command)
+    done: _transfer.Transfer | None = None
+    problems: list[Problem] = []
+    try:
+        done = work(progress)
+        code, verdict = 0, "exported" if command == "export" else "imported"
+    except Exception as exc:
+        outcome = next((o for o in _OUTCOMES if isinstance(exc, o[0])), None)
+        if outcome is None:
+            raise
+        _, code, verdict, fix = outcome
+        problems.append(Problem("error", verdict, str(exc), fix))
+    finally:
+        progress.close()
+    actions = [_action(command, done)] if done is not None else []
+    if args.json:
+        result = _cli._result(code, verdict, problems, blob)
+        _cli._print_json(
+            {"command": command, "path": blob, **result, "actions": actions, **_facts(file, done)}
+        )
+        return code
+    if command == "export":
+        print(f"export {blob} -> {file}")
+    else:
+        print(f"import {file} -> {blob}")
+    _cli._print_problems(problems, blob)
+    for action in actions:
+        _cli._say(sys.stdout, action, "  ", 4)
+    if done is not None:
+        _cli._say(sys.stdout, f"result: {verdict}")
+    else:
+        what = "no file was written" if command == "export" else "the blob was not changed"
+        _cli._say(sys.stdout, f"result: failed ({verdict}); {what}")
+    return code
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _action(command: str, t: _transfer.Transfer) -> str:
+    mib = t.nbytes / (1 << 20)
+    rate = f" ({mib / t.seconds:.0f} MiB/s)" if mib >= 1 and t.seconds > 0 else ""
+    layout = f"{t.rows} row(s) of {dtype_name(t.dtype)} {_shape(t.shape)}"
+    size = f"{t.nbytes} bytes in {t.seconds:.2f} s{rate}"
+    if command == "export":
+        return f"wrote {shlex.quote(t.file)} ({t.format}): {layout}, {size}"
+    return f"copied {layout} from {t.format} in one transaction, {size}"
+
+
+def _facts(file: str, t: _transfer.Transfer | None) -> dict[str, Any]:
+    if t is None:
+        return {"file": file} | dict.fromkeys(
+            ("format", "rows", "dtype", "shape", "bytes", "seconds")
+        )
+    return {
+        "file": t.file,
+        "format": t.format,
+        "rows": t.rows,
+        "dtype": dtype_name(t.dtype),
+        "shape": list(t.shape),
+        "bytes": t.nbytes,
+        "seconds": round(t.seconds, 6),
+    }

@@ -1,0 +1,248 @@
+"""Data in: ``import_blob`` copies a ``.npy``, ``.safetensors`` or original blob into a blob.
+
+The input is checked completely first (``_fmt_*.open_source``), so every
+refusal comes before anything is written; then its rows go into the blob in
+one transaction, a bounded piece at a time. Importing the original
+tensorblob's ``TensorDB`` will be one more function here, once this library
+has a ``TensorDB``: a ``_fmt_orig`` reader returning one ``Source`` per
+field (cut to the database's committed ``len``), and a loop like
+``_import_rows`` writing all fields in one transaction of the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+from . import _fmt_npy, _fmt_orig, _fmt_safetensors
+from ._blob import DEFAULT_TIMEOUT, TensorBlob
+from ._meta import META
+from ._source import Source, spans
+from ._transfer import SUFFIXES, Progress, Transfer, abspath, choice
+from .errors import (
+    BlobIOError,
+    BlobNotFoundError,
+    DestinationExistsError,
+    InvalidArgumentError,
+    UnsupportedFormatError,
+)
+
+IMPORT_FORMATS = ("npy", "safetensors", "tensorblob-0.3")
+
+
+def sniff(path: str) -> str:
+    """Tell the format of the input at ``path`` from its first bytes (or what it holds).
+
+    Raises:
+        BlobNotFoundError: nothing at ``path``.
+        UnsupportedFormatError: not a format ``import_blob`` reads.
+    """
+    if not os.path.lexists(path):
+        raise BlobNotFoundError(f"nothing to import at {path!r}: no such file or directory")
+    if os.path.isdir(path):
+        if _fmt_orig.is_original(path):
+            return "tensorblob-0.3"
+        if os.path.exists(os.path.join(path, META)):
+            raise UnsupportedFormatError(
+                f"{path!r} is already a blob of this library: copy its rows with "
+                "TensorBlob.extend, not import"
+            )
+        raise UnsupportedFormatError(
+            f"directory {path!r} is not a blob of the original tensorblob (no .conf and .stat)"
+        )
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(_fmt_npy.MAGIC):
+        return "npy"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    found = SUFFIXES.get(os.path.splitext(path)[1].lower())
+    if found is None:
+        raise UnsupportedFormatError(
+            f"cannot tell the format of {path!r}: it is not a .npy, .safetensors, or a blob "
+            "directory of the original tensorblob"
+        )
+    return found  # a damaged file of a known suffix: its reader says what is wrong
+
+
+def open_source(path: str, format: str | None = None, name: str | None = None) -> Source:
+    """Check the input at ``path`` completely and return its rows (see ``import_blob``)."""
+    fmt = "known" if format is None else choice(format, "format", IMPORT_FORMATS)
+    try:
+        if format is None:
+            fmt = sniff(path)
+        if not os.path.lexists(path):
+            raise BlobNotFoundError(f"nothing to import at {path!r}: no such file or directory")
+        if name is not None and fmt != "safetensors":
+            raise InvalidArgumentError(f"name={name!r} applies only to .safetensors inputs")
+        if fmt == "npy":
+            return _fmt_npy.open_source(path)
+        if fmt == "safetensors":
+            return _fmt_safetensors.open_source(
+                path, None if name is None else _fmt_safetensors.check_name(name)
+            )
+        if not os.path.isdir(path):
+            raise UnsupportedFormatError(f"{path!r} is a file, not an original blob directory")
+        return _fmt_orig.open_source(path)
+    except IsADirectoryError:
+        raise UnsupportedFormatError(f"{path!r} is a directory, not a {fmt} file") from None
+    except OSError as exc:
+        if isinstance(exc, (BlobIOError, BlobNotFoundError)):
+            raise
+        raise BlobIOError(f"reading {path!r} failed: {exc}") from exc
+
+
+def import_blob(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    name: str | None = None,
+    block_size: int | None = None,
+    if_exists: str = "error",
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+) -> int:
+    """Copy the rows of ``src`` into the blob ``dst`` in one transaction; return the rows copied.
+
+    ``src`` is a ``.npy`` file, a ``.safetensors`` file (one tensor of it), or
+    a blob directory of the original tensorblob (0.3). Rows are copied bit for
+    bit, in pieces of a few tens of MiB. ``dst`` is created (its layout taken
+    from ``src``) unless it exists. The rows go in as one transaction: after a
+    crash ``dst`` holds all of them or none of them (a ``dst`` this call
+    created is then an empty blob, which a rerun accepts). On an error
+    ``dst`` is left as it was, and one this call created is deleted again.
+
+    Args:
+        src: The input. Only read.
+        dst: The blob to fill.
+        format: ``"npy"``, ``"safetensors"`` or ``"tensorblob-0.3"``; by default
+            told from the input's first bytes.
+        name: The tensor of a ``.safetensors`` file; by default ``"data"``, or
+            the file's only tensor.
+        block_size: Rows per block of a new ``dst``; by default the original
+            blob's, else 8192.
+        if_exists: What to do with a ``dst`` that holds rows: ``"error"``
+            (default) refuses; ``"replace"`` replaces its rows and ``"append"``
+            appends after them, in the same one transaction. An empty ``dst`` is
+            always accepted. Its dtype and row shape must match ``src``'s.
+        timeout: Seconds to wait for ``dst``'s writer lock.
+        progress: Called as ``progress(rows_done, rows_total)`` after each piece.
+
+    Raises:
+        BlobNotFoundError: nothing at ``src``, or ``dst``'s parent directory is missing.
+        UnsupportedFormatError: ``src``'s format cannot be told, or it holds
+            rows no blob holds (objects, strings, a 0-d array, a dimension of 0).
+        CorruptInputError: ``src`` is damaged or shorter than its header says.
+        DestinationExistsError: ``dst`` holds rows and ``if_exists`` is ``"error"``.
+        InvalidArgumentError: a bad argument, or ``dst``'s layout conflicts with ``src``.
+        NotABlobError: ``dst`` exists and is not a blob.
+        MissingDependencyError: a ``.safetensors`` input without the safetensors package.
+        LockTimeoutError: another writer kept ``dst``'s lock past ``timeout``.
+        BlobIOError: reading ``src`` failed while it was checked, or a commit
+            step of ``dst`` failed (its handle closed itself; see ``TensorBlob``).
+        OSError: reading ``src`` or writing ``dst``'s rows failed (a full disk)
+            during the transaction, which was rolled back.
+    """
+    return run_import(
+        src,
+        dst,
+        format=format,
+        name=name,
+        block_size=block_size,
+        if_exists=if_exists,
+        timeout=timeout,
+        progress=progress,
+    ).rows
+
+
+def run_import(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    name: str | None = None,
+    block_size: int | None = None,
+    if_exists: str = "error",
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+) -> Transfer:
+    """``import_blob``, returning what was done."""
+    t0 = time.monotonic()
+    src_path, dst_path = abspath(src, "src"), abspath(dst, "dst")
+    choice(if_exists, "if_exists", ("error", "replace", "append"))
+    source = open_source(src_path, format, name)
+    try:
+        _import_rows(
+            source,
+            dst=dst_path,
+            block_size=block_size,
+            if_exists=if_exists,
+            timeout=timeout,
+            progress=progress,
+        )
+    finally:
+        source.close()
+    nbytes = source.length * source.row_bytes
+    return Transfer(
+        dst_path,
+        src_path,
+        source.format,
+        source.dtype,
+        source.shape,
+        source.length,
+        nbytes,
+        time.monotonic() - t0,
+    )
+
+
+def _holds_something(path: str) -> bool:
+    return os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path))
+
+
+def _import_rows(
+    source: Source,
+    *,
+    dst: str,
+    block_size: int | None,
+    if_exists: str,
+    timeout: float,
+    progress: Progress | None,
+) -> None:
+    existed = _holds_something(dst)
+    if existed and if_exists == "error":
+        with TensorBlob.open(dst, "r") as old:  # a reader: changes nothing
+            _refuse_rows(old, source)
+    if block_size is None and not existed:
+        block_size = source.block_size
+    blob = TensorBlob.open(
+        dst, "a", dtype=source.dtype, shape=source.shape, block_size=block_size, timeout=timeout
+    )
+    created = not existed and len(blob) == 0
+    committed = False
+    try:
+        if if_exists == "error":
+            _refuse_rows(blob, source)  # again, under the lock: a writer may have been first
+        with blob.transaction():  # every row or none
+            if if_exists == "replace":
+                blob.truncate(0)
+            for start, stop in spans(source.length, source.row_bytes):
+                blob.write(source.read(start, stop))
+                if progress is not None:
+                    progress(stop, source.length)
+        committed = True
+    finally:
+        blob.close()
+        if not committed and created:  # created by this call: do not leave it behind
+            with contextlib.suppress(Exception):
+                TensorBlob.unlink(dst, missing_ok=True, timeout=0)
+
+
+def _refuse_rows(blob: TensorBlob, source: Source) -> None:
+    if len(blob):
+        raise DestinationExistsError(
+            f"blob {blob.path!r} already holds {len(blob)} rows; pass if_exists='replace' "
+            "(--replace) or 'append' (--append) to import "
+            f"{source.length} rows from {source.path!r} into it"
+        )

@@ -1,0 +1,253 @@
+"""Data out: ``export_blob`` writes a blob's rows to ``.npy`` or ``.safetensors``.
+
+Export and import (``_import``) are written against the public
+``TensorBlob`` API and move rows in bounded pieces
+(``_source.CHUNK_BYTES``), so a blob larger than memory goes through. Every
+check that can refuse the call runs before anything is written. The formats
+live in ``_fmt_npy``, ``_fmt_safetensors`` and ``_fmt_orig`` (the original
+tensorblob's blob directories, import only).
+
+An export's file appears whole or not at all: it is written to a hidden
+temporary file in the same directory (``.NAME.export-XXXXXXXX``), fsynced,
+renamed into place, and the directory is fsynced, each step through
+``_durable`` (the crash-injection seam). The temporary file is flocked while
+it is written; one left behind by a crash is deleted by the next export to
+the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import _durable, _fmt_npy, _fmt_safetensors
+from ._blob import TensorBlob
+from ._source import spans
+from .errors import (
+    BlobIOError,
+    BlobNotFoundError,
+    BlobTypeError,
+    DestinationExistsError,
+    InvalidArgumentError,
+    UnsupportedFormatError,
+)
+
+EXPORT_FORMATS = ("npy", "safetensors")
+SUFFIXES = {".npy": "npy", ".safetensors": "safetensors"}
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Transfer:
+    """What an export or import did (for the command line's report)."""
+
+    blob: str
+    file: str
+    format: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    rows: int
+    nbytes: int
+    seconds: float
+
+
+def abspath(path: object, what: str) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise BlobTypeError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def choice(value: object, what: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidArgumentError(f"{what}={value!r}: must be one of {', '.join(allowed)}")
+    return value
+
+
+def export_format(out: str, format: str | None) -> str:
+    """The format to export to: ``format``, or the one ``out``'s suffix names.
+
+    Raises:
+        InvalidArgumentError: ``format`` is not one of EXPORT_FORMATS.
+        UnsupportedFormatError: ``format`` is None and the suffix names no format.
+    """
+    if format is not None:
+        return choice(format, "format", EXPORT_FORMATS)
+    found = SUFFIXES.get(os.path.splitext(out)[1].lower())
+    if found is None:
+        raise UnsupportedFormatError(
+            f"cannot tell the format to export to from {out!r}: name it *.npy or "
+            "*.safetensors, or pass format='npy' or 'safetensors'"
+        )
+    return found
+
+
+def export_blob(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    name: str = _fmt_safetensors.DEFAULT_NAME,
+    if_exists: str = "error",
+    progress: Progress | None = None,
+) -> int:
+    """Write every row of the blob at ``src`` into one array file at ``out``; return the rows.
+
+    ``.npy``: one C-ordered little-endian array ``(len, *shape)``.
+    ``.safetensors``: one tensor of that shape, named ``name``. The rows are
+    copied bit for bit. The export reads one snapshot (the rows committed when
+    it starts) and holds at most a few tens of MiB of them in memory at once.
+    ``out`` appears whole or not at all, even after a crash or a power cut.
+
+    Args:
+        src: The blob to export. Only read: a writer may keep appending.
+        out: The file to write. Its directory must exist.
+        format: ``"npy"`` or ``"safetensors"``; by default, from ``out``'s suffix.
+        name: The tensor's name in a ``.safetensors`` file.
+        if_exists: ``"error"`` (default) refuses an existing ``out``;
+            ``"replace"`` replaces it atomically.
+        progress: Called as ``progress(rows_done, rows_total)`` after each piece.
+
+    Raises:
+        BlobNotFoundError: no blob at ``src``, or ``out``'s directory is missing.
+        NotABlobError: ``src`` is not a blob.
+        UnsupportedFormatError: the format cannot hold the blob's dtype (``bfloat16``
+            in ``.npy``; ``complex128`` in ``.safetensors``), or cannot be told
+            from ``out``. Nothing is written.
+        DestinationExistsError: ``out`` exists (or is a directory) and
+            ``if_exists`` is not ``"replace"``.
+        InvalidArgumentError: a bad ``format``, ``name`` or ``if_exists``.
+        BlobIOError: writing ``out`` failed (a full disk); no ``out`` was left.
+    """
+    return run_export(
+        src, out, format=format, name=name, if_exists=if_exists, progress=progress
+    ).rows
+
+
+def run_export(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    name: str = _fmt_safetensors.DEFAULT_NAME,
+    if_exists: str = "error",
+    progress: Progress | None = None,
+) -> Transfer:
+    """``export_blob``, returning what was done."""
+    t0 = time.monotonic()
+    out_path = abspath(out, "out")
+    fmt = export_format(out_path, format)
+    choice(if_exists, "if_exists", ("error", "replace"))
+    name = _fmt_safetensors.check_name(name)
+    parent = os.path.dirname(out_path)
+    if not os.path.isdir(parent):
+        raise BlobNotFoundError(
+            f"cannot export to {out_path!r}: directory {parent!r} does not exist"
+        )
+    _check_free(out_path, if_exists)
+    with TensorBlob.open(abspath(src, "src"), "r") as blob:
+        n, dtype, shape = len(blob), blob.dtype, blob.shape
+        if fmt == "npy":
+            head = _fmt_npy.header(dtype, shape, n, blob.path)
+        else:
+            head = _fmt_safetensors.header(dtype, shape, n, blob.path, name)
+
+        def pieces() -> Iterator[memoryview]:
+            for start, stop in spans(n, dtype.itemsize * _numel(shape)):
+                # A new contiguous tensor: its bytes, as stored. Only the view
+                # keeps it alive, so one piece at a time is in memory.
+                view = memoryview(blob[start:stop].reshape(-1).view(torch.uint8).numpy())
+                yield view
+                del view
+                if progress is not None:
+                    progress(stop, n)
+
+        nbytes = _write_whole(out_path, head, pieces(), replace=if_exists == "replace")
+        return Transfer(blob.path, out_path, fmt, dtype, shape, n, nbytes, time.monotonic() - t0)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _check_free(out: str, if_exists: str) -> None:
+    if os.path.isdir(out):
+        raise DestinationExistsError(f"cannot export to {out!r}: it is a directory")
+    if if_exists == "error" and os.path.lexists(out):
+        raise DestinationExistsError(
+            f"{out!r} exists; pass if_exists='replace' (--replace) to replace it"
+        )
+
+
+def _write_whole(out: str, head: bytes, pieces: Iterator[memoryview], *, replace: bool) -> int:
+    """Write ``head`` and ``pieces`` to ``out``, all or nothing and durably; return the bytes.
+
+    Steps, each through ``_durable``: create the hidden temporary file, append,
+    fdatasync it, rename it to ``out`` (the commit point), fsync the directory.
+    A failure removes the temporary file and leaves ``out`` as it was.
+    """
+    parent, base = os.path.split(out)
+    _sweep(parent, base)
+    tmp = os.path.join(parent, f".{base}.export-{secrets.token_hex(4)}")
+    nbytes = len(head)
+    try:
+        _durable.create_file(tmp, b"", sync=False)
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours: a sweeper leaves it alone
+            _durable.append(fd, head, tmp)
+            for piece in pieces:
+                _durable.append(fd, piece, tmp)  # type: ignore[arg-type]
+                nbytes += len(piece)
+                del piece  # before the next piece is read
+            _durable.fdatasync(fd, tmp)
+            if not replace and os.path.lexists(out):  # appeared while we wrote
+                raise DestinationExistsError(
+                    f"{out!r} appeared during the export; nothing was written"
+                )
+            _durable.rename(tmp, out)
+        finally:
+            os.close(fd)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            _durable.unlink(tmp, missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, DestinationExistsError):
+            raise BlobIOError(f"writing {out!r} failed ({exc}); nothing was written") from exc
+        raise
+    try:
+        _durable.fsync_dir(parent)
+    except OSError as exc:
+        raise BlobIOError(
+            f"{out!r} is written, but making its directory entry durable failed: {exc}"
+        ) from exc
+    return nbytes
+
+
+def _sweep(parent: str, base: str) -> None:
+    """Delete the temporary files of exports to ``base`` whose writer died (unlocked)."""
+    prefix = f".{base}.export-"
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(parent):
+            if not entry.startswith(prefix):
+                continue
+            path = os.path.join(parent, entry)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _durable.unlink(path, missing_ok=True)
+            except OSError:
+                pass  # a live export holds it
+            finally:
+                os.close(fd)
