@@ -21,11 +21,12 @@ from ._meta import META
 from ._source import Source, spans
 from ._transfer import SUFFIXES, Progress, Transfer, abspath, choice
 from .errors import (
-    BlobIOError,
     BlobNotFoundError,
     DestinationExistsError,
     InvalidArgumentError,
+    TensorBlobError,
     UnsupportedFormatError,
+    from_os_error,
 )
 
 IMPORT_FORMATS = ("npy", "safetensors", "tensorblob-0.3")
@@ -88,9 +89,9 @@ def open_source(path: str, format: str | None = None, name: str | None = None) -
     except IsADirectoryError:
         raise UnsupportedFormatError(f"{path!r} is a directory, not a {fmt} file") from None
     except OSError as exc:
-        if isinstance(exc, (BlobIOError, BlobNotFoundError)):
+        if isinstance(exc, TensorBlobError):
             raise
-        raise BlobIOError(f"reading {path!r} failed: {exc}") from exc
+        raise from_os_error(exc, path, "reading it", "Nothing was written.", kind="input") from exc
 
 
 def import_blob(
@@ -140,10 +141,11 @@ def import_blob(
         NotABlobError: ``dst`` exists and is not a blob.
         MissingDependencyError: a ``.safetensors`` input without the safetensors package.
         LockTimeoutError: another writer kept ``dst``'s lock past ``timeout``.
-        BlobIOError: reading ``src`` failed while it was checked, or a commit
-            step of ``dst`` failed (its handle closed itself; see ``TensorBlob``).
-        OSError: reading ``src`` or writing ``dst``'s rows failed (a full disk)
-            during the transaction, which was rolled back.
+        BlobOSError: reading ``src`` failed, or writing ``dst``'s rows failed
+            (``DiskFullError`` for a full disk) during the transaction, which
+            was rolled back.
+        BlobIOError: a commit step of ``dst`` failed (its handle closed itself;
+            see ``TensorBlob``).
     """
     return run_import(
         src,

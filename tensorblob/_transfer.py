@@ -31,12 +31,13 @@ from . import _durable, _fmt_npy, _fmt_safetensors
 from ._blob import TensorBlob
 from ._source import spans
 from .errors import (
-    BlobIOError,
     BlobNotFoundError,
     BlobTypeError,
     DestinationExistsError,
     InvalidArgumentError,
+    TensorBlobError,
     UnsupportedFormatError,
+    from_os_error,
 )
 
 EXPORT_FORMATS = ("npy", "safetensors")
@@ -123,7 +124,8 @@ def export_blob(
         DestinationExistsError: ``out`` exists (or is a directory) and
             ``if_exists`` is not ``"replace"``.
         InvalidArgumentError: a bad ``format``, ``name`` or ``if_exists``.
-        BlobIOError: writing ``out`` failed (a full disk); no ``out`` was left.
+        DiskFullError: writing ``out`` ran out of space; no ``out`` was left.
+        BlobOSError: another error writing ``out``; no ``out`` was left.
     """
     return run_export(
         src, out, format=format, name=name, if_exists=if_exists, progress=progress
@@ -220,14 +222,20 @@ def _write_whole(out: str, head: bytes, pieces: Iterator[memoryview], *, replace
     except BaseException as exc:
         with contextlib.suppress(OSError):
             _durable.unlink(tmp, missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, DestinationExistsError):
-            raise BlobIOError(f"writing {out!r} failed ({exc}); nothing was written") from exc
+        if isinstance(exc, OSError) and not isinstance(exc, TensorBlobError):
+            raise from_os_error(
+                exc, out, "writing it", "Nothing was written.", kind="export output"
+            ) from exc
         raise
     try:
         _durable.fsync_dir(parent)
     except OSError as exc:
-        raise BlobIOError(
-            f"{out!r} is written, but making its directory entry durable failed: {exc}"
+        raise from_os_error(
+            exc,
+            out,
+            "making its directory entry durable",
+            "The file is complete, but may not survive a power loss.",
+            kind="export output",
         ) from exc
     return nbytes
 

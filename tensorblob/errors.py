@@ -132,9 +132,10 @@ _NOTHING_COMMITTED = (
 
 
 def from_os_error(
-    exc: OSError, blob: str, doing: str, status: str = _NOTHING_COMMITTED
+    exc: OSError, blob: str, doing: str, status: str = _NOTHING_COMMITTED, *, kind: str = "blob"
 ) -> BlobOSError:
-    """The tensorblob error for ``exc``, raised while ``doing`` something to ``blob``.
+    """The tensorblob error for ``exc``, raised while ``doing`` something to ``blob``
+    (a blob, or, with ``kind``, another file such as an export's output).
 
     The class follows the errno (kept, as is the file name): ``DiskFullError``,
     ``ReadOnlyFilesystemError``, ``BlobPermissionError``, else ``BlobOSError``.
@@ -143,7 +144,9 @@ def from_os_error(
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         cls, what = DiskFullError, "the disk is full (or a disk quota is reached)"
-        todo = "Free some space and retry: the handle is still usable."
+        todo = "Free some space and retry." + (
+            " The handle is still usable." if kind == "blob" else ""
+        )
     elif code == errno.EROFS:
         cls, what = ReadOnlyFilesystemError, "the filesystem is read-only"
         todo = "Open the blob with mode 'r' to read it."
@@ -153,7 +156,7 @@ def from_os_error(
     else:
         cls, what, todo = BlobOSError, exc.strerror or str(exc), ""
     where = f" on {exc.filename!r}" if exc.filename else ""
-    message = f"blob {blob!r}: {doing} failed{where}: {what}. {status} {todo}".strip()
+    message = f"{kind} {blob!r}: {doing} failed{where}: {what}. {status} {todo}".strip()
     return os_error(cls, code, message, exc.filename)
 
 
