@@ -13,9 +13,11 @@ from .errors import (
     LockTimeoutError,
     NotABlobError,
     ShapeMismatchError,
+    SnapshotGoneError,
     TensorBlobError,
     UnsupportedOperationError,
     UnsupportedVersionError,
+    UntrustedFilesystemError,
 )
 
 __version__ = "0.1.0"
@@ -32,9 +34,11 @@ __all__ = [
     "LockTimeoutError",
     "NotABlobError",
     "ShapeMismatchError",
+    "SnapshotGoneError",
     "TensorBlob",
     "TensorBlobError",
     "UnsupportedOperationError",
     "UnsupportedVersionError",
+    "UntrustedFilesystemError",
     "__version__",
 ]

@@ -23,9 +23,11 @@ __all__ = [
     "LockTimeoutError",
     "NotABlobError",
     "ShapeMismatchError",
+    "SnapshotGoneError",
     "TensorBlobError",
     "UnsupportedOperationError",
     "UnsupportedVersionError",
+    "UntrustedFilesystemError",
 ]
 
 
@@ -107,3 +109,22 @@ class ShapeMismatchError(TensorBlobError, ValueError):
 
 class InvalidIndexError(TensorBlobError, IndexError):
     """A row index is out of range for the blob's length."""
+
+
+class SnapshotGoneError(TensorBlobError, FileNotFoundError):
+    """A pickled reader's snapshot no longer exists, so its copy cannot read it.
+
+    Its blocks were freed once no reader held the snapshot any more, or the
+    blob was deleted or created again. A copy never switches to another
+    snapshot on its own: keep the original reader open while its copies
+    unpickle, or open the blob again for its newest snapshot.
+    """
+
+
+class UntrustedFilesystemError(TensorBlobError, OSError):
+    """A writer was refused on a filesystem whose locks or fsync tensorblob cannot trust.
+
+    NFS, SMB, Lustre, CephFS, FUSE mounts and the like: the message names the
+    filesystem and its mount point. Readers are allowed there. Pass
+    ``trust_fs=True`` to ``TensorBlob.open`` to write anyway.
+    """
