@@ -32,6 +32,7 @@ from .errors import (
     InvalidIndexError,
     NotABlobError,
     ShapeMismatchError,
+    SnapshotGoneError,
     TensorBlobError,
     UnsupportedOperationError,
 )
@@ -487,8 +488,11 @@ class TensorBlob:
     def __reduce__(self) -> Any:
         """Pickle a reader as its snapshot (for DataLoader workers); refuse writers.
 
-        The unpickled copy reads the same snapshot if its blocks are still
-        there (they are while the original stays open on it), else the newest.
+        The unpickled copy takes its own lease on the same snapshot and reads
+        exactly it. It never switches to another snapshot: if the blocks are
+        gone (the original and every other reader of it closed, and the writer
+        freed them) or the blob was deleted, unpickling raises
+        SnapshotGoneError. The original open is enough to keep them.
         """
         self._check_open()
         if self._engine is not None:
@@ -1094,19 +1098,32 @@ class TensorBlob:
 
 
 def _unpickle_reader(path: str, state: State, pos: int, max_cached: int) -> TensorBlob:
+    """A reader on exactly the pickled snapshot ``state``; SnapshotGoneError if it is gone."""
+    if not os.path.isdir(path):
+        raise SnapshotGoneError(
+            f"cannot unpickle a reader of blob {path!r}: the blob was deleted since "
+            "(open it again if it was created anew)"
+        )
     blob = TensorBlob()
     meta = read_meta(path)
+    if meta.uuid != state.uuid:  # block ids of another blob could match this snapshot's
+        raise SnapshotGoneError(
+            f"cannot unpickle a reader of blob {path!r}: the blob was deleted and created "
+            "again since; open it again to read the new one"
+        )
     lease = ReaderLease(path)
     try:
         lease.pin(state.seq)
         store = BlockStore(path, meta, writable=False, max_cached=max_cached)
-        intact = all(os.path.exists(store.path(b)) for b in state.blocks)
+        gone = next((b for b in state.blocks if not os.path.exists(store.path(b))), None)
+        if gone is not None:
+            raise SnapshotGoneError(
+                f"cannot unpickle a reader of blob {path!r}: its snapshot of {state.length} "
+                f"rows is gone (block file {store.path(gone)!r} was freed once no reader held "
+                "the snapshot). Keep the original reader open until its copies are unpickled, "
+                "or open the blob again for its newest snapshot"
+            )
         lease.hold(state.seq)
-        if not intact:
-            blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT)
-            lease.release()
-            blob._pos = min(pos, blob._state.length)
-            return blob
     except BaseException:
         lease.release()
         raise
