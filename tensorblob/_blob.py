@@ -187,6 +187,12 @@ def _as_rows(t: object, meta: Meta) -> torch.Tensor:
     return rows if rows.is_contiguous() else rows.contiguous()
 
 
+class _Rows(list):  # a real list: default_collate hands it to torch.stack
+    """The rows of a ``__getitems__`` batch, with the batch they are views of in ``collated``."""
+
+    collated: torch.Tensor
+
+
 class TensorBlob:
     """A growable on-disk array of same-shaped tensors with a file-like API.
 
@@ -1072,6 +1078,26 @@ class TensorBlob:
                 return torch.empty((0, *self.shape), dtype=self.dtype)
             return self._gather(torch.arange(r.start, r.stop, r.step, dtype=torch.int64))
         return self._gather(self._index_tensor(index))
+
+    def __getitems__(self, indices: Any) -> list[torch.Tensor]:
+        """The rows at ``indices`` for a DataLoader batch, gathered in one call.
+
+        ``DataLoader`` calls it with the list of a batch's indices, then passes
+        the result to its ``collate_fn``. Returns a list of the rows (as torch's
+        protocol asks), which are views of one gathered ``(n, *shape)`` tensor,
+        held in the list's ``collated`` attribute: ``tensorblob.data.collate``
+        returns that tensor without a copy, ``default_collate`` stacks the rows.
+
+        Raises:
+            InvalidIndexError: an index is out of range.
+            BlobTypeError: ``indices`` is not a list, tuple, ndarray or 1-D tensor of ints.
+            BlobClosedError: the blob is closed.
+        """
+        self._check_open()
+        batch = self._gather(self._index_tensor(indices))
+        rows = _Rows(batch.unbind(0))
+        rows.collated = batch
+        return rows
 
     def _index_tensor(self, index: Any) -> torch.Tensor:
         if isinstance(index, (list, tuple)):
