@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _durable, _format, _recovery
+from . import _durable, _format, _fstype, _recovery
 from ._blocks import BLOCKS, BlockStore, default_max_cached, parse_block_name
 from ._journal import JOURNAL, JournalWriter, encode_journal
 from ._locking import LOCK, READERS, ReaderLease, WriterLock, hold_dir
@@ -224,6 +224,7 @@ class TensorBlob:
         max_cached_blocks: int | None = None,
         sync: str = "normal",
         timeout: float = DEFAULT_TIMEOUT,
+        trust_fs: bool = False,
     ) -> TensorBlob:
         """Open the blob at ``path`` (a directory), creating it if the mode allows.
 
@@ -254,6 +255,10 @@ class TensorBlob:
                 it returns, at the cost of fsyncs in every transaction.
             timeout: Seconds a writable open waits for the writer lock (default 30;
                 0 fails at once). Readers never wait.
+            trust_fs: Open a writer even on a filesystem whose locks or fsync
+                tensorblob cannot trust (NFS, SMB, Lustre, CephFS, FUSE, ...;
+                read from ``/proc/self/mountinfo``). You vouch that they work
+                and that no other machine writes. Readers are never refused.
 
         Returns:
             The open blob; use it as a context manager so that it is closed.
@@ -262,13 +267,15 @@ class TensorBlob:
             BlobNotFoundError: ``"r"``/``"r+"`` and nothing at ``path``, or the
                 parent directory of a blob to create does not exist.
             NotABlobError: ``path`` is a file or a directory tensorblob did not create.
-            InvalidArgumentError: bad mode, sync, timeout, dtype, shape, block_size
+            InvalidArgumentError: bad mode, sync, timeout, trust_fs, dtype, shape, block_size
                 or max_cached_blocks; dtype or shape missing to create; or a layout
                 that conflicts with the existing blob.
             BlobTypeError: ``path`` is not a str or ``os.PathLike``.
             LockTimeoutError: another writer kept the lock past ``timeout``.
             CorruptBlobError: a file of the blob is damaged.
             UnsupportedVersionError: the blob has a newer format version.
+            UntrustedFilesystemError: a writable mode on an untrusted filesystem,
+                without ``trust_fs=True``.
         """
         if not isinstance(mode, str) or mode not in _MODES:
             raise InvalidArgumentError(f"mode={mode!r}: must be one of {', '.join(_MODES)}")
@@ -286,9 +293,13 @@ class TensorBlob:
             raise InvalidArgumentError(f"block_size={block_size!r}: must be a positive int")
         if not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidArgumentError(f"timeout={timeout!r}: must be a non-negative number")
+        if not isinstance(trust_fs, bool):
+            raise InvalidArgumentError(f"trust_fs={trust_fs!r}: must be True or False")
         want_dtype = parse_dtype(dtype) if dtype is not None else None
         want_shape = parse_shape(shape) if shape is not None else None
         root = _abspath(path)
+        if mode != "r" and not trust_fs:
+            _fstype.refuse_untrusted(root)
 
         creating = mode[0] in "wa"
         if not os.path.exists(root) or (creating and os.path.isdir(root) and not os.listdir(root)):
