@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch.distributed as dist
-from torch.utils.data import DataLoader
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, default_collate
 
 from . import errors
 from ._sampler import DistributedBlobSampler
@@ -109,6 +108,9 @@ def _exchange(make: Callable[[], Any], src: int, ranks: list[int], group: Any) -
             local = make()
             box[0] = (pickle.dumps(local), None)
         except Exception as exc:
+            if local is not None:
+                local.close()
+                local = None
             mine = exc
             box[0] = (None, _describe(exc))
     dist.broadcast_object_list(box, src=src, group=group)

@@ -14,8 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils.data import DataLoader, DistributedSampler
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from tensorblob import (
     BlobClosedError,
