@@ -242,7 +242,6 @@ def test_a_job_killed_mid_epoch_resumes_with_exactly_the_remaining_indices(tmp_p
     _check_resumed(tmp_path)
 
 
-@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 def test_the_same_with_spawned_dataloader_workers_fetching_ahead(tmp_path, blob):
     # Workers per rank: 2 and 1 in the killed run, 1 and 0 on resume. The state
     # does not depend on them (nor do the ranks need the same number).
