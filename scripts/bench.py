@@ -908,6 +908,137 @@ class Bench:
         )
 
 
+# -- tensorblob.data: one-gather batches and the block-window shuffle ---------------
+
+DATA_BATCH = 512  # rows per DataLoader batch (figure j) and per sampler batch (figure k)
+DATA_BLOCK = 1024  # figure k: block_size (3 MiB blocks of 768 float32)
+DATA_WINDOW = 4  # figure k: window_blocks
+
+
+class _PerRow(torch.utils.data.Dataset):
+    """The blob as a dataset without ``__getitems__``: DataLoader's per-row default path."""
+
+    def __init__(self, blob: TensorBlob) -> None:
+        self.blob = blob
+
+    def __len__(self) -> int:
+        return len(self.blob)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.blob[i]
+
+
+def _evict(path: str) -> None:
+    """Drop the blob's clean pages from the page cache (as if it were larger than RAM)."""
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def data_figures(bench: Bench) -> None:
+    """Figures j (a DataLoader batch: one gather vs per row) and k (window vs full shuffle)."""
+    from torch.utils.data import DataLoader  # noqa: PLC0415 - only this step needs them
+
+    from tensorblob.data import DistributedBlobSampler, collate  # noqa: PLC0415
+
+    p = bench.p
+    d = bench.sub("data")
+    path = os.path.join(d, "j.blob")
+    n = p.rows
+    build_blob(path, torch.randn(n, DIM), block_size=DATA_BLOCK)
+    warm_files(path)
+    gen = torch.Generator().manual_seed(4)
+    batches = [torch.randint(n, (DATA_BATCH,), generator=gen).tolist() for _ in range(40)]
+    blob = TensorBlob.open(path, "r")
+    try:
+        blob[:]
+
+        def loader(dataset: object, fn: Callable | None) -> Callable[[], dict[str, float]]:
+            def run() -> dict[str, float]:
+                t0 = now()
+                for _batch in DataLoader(dataset, batch_sampler=batches, collate_fn=fn):
+                    pass
+                return {"v": (now() - t0) * 1e3 / len(batches)}
+
+            return run
+
+        s = interleave(
+            p.fast_reps,
+            {
+                "tb": loader(blob, collate),
+                "dflt": loader(blob, None),
+                "each": loader(_PerRow(blob), None),
+            },
+        )
+        bench.add(
+            Figure(
+                "j",
+                f"DataLoader batch of {DATA_BATCH} random rows, num_workers=0",
+                "ms/batch",
+                med(s, "tb.v"),
+                med(s, "each.v"),
+                "per row",
+                "lower",
+                None,
+                "info",
+                note=f"__getitems__ + default_collate (stacks a copy): {fmt(med(s, 'dflt.v'))} ms",
+                samples=s,
+            )
+        )
+    finally:
+        blob.close()
+
+    # k: an epoch's first batches in window order and in full-shuffle order, over
+    # more blocks than a handle maps, with the page cache warm and dropped.
+    nblocks = -(-n // DATA_BLOCK)
+    counts = {False: 40, True: 10}  # batches timed, warm and cold
+
+    def epoch(window: int | None, cold: bool) -> Callable[[], dict[str, float]]:
+        def run() -> dict[str, float]:
+            if cold:
+                _evict(path)
+            reader = TensorBlob.open(path, "r", max_cached_blocks=MEM_CACHED)
+            try:
+                order = DistributedBlobSampler(
+                    reader, batch_size=DATA_BATCH, seed=7, window_blocks=window
+                )
+                it = iter(order)
+                t0 = now()
+                for _ in range(counts[cold]):
+                    reader[next(it)]
+                return {"v": counts[cold] * DATA_BATCH / (now() - t0)}
+            finally:
+                reader.close()
+
+        return run
+
+    try:
+        for key, cold in (("k1", False), ("k2", True)):
+            s = interleave(p.reps, {"tb": epoch(DATA_WINDOW, cold), "full": epoch(None, cold)})
+            what = f"{counts[cold]} batches, page cache " + ("dropped" if cold else "warm")
+            bench.add(
+                Figure(
+                    key,
+                    f"window_blocks={DATA_WINDOW} vs full shuffle: {what}",
+                    "rows/s",
+                    med(s, "tb.v"),
+                    med(s, "full.v"),
+                    "full shuffle",
+                    "higher",
+                    None,
+                    "info",
+                    note=f"{nblocks} blocks of {DATA_BLOCK} rows, max_cached_blocks={MEM_CACHED}",
+                    samples=s,
+                )
+            )
+    finally:
+        remove(d)
+
+
 # -- main ----------------------------------------------------------------------
 
 
@@ -925,7 +1056,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--only",
-        help="comma-separated subset of: reads,write,single,full,sessions,open,memory; "
+        help="comma-separated subset of: reads,write,single,full,sessions,open,memory,data; "
         "with --peers: power,process,open,session,bulk,row,gather,scan",
     )
     ap.add_argument(
@@ -998,6 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
         "sessions": bench.sessions,
         "open": bench.opens,
         "memory": bench.memory,
+        "data": lambda: data_figures(bench),
     }
     chosen = [name for name in steps if not args.only or name in args.only.split(",")]
     try:

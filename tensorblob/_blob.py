@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _durable, _format, _recovery, _watch
+from . import _durable, _format, _fstype, _recovery, _watch
 from ._blocks import BLOCKS, BlockStore, default_max_cached, parse_block_name
 from ._journal import JOURNAL, JournalWriter, encode_journal
 from ._locking import LOCK, READERS, ReaderLease, WriterLock, hold_dir
@@ -32,6 +32,7 @@ from .errors import (
     InvalidIndexError,
     NotABlobError,
     ShapeMismatchError,
+    SnapshotGoneError,
     TensorBlobError,
     UnsupportedOperationError,
     from_os_error,
@@ -187,6 +188,12 @@ def _as_rows(t: object, meta: Meta) -> torch.Tensor:
     return rows if rows.is_contiguous() else rows.contiguous()
 
 
+class _Rows(list):  # a real list: default_collate hands it to torch.stack
+    """The rows of a ``__getitems__`` batch, with the batch they are views of in ``collated``."""
+
+    collated: torch.Tensor
+
+
 class TensorBlob:
     """A growable on-disk array of same-shaped tensors with a file-like API.
 
@@ -219,6 +226,7 @@ class TensorBlob:
         sync: str = "normal",
         timeout: float = DEFAULT_TIMEOUT,
         verify: bool = False,
+        trust_fs: bool = False,
     ) -> TensorBlob:
         """Open the blob at ``path`` (a directory), creating it if the mode allows.
 
@@ -254,6 +262,10 @@ class TensorBlob:
                 whole block; rows not yet durable have no checksum). A mismatch
                 raises CorruptBlobError naming the block file. Off by default:
                 ``tensorblob check --deep`` does the same for a whole blob.
+            trust_fs: Open a writer even on a filesystem whose locks or fsync
+                tensorblob cannot trust (NFS, SMB, Lustre, CephFS, FUSE, ...;
+                read from ``/proc/self/mountinfo``). You vouch that they work
+                and that no other machine writes. Readers are never refused.
 
         Returns:
             The open blob; use it as a context manager so that it is closed.
@@ -262,8 +274,8 @@ class TensorBlob:
             BlobNotFoundError: ``"r"``/``"r+"`` and nothing at ``path``, or the
                 parent directory of a blob to create does not exist.
             NotABlobError: ``path`` is a file or a directory tensorblob did not create.
-            InvalidArgumentError: bad mode, sync, timeout, dtype, shape, block_size
-                or max_cached_blocks; dtype or shape missing to create; or a layout
+            InvalidArgumentError: bad mode, sync, timeout, verify, trust_fs, dtype, shape,
+                block_size or max_cached_blocks; dtype or shape missing to create; or a layout
                 that conflicts with the existing blob.
             BlobTypeError: ``path`` is not a str or ``os.PathLike``.
             LockTimeoutError: another writer kept the lock past ``timeout``.
@@ -274,6 +286,8 @@ class TensorBlob:
             DiskFullError: creating the blob, or the recovery a writable open runs,
                 ran out of disk space (nothing committed was lost).
             BlobOSError: another error of the operating system.
+            UntrustedFilesystemError: a writable mode on an untrusted filesystem,
+                without ``trust_fs=True``.
         """
         if not isinstance(mode, str) or mode not in _MODES:
             raise InvalidArgumentError(f"mode={mode!r}: must be one of {', '.join(_MODES)}")
@@ -293,9 +307,13 @@ class TensorBlob:
             raise InvalidArgumentError(f"timeout={timeout!r}: must be a non-negative number")
         if not isinstance(verify, bool):
             raise InvalidArgumentError(f"verify={verify!r}: must be True or False")
+        if not isinstance(trust_fs, bool):
+            raise InvalidArgumentError(f"trust_fs={trust_fs!r}: must be True or False")
         want_dtype = parse_dtype(dtype) if dtype is not None else None
         want_shape = parse_shape(shape) if shape is not None else None
         root = _abspath(path)
+        if mode != "r" and not trust_fs:
+            _fstype.refuse_untrusted(root)
         try:
             return cls._open(
                 root, mode, want_dtype, want_shape, block_size, max_cached_blocks, sync, timeout
@@ -587,8 +605,11 @@ class TensorBlob:
     def __reduce__(self) -> Any:
         """Pickle a reader as its snapshot (for DataLoader workers); refuse writers.
 
-        The unpickled copy reads the same snapshot if its blocks are still
-        there (they are while the original stays open on it), else the newest.
+        The unpickled copy takes its own lease on the same snapshot and reads
+        exactly it. It never switches to another snapshot: if the blocks are
+        gone (the original and every other reader of it closed, and the writer
+        freed them) or the blob was deleted, unpickling raises
+        SnapshotGoneError. The original open is enough to keep them.
         """
         self._check_open()
         if self._engine is not None:
@@ -1194,6 +1215,26 @@ class TensorBlob:
             return self._gather(torch.arange(r.start, r.stop, r.step, dtype=torch.int64))
         return self._gather(self._index_tensor(index))
 
+    def __getitems__(self, indices: Any) -> list[torch.Tensor]:
+        """The rows at ``indices`` for a DataLoader batch, gathered in one call.
+
+        ``DataLoader`` calls it with the list of a batch's indices, then passes
+        the result to its ``collate_fn``. Returns a list of the rows (as torch's
+        protocol asks), which are views of one gathered ``(n, *shape)`` tensor,
+        held in the list's ``collated`` attribute: ``tensorblob.data.collate``
+        returns that tensor without a copy, ``default_collate`` stacks the rows.
+
+        Raises:
+            InvalidIndexError: an index is out of range.
+            BlobTypeError: ``indices`` is not a list, tuple, ndarray or 1-D tensor of ints.
+            BlobClosedError: the blob is closed.
+        """
+        self._check_open()
+        batch = self._gather(self._index_tensor(indices))
+        rows = _Rows(batch.unbind(0))
+        rows.collated = batch
+        return rows
+
     def _index_tensor(self, index: Any) -> torch.Tensor:
         if isinstance(index, (list, tuple)):
             for k, i in enumerate(index):
@@ -1220,19 +1261,32 @@ class TensorBlob:
 
 
 def _unpickle_reader(path: str, state: State, pos: int, max_cached: int) -> TensorBlob:
+    """A reader on exactly the pickled snapshot ``state``; SnapshotGoneError if it is gone."""
+    if not os.path.isdir(path):
+        raise SnapshotGoneError(
+            f"cannot unpickle a reader of blob {path!r}: the blob was deleted since "
+            "(open it again if it was created anew)"
+        )
     blob = TensorBlob()
     meta = read_meta(path)
+    if meta.uuid != state.uuid:  # block ids of another blob could match this snapshot's
+        raise SnapshotGoneError(
+            f"cannot unpickle a reader of blob {path!r}: the blob was deleted and created "
+            "again since; open it again to read the new one"
+        )
     lease = ReaderLease(path)
     try:
         lease.pin(state.seq)
         store = BlockStore(path, meta, writable=False, max_cached=max_cached)
-        intact = all(os.path.exists(store.path(b)) for b in state.blocks)
+        gone = next((b for b in state.blocks if not os.path.exists(store.path(b))), None)
+        if gone is not None:
+            raise SnapshotGoneError(
+                f"cannot unpickle a reader of blob {path!r}: its snapshot of {state.length} "
+                f"rows is gone (block file {store.path(gone)!r} was freed once no reader held "
+                "the snapshot). Keep the original reader open until its copies are unpickled, "
+                "or open the blob again for its newest snapshot"
+            )
         lease.hold(state.seq)
-        if not intact:
-            blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT)
-            lease.release()
-            blob._pos = min(pos, blob._state.length)
-            return blob
     except BaseException:
         lease.release()
         raise

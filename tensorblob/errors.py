@@ -33,10 +33,12 @@ __all__ = [
     "NotABlobError",
     "ReadOnlyFilesystemError",
     "ShapeMismatchError",
+    "SnapshotGoneError",
     "TensorBlobError",
     "UnsupportedFormatError",
     "UnsupportedOperationError",
     "UnsupportedVersionError",
+    "UntrustedFilesystemError",
     "WaitTimeoutError",
 ]
 
@@ -233,4 +235,23 @@ class MissingDependencyError(TensorBlobError, ImportError):
 
     The message names the package and the extra that installs it
     (``pip install 'tensorblob[safetensors]'``).
+    """
+
+
+class SnapshotGoneError(TensorBlobError, FileNotFoundError):
+    """A pickled reader's snapshot no longer exists, so its copy cannot read it.
+
+    Its blocks were freed once no reader held the snapshot any more, or the
+    blob was deleted or created again. A copy never switches to another
+    snapshot on its own: keep the original reader open while its copies
+    unpickle, or open the blob again for its newest snapshot.
+    """
+
+
+class UntrustedFilesystemError(TensorBlobError, OSError):
+    """A writer was refused on a filesystem whose locks or fsync tensorblob cannot trust.
+
+    NFS, SMB, Lustre, CephFS, FUSE mounts and the like: the message names the
+    filesystem and its mount point. Readers are allowed there. Pass
+    ``trust_fs=True`` to ``TensorBlob.open`` to write anyway.
     """
