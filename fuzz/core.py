@@ -61,7 +61,7 @@ import harness  # noqa: E402
 import torch  # noqa: E402
 
 from tensorblob import TensorBlob, _durable, _txn  # noqa: E402
-from tensorblob._blocks import parse_block_name  # noqa: E402
+from tensorblob._blockfiles import parse_block_name  # noqa: E402
 from tensorblob._meta import read_meta  # noqa: E402
 from tensorblob._recovery import load  # noqa: E402
 

@@ -351,7 +351,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "BlockStore.sync fsyncs no block file (only the directory)",
         (
             _drop(
-                "_blocks.py",
+                "_blockfiles.py",
                 "sync",
                 "_durable.fsync_paths([p for p in paths if os.path.exists(p)])",
             ),
@@ -361,7 +361,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "blocks-sync-no-dir-fsync",
         "all (BlockStore.sync)",
         "BlockStore.sync never fsyncs blocks/",
-        (_drop("_blocks.py", "sync", "_durable.fsync_dir(self.dir)"),),
+        (_drop("_blockfiles.py", "sync", "_durable.fsync_dir(self.dir)"),),
     ),
     # -- creation ---------------------------------------------------------------------
     Mutation(

@@ -1,8 +1,7 @@
 """tensorblob: crash-safe, growable, memory-mapped storage for same-shaped tensors."""
 
-from ._blob import TensorBlob
-from ._import import import_blob
-from ._transfer import export_blob
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BlobClosedError,
     BlobIOError,
@@ -32,6 +31,36 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+# The public names that need torch are imported on first use (PEP 562), so
+# that ``import tensorblob`` and the metadata commands (``tensorblob info``,
+# ``check``, ``recover``) do not pay for importing torch.
+_LAZY = {
+    "TensorBlob": "._blob",
+    "export_blob": "._transfer",
+    "import_blob": "._import",
+}
+
+if TYPE_CHECKING:
+    from ._blob import TensorBlob
+    from ._import import import_blob
+    from ._transfer import export_blob
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tensorblob' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 - only on first use of a lazy name
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "BlobClosedError",

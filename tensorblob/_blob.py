@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import _durable, _format, _fstype, _recovery, _watch
-from ._blocks import BLOCKS, BlockStore, default_max_cached, parse_block_name
+from ._blockfiles import BLOCKS, parse_block_name
+from ._blocks import BlockStore, default_max_cached
 from ._journal import JOURNAL, JournalWriter, encode_journal
 from ._locking import LOCK, READERS, ReaderLease, WriterLock, hold_dir
 from ._manifest import MANIFEST, State
@@ -331,7 +332,7 @@ class TensorBlob:
         cls,
         root: str,
         mode: str,
-        want_dtype: torch.dtype | None,
+        want_dtype: str | None,
         want_shape: tuple[int, ...] | None,
         block_size: int | None,
         max_cached_blocks: int | None,
@@ -357,7 +358,7 @@ class TensorBlob:
 
         meta = read_meta(root)
         for name, want, have in (
-            ("dtype", want_dtype, meta.dtype),
+            ("dtype", want_dtype, meta.dtype_name),
             ("shape", want_shape, meta.shape),
             ("block_size", block_size, meta.block_size),
         ):

@@ -1,29 +1,25 @@
-"""Block files: fixed-size raw row arrays under ``blocks/``, mapped through an LRU cache (F8).
+"""Block mappings: blocks mapped into memory through an LRU cache (F8).
 
-Block ``id`` lives in ``blocks/<id as 16 hex digits>`` and holds exactly
-``block_size * row_bytes`` bytes, row-major, native byte order, no header.
 Blocks are mapped with tensordict's ``MemoryMappedTensor``: shared (writes
-reach the file) for a writer, copy-on-write private for a reader, so a reader
-never needs write permission. At most ``max_cached`` blocks stay mapped.
+reach the file) for a writer, copy-on-write private for a reader, so a
+reader never needs write permission. At most ``max_cached`` blocks stay
+mapped. ``BlockStore`` is ``_blockfiles.BlockFiles`` plus the mappings;
+tensordict is imported when the first block is mapped, not before.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import zlib
 from collections import OrderedDict
 
 import numpy as np
 import torch
-from tensordict import MemoryMappedTensor
 
-from . import _durable
+from ._blockfiles import BlockFiles
 from ._meta import Meta
 from .errors import CorruptBlobError
-
-BLOCKS = "blocks"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _madvise = getattr(_libc, "madvise", None)
@@ -58,46 +54,6 @@ def default_max_cached() -> int:
     return max(128, limit // 16)
 
 
-_CRC_CHUNK = 1 << 20
-
-
-def crc_file(path: str, start: int, stop: int, seed: int = 0) -> int:
-    """CRC-32 of bytes ``[start, stop)`` of the file ``path``, continuing from ``seed``.
-
-    Raises CorruptBlobError if the file ends before ``stop``.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        buf = memoryview(bytearray(min(max(stop - start, 1), _CRC_CHUNK)))
-        crc, pos = seed, start
-        while pos < stop:
-            n = os.preadv(fd, [buf[: min(len(buf), stop - pos)]], pos)
-            if n == 0:
-                raise CorruptBlobError(
-                    f"block file {path!r} ends at byte {pos}, before its committed rows "
-                    f"(which need {stop} bytes): it was truncated or damaged"
-                )
-            crc = zlib.crc32(buf[:n], crc)
-            pos += n
-        return crc
-    finally:
-        os.close(fd)
-
-
-def block_name(bid: int) -> str:
-    return f"{bid:016x}"
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def parse_block_name(name: str) -> int | None:
-    """The id of a block file name (exactly 16 lowercase hex digits), else None."""
-    if len(name) == 16 and _HEX.issuperset(name):
-        return int(name, 16)
-    return None
-
-
 class _Span:
     """Exposes, to ``np.asarray``, the ``n`` bytes at address ``addr`` as a uint8 array.
 
@@ -115,15 +71,13 @@ class _Span:
         }
 
 
-class BlockStore:
-    """Maps block ids to tensors of shape ``(block_size, *row_shape)``, LRU-bounded."""
+class BlockStore(BlockFiles):
+    """Block files, and their mappings: tensors ``(block_size, *row_shape)``, LRU-bounded."""
 
     def __init__(self, root: str, meta: Meta, *, writable: bool, max_cached: int) -> None:
-        self.dir = os.path.join(root, BLOCKS)
-        self.meta = meta
+        super().__init__(root, meta)
         self.writable = writable
         self.max_cached = max_cached
-        self.nbytes = meta.block_size * meta.row_bytes
         self.block_shape = (meta.block_size, *meta.shape)
         # id -> (rows tensor, the same memory as a (block_size, row_bytes) uint8
         # array, the address of that memory)
@@ -131,9 +85,6 @@ class BlockStore:
         # Checksums to verify each block against when it is first mapped
         # (``TensorBlob.open(verify=True)``); None: no verification.
         self.verify: dict[int, tuple[int, int]] | None = None
-
-    def path(self, bid: int) -> str:
-        return f"{self.dir}/{bid:016x}"  # block_name(), inlined: this is on the write path
 
     def get(self, bid: int) -> torch.Tensor:
         """Block ``bid`` as a tensor ``(block_size, *row_shape)`` over the mapped file."""
@@ -204,6 +155,8 @@ class BlockStore:
     def _map(self, bid: int) -> torch.Tensor:
         path = self.path(bid)
         self._check_size(path)
+        from tensordict import MemoryMappedTensor  # noqa: PLC0415 - at the first mapping only
+
         mmt = MemoryMappedTensor.from_filename(
             path, dtype=self.meta.dtype, shape=self.block_shape, mode="r+" if self.writable else "r"
         )
@@ -222,83 +175,20 @@ class BlockStore:
                 f"{want:08x}); the file changed on disk. Run `tensorblob check --deep`"
             )
 
-    def allocate(self, bid: int) -> None:
-        """Create block ``bid`` zero-filled. Not durable until ``sync``.
-
-        The caller knows ``bid`` is referenced by no committed state, so a file
-        already there is the orphan of a transaction lost to a power cut
-        (whose deletion never reached the disk): it is replaced.
-        """
-        path = self.path(bid)
-        if os.path.exists(path):
-            _durable.unlink(path)
-        _durable.allocate(path, self.nbytes)
-
-    def check_file(self, bid: int) -> None:
-        """Raise CorruptBlobError unless block ``bid``'s file exists with the right size."""
-        self._check_size(self.path(bid))
-
-    def check_path(self, path: str) -> None:
-        """Raise CorruptBlobError unless ``path`` is a block file of the right size."""
-        self._check_size(path)
-
-    def _check_size(self, path: str) -> None:
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            raise CorruptBlobError(f"block file {path!r} is missing") from None
-        if size != self.nbytes:
-            raise CorruptBlobError(f"block file {path!r} has {size} bytes, expected {self.nbytes}")
-
-    def copy(self, src: int, dst: int) -> None:
-        """Create block ``dst`` as a copy of block ``src`` (copy-on-write). Not durable."""
-        self.copy_foreign(self.path(src), dst)
-
-    def copy_foreign(self, src_path: str, dst: int) -> None:
-        """Create block ``dst`` as a copy of the block file ``src_path`` (maybe another blob's)."""
-        self._check_size(src_path)
-        if os.path.exists(self.path(dst)):  # a stale orphan, as in allocate()
-            _durable.unlink(self.path(dst))
-        _durable.copy_file(src_path, self.path(dst), self.nbytes)
-
-    def sync(self, bids: set[int] | list[int], *, new_files: bool) -> None:
-        """Make the listed blocks durable (and their directory entries, if ``new_files``)."""
-        paths = [self.path(bid) for bid in sorted(bids)]
-        _durable.fsync_paths([p for p in paths if os.path.exists(p)])
-        if new_files:
-            _durable.fsync_dir(self.dir)
-
     def crc(self, bid: int, start: int, stop: int, seed: int = 0) -> int:
-        """CRC-32 of rows ``[start, stop)`` of block ``bid``, continuing from ``seed`` (F3).
-
-        A block this handle has mapped already (checked for its size then) is
-        read through that mapping; any other is read with ``pread``, so that
-        a block file shortened on disk raises CorruptBlobError, not SIGBUS.
-        """
-        rb = self.meta.row_bytes
+        """``BlockFiles.crc``; a block this handle has mapped already (checked for its
+        size then) is read through that mapping, without a system call."""
         e = self._cache.get(bid)
-        if e is not None:  # mapped by this handle already: no system call
+        if e is not None:
             return zlib.crc32(e[1][start:stop], seed)
-        return crc_file(self.path(bid), start * rb, stop * rb, seed)
+        return super().crc(bid, start, stop, seed)
 
     def delete(self, bid: int) -> None:
         self._cache.pop(bid, None)
-        _durable.unlink(self.path(bid), missing_ok=True)
+        super().delete(bid)
 
     def forget(self, bid: int) -> None:
         self._cache.pop(bid, None)
-
-    def list_ids(self) -> tuple[set[int], list[str]]:
-        """Return the block ids present on disk and any names that are not block names."""
-        ids: set[int] = set()
-        other: list[str] = []
-        for name in os.listdir(self.dir):
-            bid = parse_block_name(name)
-            if bid is None:
-                other.append(name)
-            else:
-                ids.add(bid)
-        return ids, other
 
     def close(self) -> None:
         self._cache.clear()

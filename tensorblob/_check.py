@@ -24,12 +24,12 @@ import struct
 from typing import Any
 
 from . import _diagnose, _format, _recovery
-from ._blocks import BLOCKS, block_name, parse_block_name
+from ._blockfiles import BLOCKS, block_name, parse_block_name
 from ._findings import LockInfo, Problem, Scan, ids_text
 from ._journal import JOURNAL
 from ._locking import LOCK, READERS, ReaderLease
 from ._manifest import MANIFEST
-from ._meta import META, Meta, dtype_name, read_meta
+from ._meta import META, Meta, read_meta
 from .errors import CorruptBlobError, NotABlobError, UnsupportedVersionError
 
 TEMPS = (MANIFEST + ".tmp", JOURNAL + ".tmp")
@@ -435,7 +435,7 @@ def describe(sc: Scan) -> dict[str, Any]:
     out: dict[str, Any] = {"format_version": sc.version or None}
     if meta is not None:
         out |= {
-            "dtype": dtype_name(meta.dtype),
+            "dtype": meta.dtype_name,
             "shape": list(meta.shape),
             "block_size": meta.block_size,
             "row_bytes": meta.row_bytes,

@@ -24,7 +24,6 @@ from typing import Any, TextIO
 
 from . import __version__, _check, _cli_transfer, _deep, _repair
 from ._findings import Problem, Scan
-from ._meta import dtype_name
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 _WIDTH = 100
@@ -304,7 +303,7 @@ def _info(args: argparse.Namespace) -> int:
     if meta is not None:
         shape = "(" + ", ".join(map(str, meta.shape)) + ("," if len(meta.shape) == 1 else "") + ")"
         rows += [
-            ("dtype", dtype_name(meta.dtype)),
+            ("dtype", meta.dtype_name),
             ("row shape", f"{shape} ({meta.row_bytes} bytes per row)"),
             ("block size", f"{meta.block_size} rows ({_size(facts['block_bytes'])} per block)"),
         ]

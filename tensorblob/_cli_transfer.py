@@ -14,11 +14,11 @@ import argparse
 import os
 import shlex
 import sys
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from . import _import, _transfer
 from ._findings import Problem
-from ._fmt_safetensors import DEFAULT_NAME
+from ._formats import DEFAULT_NAME, EXPORT_FORMATS, IMPORT_FORMATS
 from ._meta import dtype_name
 from .errors import (
     BlobNotFoundError,
@@ -33,6 +33,22 @@ from .errors import (
     UnsupportedFormatError,
     UnsupportedVersionError,
 )
+
+if TYPE_CHECKING:
+    from ._transfer import Transfer
+
+
+def _transfer() -> ModuleType:
+    from . import _transfer  # noqa: PLC0415 - torch only when a transfer runs
+
+    return _transfer
+
+
+def _import() -> ModuleType:
+    from . import _import  # noqa: PLC0415 - torch only when a transfer runs
+
+    return _import
+
 
 # Exception class -> exit code, verdict (= problem code), what to do. First match wins.
 _OUTCOMES: list[tuple[type[BaseException], int, str, str]] = [
@@ -70,7 +86,7 @@ def add_parsers(sub: Any, timeout: Any) -> None:
     )
     e.add_argument("src", metavar="SRC", help="the blob directory")
     e.add_argument("out", metavar="OUT", help="the file to write (*.npy or *.safetensors)")
-    e.add_argument("--format", choices=_transfer.EXPORT_FORMATS, help="default: OUT's suffix")
+    e.add_argument("--format", choices=EXPORT_FORMATS, help="default: OUT's suffix")
     e.add_argument(
         "--name", default=DEFAULT_NAME, help=f"the tensor's name in .safetensors ({DEFAULT_NAME})"
     )
@@ -85,7 +101,7 @@ def add_parsers(sub: Any, timeout: Any) -> None:
     )
     i.add_argument("src", metavar="IN", help="the file or original blob directory to read")
     i.add_argument("dst", metavar="DST", help="the blob to create or fill")
-    i.add_argument("--format", choices=_import.IMPORT_FORMATS, help="default: told from IN's bytes")
+    i.add_argument("--format", choices=IMPORT_FORMATS, help="default: told from IN's bytes")
     i.add_argument("--name", help="the tensor to read from .safetensors (default: data)")
     i.add_argument("--block-size", type=int, metavar="N", help="rows per block of a new DST")
     how = i.add_mutually_exclusive_group()
@@ -109,7 +125,7 @@ def run_export(args: argparse.Namespace) -> int:
         "export",
         blob,
         file,
-        lambda progress: _transfer.run_export(
+        lambda progress: _transfer().run_export(
             args.src,
             args.out,
             format=args.format,
@@ -129,7 +145,7 @@ def run_import(args: argparse.Namespace) -> int:
         "import",
         blob,
         file,
-        lambda progress: _import.run_import(
+        lambda progress: _import().run_import(
             args.src,
             args.dst,
             format=args.format,
@@ -146,7 +162,7 @@ def _run(args: argparse.Namespace, command: str, blob: str, file: str, work: Any
     from . import _cli  # noqa: PLC0415 - _cli imports this module: its helpers, at run time
 
     progress = _cli.Progress(command)
-    done: _transfer.Transfer | None = None
+    done: Transfer | None = None
     problems: list[Problem] = []
     try:
         done = work(progress)
@@ -185,7 +201,7 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _action(command: str, t: _transfer.Transfer) -> str:
+def _action(command: str, t: Transfer) -> str:
     mib = t.nbytes / (1 << 20)
     rate = f" ({mib / t.seconds:.0f} MiB/s)" if mib >= 1 and t.seconds > 0 else ""
     layout = f"{t.rows} row(s) of {dtype_name(t.dtype)} {_shape(t.shape)}"
@@ -195,7 +211,7 @@ def _action(command: str, t: _transfer.Transfer) -> str:
     return f"copied {layout} from {t.format} in one transaction, {size}"
 
 
-def _facts(file: str, t: _transfer.Transfer | None) -> dict[str, Any]:
+def _facts(file: str, t: Transfer | None) -> dict[str, Any]:
     if t is None:
         return {"file": file} | dict.fromkeys(
             ("format", "rows", "dtype", "shape", "bytes", "seconds")

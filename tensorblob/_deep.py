@@ -13,7 +13,7 @@ import os
 import zlib
 from typing import Any
 
-from ._blocks import BLOCKS, block_name
+from ._blockfiles import BLOCKS, block_name
 from ._findings import Scan
 from ._manifest import State
 from ._meta import Meta

@@ -26,7 +26,7 @@ import zlib
 from typing import Any
 
 from . import _format, _locking, _recovery
-from ._blocks import BLOCKS, block_name
+from ._blockfiles import BLOCKS, block_name
 from ._findings import JournalScan, Scan, ids_text, rows_text
 from ._journal import JOURNAL, JournalImage
 from ._manifest import MANIFEST, State, read_manifest

@@ -20,8 +20,6 @@ import errno
 import os
 from collections.abc import Callable
 
-import torch
-
 __all__ = [
     "allocate",
     "append",
@@ -48,7 +46,6 @@ __all__ = [
     "unlink",
     "write_atomic",
     "write_lock_owner",
-    "write_rows",
 ]
 
 FaultHook = Callable[[str, str, "tuple[int, int] | None"], None]
@@ -342,14 +339,6 @@ def copy_file(src: str, dst: str, nbytes: int) -> None:
             os.close(fsrc)
     finally:
         os.close(fdst)
-
-
-def write_rows(block: torch.Tensor, row: int, src: torch.Tensor, row_bytes: int, path: str) -> None:
-    """Copy ``src`` into ``block[row:]``, a block mapped shared from ``path``. Not durable."""
-    n = src.shape[0]
-    if _hook is not None:
-        _hook("write_rows", path, (row * row_bytes, n * row_bytes))
-    block[row : row + n].copy_(src)
 
 
 def open_block(path: str) -> int:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _format, _recovery
-from ._blocks import block_name
+from ._blockfiles import block_name
 from ._locking import ReaderLease
 from ._manifest import State
 from ._meta import Meta

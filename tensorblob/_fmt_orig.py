@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._meta import parse_dtype
+from ._meta import parse_dtype, torch_dtype
 from ._source import Source
 from .errors import CorruptInputError, InvalidArgumentError, UnsupportedFormatError
 
@@ -86,7 +86,7 @@ def open_source(path: str) -> Source:
             f"own; only its first {stat.get('len')!r} rows (the database's .stat) are committed"
         )
     try:
-        dtype = parse_dtype(conf.get("dtype"))
+        dtype = torch_dtype(parse_dtype(conf.get("dtype")))
     except InvalidArgumentError:
         raise CorruptInputError(
             f"{os.path.join(path, CONF)!r}: dtype {conf.get('dtype')!r} is not a torch dtype"

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ._formats import DEFAULT_NAME
 from ._meta import dtype_name
 from ._source import Source, check_layout
 from .errors import (
@@ -31,7 +32,6 @@ from .errors import (
     UnsupportedFormatError,
 )
 
-DEFAULT_NAME = "data"
 _MAX_HEADER = 100_000_000  # the safetensors package's own bound
 _CODES = {
     torch.bool: "BOOL",

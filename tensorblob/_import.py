@@ -17,9 +17,10 @@ import time
 
 from . import _fmt_npy, _fmt_orig, _fmt_safetensors
 from ._blob import DEFAULT_TIMEOUT, TensorBlob
+from ._formats import IMPORT_FORMATS, SUFFIXES
 from ._meta import META
 from ._source import Source, spans
-from ._transfer import SUFFIXES, Progress, Transfer, abspath, choice
+from ._transfer import Progress, Transfer, abspath, choice
 from .errors import (
     BlobNotFoundError,
     DestinationExistsError,
@@ -28,8 +29,6 @@ from .errors import (
     UnsupportedFormatError,
     from_os_error,
 )
-
-IMPORT_FORMATS = ("npy", "safetensors", "tensorblob-0.3")
 
 
 def sniff(path: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _durable, _format, _locking
-from ._blocks import BlockStore
+from ._blockfiles import BlockFiles
 from ._journal import JOURNAL, JournalImage, read_journal, stage_journal
 from ._manifest import MANIFEST, State, read_manifest, stage_manifest
 from ._meta import Meta
@@ -143,7 +143,7 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
     return loaded
 
 
-def extend_sums(state: State, blocks: BlockStore, bids: Iterable[int]) -> None:
+def extend_sums(state: State, blocks: BlockFiles, bids: Iterable[int]) -> None:
     """Extend the checksum of each live block in ``bids`` over all its committed rows (F3).
 
     A block's checksum covers its first ``rows`` rows; rows below the
@@ -168,7 +168,7 @@ SUM_THREAD_BYTES = 8 << 20
 
 
 def sync_and_sum(
-    state: State, blocks: BlockStore, dirty: set[int], *, new_files: bool, sums: Iterable[int]
+    state: State, blocks: BlockFiles, dirty: set[int], *, new_files: bool, sums: Iterable[int]
 ) -> None:
     """Fsync the ``dirty`` blocks (and ``blocks/`` if ``new_files``), and extend the
     checksums of the blocks in ``sums``; the two overlap when there is much to checksum."""
@@ -203,7 +203,7 @@ def sums_record(state: State, bids: Iterable[int]) -> list[list[int]]:
     return [[b, *sums[b]] for b in sorted(bids) if b in sums and b in state.hwm]
 
 
-def verify_checksums(state: State, blocks: BlockStore) -> tuple[int, list[int]]:
+def verify_checksums(state: State, blocks: BlockFiles) -> tuple[int, list[int]]:
     """Recompute the checksum of every live block that has one; return (checked, damaged ids)."""
     have = [b for b in state.blocks if b in state.sums]
     damaged = [b for b in have if blocks.crc(b, 0, state.sums[b][0]) != state.sums[b][1]]
@@ -257,7 +257,7 @@ def checkpoint(root: str, state: State, block_size: int, *, closed: bool = False
     return salt
 
 
-def reap(state: State, blocks: BlockStore, probe: _locking.ReaderProbe) -> int:
+def reap(state: State, blocks: BlockFiles, probe: _locking.ReaderProbe) -> int:
     """Delete the freed blocks no open snapshot can need; return how many.
 
     The caller has made the commits that freed them durable. A block first
@@ -272,7 +272,7 @@ def reap(state: State, blocks: BlockStore, probe: _locking.ReaderProbe) -> int:
         probe.unguard()
 
 
-def _reap_guarded(state: State, blocks: BlockStore, probe: _locking.ReaderProbe) -> int:
+def _reap_guarded(state: State, blocks: BlockFiles, probe: _locking.ReaderProbe) -> int:
     verdict: dict[tuple[int, int], bool] = {}
     gone = []
     for bid in state.free:
@@ -312,7 +312,7 @@ def has_strays(root: str) -> bool:
     return any(os.path.exists(os.path.join(root, name)) for name in _TEMPS)
 
 
-def recover(root: str, meta: Meta, blocks: BlockStore, loaded: Loaded) -> list[str]:
+def recover(root: str, meta: Meta, blocks: BlockFiles, loaded: Loaded) -> list[str]:
     """Bring the blob to a clean checkpoint after an unclean shutdown; return what was done.
 
     Runs under the writer lock. Idempotent: a crash at any step leaves a blob

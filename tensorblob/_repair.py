@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _durable, _format, _recovery
-from ._blocks import BLOCKS, BlockStore
+from ._blockfiles import BLOCKS, BlockFiles
 from ._check import holder_text, probe_lock, scan
 from ._findings import Drops, Problem, Scan
 from ._journal import JournalWriter
@@ -280,7 +280,7 @@ def _execute(sc: Scan, out: Outcome, progress: Callable[[int, int], None] | None
             out.actions.append("recreated the blocks/ directory")
         if not sc.readers_file or not sc.blocks_dir:
             _durable.fsync_dir(root)
-        blocks = BlockStore(root, meta, writable=True, max_cached=1)
+        blocks = BlockFiles(root, meta)
         out.actions += _recovery.recover(root, meta, blocks, chosen)
         _close_journal(root, meta)
         out.actions.append("marked the journal closed")

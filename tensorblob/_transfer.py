@@ -29,6 +29,7 @@ import torch
 
 from . import _durable, _fmt_npy, _fmt_safetensors
 from ._blob import TensorBlob
+from ._formats import EXPORT_FORMATS, SUFFIXES
 from ._source import spans
 from .errors import (
     BlobNotFoundError,
@@ -40,8 +41,6 @@ from .errors import (
     from_os_error,
 )
 
-EXPORT_FORMATS = ("npy", "safetensors")
-SUFFIXES = {".npy": "npy", ".safetensors": "safetensors"}
 Progress = Callable[[int, int], None]
 
 

@@ -623,7 +623,9 @@ class Engine:
             if self.w_addr and k * rb <= PWRITE_BYTES:  # mapped already: no system call
                 if (off + k) * rb > self.w_ready:
                     self._make_ready((off + k) * rb)
-                _durable.write_rows(self.blocks.get(bid), off, src, rb, self.w_path)
+                _durable.store_mapped(
+                    self.w_addr + off * rb, src.data_ptr(), k * rb, off * rb, self.w_path
+                )
             else:  # see PWRITE_BYTES
                 _durable.store(self.w_fd, src.data_ptr(), k * rb, off * rb, self.w_path)
             done += k

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tensorblob import LockTimeoutError, TensorBlob, UnsupportedOperationError
-from tensorblob._blocks import parse_block_name
+from tensorblob._blockfiles import parse_block_name
 
 B = 4
 NEW = {"dtype": "float32", "shape": [3], "block_size": B}

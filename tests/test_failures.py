@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tensorblob import BlobClosedError, BlobIOError, TensorBlob, _durable, _txn
-from tensorblob._blocks import parse_block_name
+from tensorblob._blockfiles import parse_block_name
 from tensorblob._meta import read_meta
 from tensorblob._recovery import load
 

@@ -1,0 +1,141 @@
+"""Block files: fixed-size raw row arrays under ``blocks/`` (F8), as files.
+
+Block ``id`` lives in ``blocks/<id as 16 hex digits>`` and holds exactly
+``block_size * row_bytes`` bytes, row-major, native byte order, no header.
+``BlockFiles`` creates, copies, fsyncs, checksums, lists and deletes them;
+it never maps one (that is ``_blocks.BlockStore``), so recovery and the
+operator tools that use it need neither torch nor tensordict. Every change
+goes through ``_durable``.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+from . import _durable
+from ._meta import Meta
+from .errors import CorruptBlobError
+
+BLOCKS = "blocks"
+
+_CRC_CHUNK = 1 << 20
+
+
+def crc_file(path: str, start: int, stop: int, seed: int = 0) -> int:
+    """CRC-32 of bytes ``[start, stop)`` of the file ``path``, continuing from ``seed``.
+
+    Raises CorruptBlobError if the file ends before ``stop``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = memoryview(bytearray(min(max(stop - start, 1), _CRC_CHUNK)))
+        crc, pos = seed, start
+        while pos < stop:
+            n = os.preadv(fd, [buf[: min(len(buf), stop - pos)]], pos)
+            if n == 0:
+                raise CorruptBlobError(
+                    f"block file {path!r} ends at byte {pos}, before its committed rows "
+                    f"(which need {stop} bytes): it was truncated or damaged"
+                )
+            crc = zlib.crc32(buf[:n], crc)
+            pos += n
+        return crc
+    finally:
+        os.close(fd)
+
+
+def block_name(bid: int) -> str:
+    return f"{bid:016x}"
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_block_name(name: str) -> int | None:
+    """The id of a block file name (exactly 16 lowercase hex digits), else None."""
+    if len(name) == 16 and _HEX.issuperset(name):
+        return int(name, 16)
+    return None
+
+
+class BlockFiles:
+    """The block files of one blob: paths, sizes, creation, copies, fsync, checksums."""
+
+    def __init__(self, root: str, meta: Meta) -> None:
+        self.dir = os.path.join(root, BLOCKS)
+        self.meta = meta
+        self.nbytes = meta.block_size * meta.row_bytes
+
+    def path(self, bid: int) -> str:
+        return f"{self.dir}/{bid:016x}"  # block_name(), inlined: this is on the write path
+
+    def allocate(self, bid: int) -> None:
+        """Create block ``bid`` zero-filled. Not durable until ``sync``.
+
+        The caller knows ``bid`` is referenced by no committed state, so a file
+        already there is the orphan of a transaction lost to a power cut
+        (whose deletion never reached the disk): it is replaced.
+        """
+        path = self.path(bid)
+        if os.path.exists(path):
+            _durable.unlink(path)
+        _durable.allocate(path, self.nbytes)
+
+    def check_file(self, bid: int) -> None:
+        """Raise CorruptBlobError unless block ``bid``'s file exists with the right size."""
+        self._check_size(self.path(bid))
+
+    def check_path(self, path: str) -> None:
+        """Raise CorruptBlobError unless ``path`` is a block file of the right size."""
+        self._check_size(path)
+
+    def _check_size(self, path: str) -> None:
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise CorruptBlobError(f"block file {path!r} is missing") from None
+        if size != self.nbytes:
+            raise CorruptBlobError(f"block file {path!r} has {size} bytes, expected {self.nbytes}")
+
+    def copy(self, src: int, dst: int) -> None:
+        """Create block ``dst`` as a copy of block ``src`` (copy-on-write). Not durable."""
+        self.copy_foreign(self.path(src), dst)
+
+    def copy_foreign(self, src_path: str, dst: int) -> None:
+        """Create block ``dst`` as a copy of the block file ``src_path`` (maybe another blob's)."""
+        self._check_size(src_path)
+        if os.path.exists(self.path(dst)):  # a stale orphan, as in allocate()
+            _durable.unlink(self.path(dst))
+        _durable.copy_file(src_path, self.path(dst), self.nbytes)
+
+    def sync(self, bids: set[int] | list[int], *, new_files: bool) -> None:
+        """Make the listed blocks durable (and their directory entries, if ``new_files``)."""
+        paths = [self.path(bid) for bid in sorted(bids)]
+        _durable.fsync_paths([p for p in paths if os.path.exists(p)])
+        if new_files:
+            _durable.fsync_dir(self.dir)
+
+    def crc(self, bid: int, start: int, stop: int, seed: int = 0) -> int:
+        """CRC-32 of rows ``[start, stop)`` of block ``bid``, continuing from ``seed`` (F3).
+
+        Read with ``pread``, never through a mapping, so that a block file
+        shortened on disk raises CorruptBlobError, not SIGBUS.
+        """
+        rb = self.meta.row_bytes
+        return crc_file(self.path(bid), start * rb, stop * rb, seed)
+
+    def delete(self, bid: int) -> None:
+        _durable.unlink(self.path(bid), missing_ok=True)
+
+    def list_ids(self) -> tuple[set[int], list[str]]:
+        """Return the block ids present on disk and any names that are not block names."""
+        ids: set[int] = set()
+        other: list[str] = []
+        for name in os.listdir(self.dir):
+            bid = parse_block_name(name)
+            if bid is None:
+                other.append(name)
+            else:
+                ids.add(bid)
+        return ids, other
