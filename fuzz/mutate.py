@@ -171,8 +171,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_txn.py",
                 "_checkpoint",
-                "sync_and_sum(st, self.blocks, self.dirty, new_files=new_files, sums=st.blocks)",
-                "sync_and_sum(st, self.blocks, set(), new_files=new_files, sums=st.blocks)",
+                "st, self.blocks, self.dirty, new_files=new_files, sums=st.blocks",
+                "st, self.blocks, set(), new_files=new_files, sums=st.blocks",
             ),
         ),
     ),
@@ -237,8 +237,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_journal.py",
                 "stage_rotation",
-                'data += _format.encode_frame(salt, {"t": _format.REC_APPEND, "n": length, '
-                '"p": True, "q": 2})',
+                "data += _format.encode_frame(salt, {**_format.append_record(length, "
+                'carried=True), "q": 2})',
                 "",
             ),
         ),
@@ -332,8 +332,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_recovery.py",
                 "recover",
-                "    checkpoint(root, state, meta.block_size)\n",
-                "    checkpoint(root, state, meta.block_size)\n"
+                "    checkpoint(root, state, meta.block_size, blocks)\n",
+                "    checkpoint(root, state, meta.block_size, blocks)\n"
                 "    blocks.sync(loaded.dirty, new_files=True)\n",
             ),
         ),
@@ -378,8 +378,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_blob.py",
                 "_create",
-                "state.encode(meta.block_size), sync=True",
-                "state.encode(meta.block_size), sync=False",
+                "encode_manifest(state, meta.block_size), sync=True",
+                "encode_manifest(state, meta.block_size), sync=False",
             ),
         ),
     ),

@@ -20,8 +20,9 @@ from ._blockfiles import BLOCKS, parse_block_name
 from ._blocks import BlockStore, default_max_cached
 from ._journal import JOURNAL, JournalWriter, encode_journal
 from ._locking import LOCK, READERS, ReaderLease, WriterLock, hold_dir
-from ._manifest import MANIFEST, State
+from ._manifest import MANIFEST, encode_manifest
 from ._meta import META, Meta, parse_dtype, parse_shape, read_meta
+from ._state import State
 from ._txn import Engine
 from .errors import (
     BlobClosedError,
@@ -90,7 +91,9 @@ def _create(path: str, meta: Meta) -> bool:
         _durable.create_file(os.path.join(tmp, LOCK), b"", sync=False)
         state = State(meta.uuid)
         _durable.create_file(os.path.join(tmp, META), meta.encode(), sync=True)
-        _durable.create_file(os.path.join(tmp, MANIFEST), state.encode(meta.block_size), sync=True)
+        _durable.create_file(
+            os.path.join(tmp, MANIFEST), encode_manifest(state, meta.block_size), sync=True
+        )
         journal = encode_journal(meta.uuid, state.gen, secrets.randbits(32), closed=True)
         _durable.create_file(os.path.join(tmp, JOURNAL), journal, sync=True)
         _durable.create_file(os.path.join(tmp, READERS), b"", sync=False)

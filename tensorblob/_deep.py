@@ -15,8 +15,8 @@ from typing import Any
 
 from ._blockfiles import BLOCKS, block_name
 from ._findings import Scan
-from ._manifest import State
 from ._meta import Meta
+from ._state import State
 
 _CHUNK = 8 << 20  # deep reads go in chunks of this many bytes
 

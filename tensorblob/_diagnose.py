@@ -25,12 +25,13 @@ import struct
 import zlib
 from typing import Any
 
-from . import _format, _locking, _recovery
+from . import _format, _recovery
 from ._blockfiles import BLOCKS, block_name
 from ._findings import JournalScan, Scan, ids_text, rows_text
 from ._journal import JOURNAL, JournalImage
-from ._manifest import MANIFEST, State, read_manifest
+from ._manifest import MANIFEST, read_manifest
 from ._meta import Meta
+from ._state import State
 from .errors import CorruptBlobError
 
 _TAIL_SCAN_BUDGET = 64 << 20  # bytes of CRC work spent looking for intact frames in a tail
@@ -410,17 +411,13 @@ def check_blocks(sc: Scan, meta: Meta) -> None:
     salvaged = copy.deepcopy(chosen)
     st = salvaged.state
     st.gen = max(st.gen, sc.journal.gen)
-    protect = _locking.snapshot_seq(st.gen + 1, 0)  # every snapshot that exists may use them
     dropped = st.blocks[first:]
     rows = st.length - first * B
-    st.length = first * B
-    del st.blocks[first:]
-    for bid in dropped:
-        st.hwm.pop(bid, None)
-        st.sums.pop(bid, None)
-        if bid not in st.free:
-            st.free.append(bid)
-        st.freed_at[bid] = protect
+    # The truncation, applied by the one transition as a commit record that is
+    # numbered past every frame: every snapshot that exists may use the
+    # dropped blocks, so their freeing must come after all of them.
+    cut = _format.commit_record(first * B, first, [], [], dropped, [], st.next_id)
+    st.apply({**cut, "q": _format.LAST_Q}, B, "salvage")
     st.validate(B, "salvaged state")
     sc.loaded, sc.salvage = None, salvaged
     sc.drops.rows += rows

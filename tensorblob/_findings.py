@@ -13,8 +13,8 @@ from typing import Any
 from . import _format, _recovery
 from ._blockfiles import block_name
 from ._locking import ReaderLease
-from ._manifest import State
 from ._meta import Meta
+from ._state import State
 
 # What a live writer's session leaves by itself: only notes while it holds the lock.
 _IN_FLIGHT = {"unclean", "journal-torn", "journal-stale", "stray-temp", "orphan-blocks"}

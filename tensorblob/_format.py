@@ -44,6 +44,7 @@ HEADER_SIZE = _HEADER.size  # 20
 _FRAME = struct.Struct("<II")
 FRAME_HEADER_SIZE = _FRAME.size  # 8
 MAX_FRAME = 1 << 26  # a frame larger than this is garbage, not a record (F5)
+LAST_Q = (1 << 32) - 1  # past every frame's sequence number (snapshot_seq's low word)
 
 # Record types inside journal frames (F6).
 REC_COMMIT = "c"  # a transaction, as a full delta
@@ -52,6 +53,56 @@ REC_SYNC = "s"  # a durable point (``c``: the writer closed)
 REC_OPEN = "o"  # a writer session starts; carries the boot id its records inherit
 COMMITS = (REC_COMMIT, REC_APPEND)
 RECORD_TYPES = (REC_COMMIT, REC_APPEND, REC_SYNC, REC_OPEN)
+
+
+# -- record constructors: every record is built here (F6) --------------------
+# The writer adds ``q`` when it appends a record (JournalWriter).
+
+
+def open_record(boot: str) -> dict[str, Any]:
+    """A writer session starts; its records inherit the boot id ``boot`` (F9)."""
+    return {"t": REC_OPEN, "b": boot}
+
+
+def sync_record(closing: bool, sums: list[list[int]] | None = None) -> dict[str, Any]:
+    """A durable point (``closing``: the writer closed), with the checksums it made durable."""
+    rec: dict[str, Any] = {"t": REC_SYNC, "c": closing}
+    if sums:
+        rec["cs"] = sums
+    return rec
+
+
+def append_record(n: int, *, carried: bool = False) -> dict[str, Any]:
+    """A transaction that only appended rows in place, growing the blob to ``n`` rows.
+
+    ``carried``: the record a rotation carries into a new journal (``p``, F7.6).
+    """
+    rec: dict[str, Any] = {"t": REC_APPEND, "n": n}
+    if carried:
+        rec["p"] = True
+    return rec
+
+
+def commit_record(  # noqa: PLR0917 - the fields of the record (F6)
+    n: int,
+    k: int,
+    s: list[list[int]],
+    h: list[list[int]],
+    f: list[int],
+    w: list[int],
+    x: int,
+) -> dict[str, Any]:
+    """A transaction as a full delta: length, slot count, changed slots, high-water marks,
+    freed, written, next block id."""
+    return {"t": REC_COMMIT, "n": n, "k": k, "s": s, "h": h, "f": f, "w": w, "x": x}
+
+
+def mark_durable(rec: dict[str, Any], sums: list[list[int]]) -> dict[str, Any]:
+    """Make a commit or append record a ``sync="full"`` durable marker (``d``, ``cs``)."""
+    rec["d"] = True
+    if sums:
+        rec["cs"] = sums
+    return rec
 
 
 def read_file(path: str) -> bytes:
@@ -148,7 +199,7 @@ _APPEND_HEAD = b"\x83\xa1t\xa1a\xa1n"  # msgpack of {"t": "a", "n": ...
 
 
 def encode_append_frame(salt: int, n: int, q: int) -> bytes:
-    """``encode_frame(salt, {"t": "a", "n": n, "q": q})``, byte for byte, faster.
+    """``encode_frame(salt, {**append_record(n), "q": q})``, byte for byte, faster.
 
     The commit record of every single-row append under ``"normal"``: this is
     on the hottest write path, and packing the two integers alone saves most
@@ -157,7 +208,7 @@ def encode_append_frame(salt: int, n: int, q: int) -> bytes:
     payload = _APPEND_HEAD + _packer.pack(n) + b"\xa1q" + _packer.pack(q)
     seed = _salt_crcs.get(salt)
     if seed is None:
-        return encode_frame(salt, {"t": REC_APPEND, "n": n, "q": q})
+        return encode_frame(salt, {**append_record(n), "q": q})
     return _FRAME.pack(len(payload), zlib.crc32(payload, seed)) + payload
 
 

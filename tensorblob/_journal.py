@@ -56,7 +56,7 @@ def encode_journal(
         header["base"], version = base, 3
     data = _format.encode_file(_format.MAGIC_JOURNAL, header, version)
     if closed:
-        marker = {"t": _format.REC_SYNC, "c": True, "q": 1}
+        marker = {**_format.sync_record(True), "q": 1}
         data += _format.encode_frame(salt, marker)
     return data
 
@@ -83,8 +83,8 @@ def stage_rotation(root: str, uuid: bytes, gen: int, *, base: int, boot: str, le
     """
     salt = secrets.randbits(32)
     data = encode_journal(uuid, gen, salt, closed=False, base=base)
-    data += _format.encode_frame(salt, {"t": _format.REC_OPEN, "b": boot, "q": 1})
-    data += _format.encode_frame(salt, {"t": _format.REC_APPEND, "n": length, "p": True, "q": 2})
+    data += _format.encode_frame(salt, {**_format.open_record(boot), "q": 1})
+    data += _format.encode_frame(salt, {**_format.append_record(length, carried=True), "q": 2})
     _durable.stage(os.path.join(root, JOURNAL), data)
     return salt
 

@@ -25,8 +25,9 @@ from typing import Any
 from . import _durable, _format, _locking
 from ._blockfiles import BlockFiles
 from ._journal import JOURNAL, JournalImage, read_journal, stage_journal
-from ._manifest import MANIFEST, State, read_manifest, stage_manifest
+from ._manifest import MANIFEST, read_manifest, stage_manifest
 from ._meta import Meta
+from ._state import State
 from .errors import CorruptBlobError
 
 _RETRIES = 50
@@ -115,50 +116,50 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
     what = f"journal of generation {journal.gen}"
     B, APPEND, i = meta.block_size, _format.REC_APPEND, 0
     while i < keep:
-        rec = records[i]
-        t = rec["t"]
-        if t == APPEND:  # a run of appends (a collector's commits) is applied in one pass
-            j = i + 1  # the run stops after the last durable marker, which may be an append
+        j = i + 1
+        if records[i]["t"] == APPEND:  # a run of appends (a collector's commits): one pass
+            # The run stops after the last durable marker, which may be an append.
             while j < keep and j != last_durable + 1 and records[j]["t"] == APPEND:
                 j += 1
             written = state.apply_appends(records[i:j], B, what)
+        else:
+            written = state.apply(records[i], B, what)
+        if records[i]["t"] in _format.COMMITS:
             loaded.kept += j - i
             if i > last_durable:
                 loaded.dirty.update(written)
-            for r in records[i:j]:  # sync="full" appends carry checksums
-                if "cs" in r:
-                    state.apply_sums(r["cs"], what)
-            i = j
-            continue
-        if t == _format.REC_COMMIT:
-            written = state.apply(rec, B, what)
-            loaded.kept += 1
-            if i > last_durable:
-                loaded.dirty.update(written)
-        if "cs" in rec:
-            state.apply_sums(rec["cs"], what)
-        i += 1
+        i = j
     if loaded.kept:
         state.validate(meta.block_size, f"{what}: after replay")
     return loaded
 
 
-def extend_sums(state: State, blocks: BlockFiles, bids: Iterable[int]) -> None:
-    """Extend the checksum of each live block in ``bids`` over all its committed rows (F3).
+def new_sums(
+    state: State,
+    blocks: BlockFiles,
+    bids: Iterable[int],
+    rows_after: dict[int, int] | None = None,
+) -> list[list[int]]:
+    """The checksums that cover the committed rows of the live blocks in ``bids`` (F3),
+    as a record's ``cs``: ``[[bid, rows, crc], ...]``, for the blocks whose rows grew.
 
     A block's checksum covers its first ``rows`` rows; rows below the
-    high-water mark never change, so only the rows past ``rows`` are read.
-    The caller has made those rows durable (the checksum is recorded with a
-    durable marker or a checkpoint).
+    high-water mark (``rows_after[bid]``, by default the state's) never
+    change, so only the rows past the block's current checksum are read. The
+    state is not changed: the record (or manifest) that makes the rows
+    durable carries the result, and ``State.apply`` (``apply_sums``) records
+    it. The caller has made those rows durable, or is about to, before the
+    record.
     """
-    hwm, sums = state.hwm, state.sums
-    for bid in bids:
-        h = hwm.get(bid)
+    hwm, sums, out = state.hwm, state.sums, []
+    for bid in sorted(bids):
+        h = hwm.get(bid) if rows_after is None else rows_after.get(bid, hwm.get(bid))
         if h is None:  # freed since it was written
             continue
         rows, crc = sums.get(bid, (0, 0))
         if h > rows:
-            sums[bid] = (h, blocks.crc(bid, rows, h, crc))
+            out.append([bid, h, blocks.crc(bid, rows, h, crc)])
+    return out
 
 
 # Past this many bytes to checksum, the checksums are computed on a thread
@@ -169,21 +170,21 @@ SUM_THREAD_BYTES = 8 << 20
 
 def sync_and_sum(
     state: State, blocks: BlockFiles, dirty: set[int], *, new_files: bool, sums: Iterable[int]
-) -> None:
-    """Fsync the ``dirty`` blocks (and ``blocks/`` if ``new_files``), and extend the
-    checksums of the blocks in ``sums``; the two overlap when there is much to checksum."""
+) -> list[list[int]]:
+    """Fsync the ``dirty`` blocks (and ``blocks/`` if ``new_files``), and compute the
+    ``new_sums`` of the blocks in ``sums``; the two overlap when there is much to checksum."""
     ids = [b for b in sums if b in state.hwm]
     todo = sum(state.hwm[b] - state.sums.get(b, (0, 0))[0] for b in ids)
     if todo * blocks.meta.row_bytes < SUM_THREAD_BYTES:
         if dirty or new_files:
             blocks.sync(dirty, new_files=new_files)
-        extend_sums(state, blocks, ids)
-        return
+        return new_sums(state, blocks, ids)
+    result: list[list[int]] = []
     failed: list[BaseException] = []
 
     def work() -> None:
         try:
-            extend_sums(state, blocks, ids)
+            result.extend(new_sums(state, blocks, ids))
         except BaseException as exc:  # raised in the caller's thread below
             failed.append(exc)
 
@@ -195,12 +196,7 @@ def sync_and_sum(
         worker.join()
     if failed:
         raise failed[0]
-
-
-def sums_record(state: State, bids: Iterable[int]) -> list[list[int]]:
-    """The checksums of the live blocks among ``bids``, as a record's ``cs`` (F6)."""
-    sums = state.sums
-    return [[b, *sums[b]] for b in sorted(bids) if b in sums and b in state.hwm]
+    return result
 
 
 def verify_checksums(state: State, blocks: BlockFiles) -> tuple[int, list[int]]:
@@ -211,7 +207,12 @@ def verify_checksums(state: State, blocks: BlockFiles) -> tuple[int, list[int]]:
 
 
 def stage_checkpoint(
-    root: str, state: State, block_size: int, *, closed: bool = False
+    root: str,
+    state: State,
+    block_size: int,
+    *,
+    closed: bool = False,
+    sums: list[list[int]] | None = None,
 ) -> tuple[int, int]:
     """Stage the next generation's manifest and an empty journal; return (gen, salt).
 
@@ -219,10 +220,12 @@ def stage_checkpoint(
     disk space the checkpoint needs is taken here, before its commit point.
     Nothing a reader sees changes. If staging fails (a full disk), what was
     staged is removed again, best effort, and the error is raised. With
-    ``closed``, the new journal starts with a close marker.
+    ``closed``, the new journal starts with a close marker. ``sums``: checksums
+    (``new_sums``) the manifest records beyond the state's, which the caller
+    applies to the state once the checkpoint is installed.
     """
     gen = state.gen + 1
-    stage_manifest(root, state, block_size, gen)
+    stage_manifest(root, state, block_size, gen, sums)
     try:
         salt = stage_journal(root, state.uuid, gen, closed=closed)
     except BaseException:
@@ -246,14 +249,19 @@ def install_checkpoint(root: str, state: State, gen: int) -> None:
     _durable.install(os.path.join(root, JOURNAL))
 
 
-def checkpoint(root: str, state: State, block_size: int, *, closed: bool = False) -> int:
-    """Write ``state`` as the next generation's manifest and start an empty journal.
+def checkpoint(
+    root: str, state: State, block_size: int, blocks: BlockFiles, *, closed: bool = False
+) -> int:
+    """Write ``state`` as the next generation's manifest, with every block's checksum
+    extended over all its rows, and start an empty journal.
 
     The caller has made every block the state references durable. Returns
     the new journal's salt.
     """
-    gen, salt = stage_checkpoint(root, state, block_size, closed=closed)
+    sums = new_sums(state, blocks, state.blocks)
+    gen, salt = stage_checkpoint(root, state, block_size, closed=closed, sums=sums)
     install_checkpoint(root, state, gen)
+    state.apply_sums(sums, "checkpoint")
     return salt
 
 
@@ -350,8 +358,7 @@ def recover(root: str, meta: Meta, blocks: BlockFiles, loaded: Loaded) -> list[s
     if orphans:
         _durable.fsync_dir(blocks.dir)
         actions.append(f"deleted {len(orphans)} block(s) of uncommitted transactions")
-    extend_sums(state, blocks, state.blocks)
-    checkpoint(root, state, meta.block_size)
+    checkpoint(root, state, meta.block_size, blocks)
     actions.append(f"wrote checkpoint generation {state.gen} ({state.length} rows)")
     probe = _locking.ReaderProbe(root)
     try:

@@ -334,7 +334,7 @@ def _close_journal(root: str, meta: Any) -> None:
     assert j is not None
     writer = JournalWriter(root, j.salt, len(j.records))
     try:
-        writer.append({"t": _format.REC_SYNC, "b": _durable.boot_id(), "c": True})
+        writer.append(_format.sync_record(True))
         writer.sync()
     finally:
         writer.close()

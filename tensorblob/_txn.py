@@ -41,8 +41,8 @@ import torch
 from . import _blocks, _durable, _format, _journal, _locking, _recovery
 from ._blocks import BlockStore
 from ._journal import JournalWriter, sync_room
-from ._manifest import State, append_delta
 from ._meta import Meta
+from ._state import State, append_delta
 from .errors import BlobIOError, os_error
 
 CHECKPOINT_BYTES = 64 * 1024  # journal size that triggers a checkpoint
@@ -360,10 +360,9 @@ class Engine:
             if j.broken:
                 raise self._give_up("writing the commit record", exc, _UNKNOWN) from exc
             raise  # nothing was written: not committed, and nothing to undo
-        # Committed: the same bookkeeping as _committed(), for this one case.
-        st.length = end
-        st.hwm[self.w_bid] = end - self.w_base
-        st.seq = (st.gen << 32) | j.seq  # _locking.snapshot_seq, inlined
+        # Committed: memory follows through the one transition (State.apply,
+        # whose append branch this is), as in _committed.
+        st.apply_append(end, j.seq, self.meta.block_size, "commit")
         self.dirty.add(self.w_bid)
         self.since_durable += 1
         self.last_closed = False
@@ -389,22 +388,29 @@ class Engine:
 
     def rollback(self) -> None:
         """Undo the open transaction: restore the slot list and length, delete its blocks."""
-        t, st = self.txn, self.state
+        t = self.txn
         assert t is not None
         self.txn = None
         self._clear_window()
+        self._restore(t)
+        for bid in t.private:
+            self.blocks.delete(bid)
+            self.deleted = True
+
+    def _restore(self, t: _Txn) -> None:
+        """Put the working state's slots, length and next block id back where ``t`` began.
+
+        Ids are reused: an append record's new blocks take the ids that follow
+        the last commit's (a stale file of a rolled-back block is replaced when
+        its id is allocated again).
+        """
+        st = self.state
         if t.blocks0 is not None:
             st.blocks = t.blocks0
         else:
             del st.blocks[t.nslots0 :]
         st.length = t.length0
-        # Ids are reused: an append record's new blocks take the ids that
-        # follow the last commit's (a stale file of a rolled-back block is
-        # replaced when its id is allocated again).
         st.next_id = t.next0
-        for bid in t.private:
-            self.blocks.delete(bid)
-            self.deleted = True
 
     def commit(self) -> None:
         """Commit the open transaction (the numbered steps in the module docstring)."""
@@ -437,33 +443,25 @@ class Engine:
             keep = set(final)
             freed = [b for b in t.blocks0 if b not in keep]
         written = sorted(t.touched & alive)
-        record: dict[str, Any] = {
-            "t": _format.REC_COMMIT,
-            "n": st.length,
-            "k": k,
-            "s": [[s, final[s]] for s in sorted(t.changed) if s < k],
-            "h": hwm_updates,
-            "f": freed,
-            "w": written,
-            "x": st.next_id,
-        }
+        changed = [[s, final[s]] for s in sorted(t.changed) if s < k]
+        record = _format.commit_record(
+            st.length, k, changed, hwm_updates, freed, written, st.next_id
+        )
         if t.blocks0 is None and not freed and st.length > t.length0:
             # Only appended? Then the short append record says the same (F6).
             prefix = final[: t.nslots0]
             delta = append_delta(prefix, st.hwm, t.length0, t.next0, st.length, B)
             if delta is not None and all(delta[key] == record[key] for key in delta):
-                record = {"t": _format.REC_APPEND, "n": st.length}
+                record = _format.append_record(st.length)
         if not self.opened:
             self._mark_open()
         # Step 1: under "full", the rows reach the disk before the record does,
         # and the record carries their checksums (it is a durable marker).
-        sums = None
         if self.full:
-            record["d"] = True
             self.blocks.sync(written, new_files=bool(kept_private))
-            sums = self._sums_after(written, hwm_updates)
-            if sums:
-                record["cs"] = sums
+            rows_after = dict(map(tuple, hwm_updates))
+            sums = _recovery.new_sums(st, self.blocks, written, rows_after)
+            _format.mark_durable(record, sums)
         # Step 2: the commit point (process death). If the append fails having
         # written nothing, or its bytes were cut off again, the transaction is
         # not committed and the caller rolls it back. If part of the frame may
@@ -473,35 +471,23 @@ class Engine:
         # The transaction is committed: memory follows, whatever fails below.
         self.txn = None
         with self._poison_on_error("completing a committed transaction", _COMMITTED):
-            self._committed(record, kept_private, dropped_private, hwm_updates, freed, written)
-            if sums:
-                st.apply_sums(sums, "commit")
+            self._committed(t, record, dropped_private, written)
 
-    def _committed(  # noqa: PLR0917 - the parts of one commit, computed by commit()
-        self,
-        record: dict[str, Any],
-        kept_private: set[int],
-        dropped_private: set[int],
-        hwm_updates: list[list[int]],
-        freed: list[int],
-        written: list[int],
+    def _committed(
+        self, t: _Txn, record: dict[str, Any], dropped_private: set[int], written: list[int]
     ) -> None:
         st = self.state
         # Step 3: the commit point (power loss), "full" only.
         if self.full:
             self.journal.sync()
-        # Step 4: bring memory in line; delete blocks made and dropped in the transaction.
-        st.seq = _locking.snapshot_seq(st.gen, record["q"])
-        for bid, h in hwm_updates:
-            st.hwm[bid] = h
-        for bid in kept_private:
-            st.born[bid] = st.seq
-        for bid in freed:
-            st.hwm.pop(bid, None)
-            st.sums.pop(bid, None)
-            st.freed_at[bid] = st.seq
+        # Step 4: memory follows through the one transition (State.apply): the
+        # working state goes back to where the transaction began, and the
+        # record is applied to it, exactly as replay applies it. Then delete
+        # the blocks made and dropped in the transaction.
+        self._restore(t)
+        st.apply(record, self.meta.block_size, "commit", fresh_from=t.next0)
+        for bid in record.get("f", ()):
             self.blocks.forget(bid)
-        st.free.extend(freed)
         for bid in dropped_private:
             self.blocks.delete(bid)
             self.deleted = True
@@ -513,26 +499,12 @@ class Engine:
             self.since_durable = 0
         else:
             self.dirty.update(written)
-            self.new_files |= bool(kept_private)
+            self.new_files |= bool(t.private - dropped_private)
             self.since_durable += 1
         # Step 5: deferred deletions (best effort). The journal's bound is
         # checked when the next transaction begins.
         if self.full and st.free:
             _recovery.reap(st, self.blocks, self.probe)
-
-    def _sums_after(self, written: list[int], hwm_updates: list[list[int]]) -> list[list[int]]:
-        """The checksums of the blocks a ``sync="full"`` commit wrote, over the rows it
-        exposes (``[[bid, rows, crc], ...]``); the state is not changed yet."""
-        st, out = self.state, []
-        rows_after = dict(map(tuple, hwm_updates))
-        for bid in written:
-            h = rows_after.get(bid, st.hwm.get(bid))
-            if h is None:
-                continue
-            rows, crc = st.sums.get(bid, (0, 0))
-            if h > rows:
-                out.append([bid, h, self.blocks.crc(bid, rows, h, crc)])
-        return out
 
     # -- mutations (inside a transaction) --------------------------------
 
@@ -709,13 +681,11 @@ class Engine:
         with self._poison_on_error("making commits durable", _DURABLE_POINT):
             st, dirty = self.state, self.dirty
             new_files = self.new_files or self.deleted
-            _recovery.sync_and_sum(st, self.blocks, dirty, new_files=new_files, sums=dirty)
-            record: dict[str, Any] = {"t": _format.REC_SYNC, "c": closing}
-            sums = _recovery.sums_record(st, self.dirty)
-            if sums:
-                record["cs"] = sums
+            sums = _recovery.sync_and_sum(st, self.blocks, dirty, new_files=new_files, sums=dirty)
+            record = _format.sync_record(closing, sums)
             self.journal.append(record)
             self.journal.sync()
+            st.apply(record, self.meta.block_size, "sync")
             self.deleted = False
             self.dirty.clear()
             self.new_files = False
@@ -774,11 +744,13 @@ class Engine:
         st = self.state
         with self._poison_on_error("checkpointing", _DURABLE_POINT):
             new_files = self.new_files or self.deleted
-            _recovery.sync_and_sum(st, self.blocks, self.dirty, new_files=new_files, sums=st.blocks)
+            sums = _recovery.sync_and_sum(
+                st, self.blocks, self.dirty, new_files=new_files, sums=st.blocks
+            )
             self.deleted = self.new_files = False
         try:
             gen, salt = _recovery.stage_checkpoint(
-                self.root, st, self.meta.block_size, closed=closing
+                self.root, st, self.meta.block_size, closed=closing, sums=sums
             )
         except OSError:
             if optional:
@@ -786,6 +758,7 @@ class Engine:
             raise
         with self._poison_on_error("checkpointing", _DURABLE_POINT):
             _recovery.install_checkpoint(self.root, st, gen)
+            st.apply_sums(sums, "checkpoint")
             self.journal.close()
             self.journal = JournalWriter(self.root, salt, int(closing))
         self.dirty.clear()

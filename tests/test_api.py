@@ -30,7 +30,7 @@ from tensorblob import (
     UnsupportedOperationError,
     _format,
 )
-from tensorblob._manifest import State
+from tensorblob._state import State
 
 # -- helpers ---------------------------------------------------------------
 

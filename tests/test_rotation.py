@@ -21,7 +21,7 @@ import harness
 import pytest
 import torch
 
-from tensorblob import CorruptBlobError, TensorBlob, _durable, _format, _manifest, _txn
+from tensorblob import CorruptBlobError, TensorBlob, _durable, _format, _manifest, _state, _txn
 from tensorblob._meta import read_meta
 
 B = 4  # rows per block
@@ -35,7 +35,7 @@ def _journal_header(path: str) -> tuple[int, dict[str, Any]]:
     return struct.unpack_from("<H", data, 8)[0], header
 
 
-def _manifest_of(path: str) -> _manifest.State:
+def _manifest_of(path: str) -> _state.State:
     meta = read_meta(path)
     return _manifest.read_manifest(path, meta.uuid, meta.block_size)
 
@@ -202,7 +202,7 @@ def test_a_manifest_newer_than_the_rotated_journals_base_is_damage(
     _, header = _journal_header(path)
     m = _manifest_of(path)
     m.gen = header["gen"]  # a manifest of the journal's own generation: never written so
-    _durable.write_atomic(os.path.join(path, "manifest"), m.encode(B))
+    _durable.write_atomic(os.path.join(path, "manifest"), _manifest.encode_manifest(m, B))
     before = harness.snapshot_files(str(path))
     with pytest.raises(CorruptBlobError, match="the journal may have been replaced"):
         TensorBlob.open(path, "r")

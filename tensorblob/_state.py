@@ -1,0 +1,208 @@
+"""``State``, the committed shape of a blob, and the one transition that changes it (F6).
+
+A State is what a snapshot is: the row count, the block id in each slot, each
+block's high-water mark (the most rows any committed snapshot has exposed from
+it; rows below it are never overwritten in place), the blocks freed but not yet
+deleted, the next unused block id, and each block's checksum. The manifest
+stores one State (``_manifest``); journal records are deltas applied to it in
+order, by ``State.apply`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _format
+from ._locking import snapshot_seq
+from .errors import CorruptBlobError
+
+
+@dataclass
+class State:
+    uuid: bytes
+    gen: int = 1
+    length: int = 0
+    blocks: list[int] = field(default_factory=list)
+    hwm: dict[int, int] = field(default_factory=dict)
+    free: list[int] = field(default_factory=list)
+    next_id: int = 0
+    # In memory only: the snapshot's sequence number; for blocks first
+    # referenced after the manifest, the sequence of that commit; for each
+    # freed block, the sequence of the commit that freed it (an upper bound
+    # for blocks freed before the manifest). Only snapshots in [born, freed)
+    # can use a block; see _locking for how leases use this.
+    seq: int = 0
+    freed_at: dict[int, int] = field(default_factory=dict)
+    born: dict[int, int] = field(default_factory=dict)
+    # Checksums (F3, F6): block id -> (rows, crc32 of the block's first
+    # ``rows`` rows). Rows below a block's high-water mark never change, so a
+    # checksum stays valid for the block's whole life; it is extended as the
+    # block grows, each time its new rows become durable.
+    sums: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def append_delta(self, n: int, block_size: int) -> dict[str, Any] | None:
+        """The commit delta an append record growing this state to ``n`` rows stands for."""
+        return append_delta(self.blocks, self.hwm, self.length, self.next_id, n, block_size)
+
+    def apply_appends(self, recs: list[dict[str, Any]], block_size: int, what: str) -> list[int]:
+        """Apply a run of append records, in one pass: the same as ``apply`` on each in turn.
+
+        Each record grows the blob to its ``n`` rows, so the run must grow
+        strictly; its rows land past the high-water mark of the last block.
+        A block is born at the record whose rows first reach it, unless that
+        record was carried over by a rotation (``p``, F6): the block was born
+        in an older journal, so it gets no birth, which protects it from
+        every older snapshot. Returns the blocks the run wrote.
+        """
+        B, blocks, hwm = block_size, self.blocks, self.hwm
+        first, off = divmod(self.length, B)
+        ns = [r["n"] for r in recs]
+        prev = self.length
+        if off and hwm.get(blocks[first], B) > off:  # a snapshot saw rows past the length
+            prev = ns[0]  # so the first record does not fit: raised below
+        for i, n in enumerate(ns):
+            if n <= prev:
+                raise CorruptBlobError(f"{what}: append q={recs[i]['q']} to {n} rows does not fit")
+            prev = n
+        n = ns[-1]
+        k = -(-n // B)
+        while len(blocks) < k:
+            bid = self.next_id
+            self.next_id += 1
+            rec = recs[bisect.bisect_right(ns, len(blocks) * B)]
+            blocks.append(bid)
+            if not rec.get("p"):  # a carried record's blocks may be older: born unknown (0)
+                self.born.setdefault(bid, snapshot_seq(self.gen, rec["q"]))
+        for slot in range(first, k):
+            hwm[blocks[slot]] = min(B, n - slot * B)
+        self.seq = snapshot_seq(self.gen, recs[-1]["q"])
+        self.length = n
+        for r in recs:  # sync="full" appends carry checksums
+            cs = r.get("cs")
+            if cs:
+                self.apply_sums(cs, what)
+        return blocks[first:k]
+
+    def apply(
+        self, rec: dict[str, Any], block_size: int, what: str, *, fresh_from: int | None = None
+    ) -> list[int]:
+        """Apply one journal record of any type (F6): the one state transition.
+
+        Replay, the live commit (after resetting its working state to the
+        transaction's start), the fast append and salvage all change a State
+        through this. ``fresh_from``: block ids at or above it are new (born
+        by this record); by default, those at or above ``next_id``. Returns
+        the blocks the record wrote. Raises CorruptBlobError if the record
+        does not fit this state.
+        """
+        t = rec["t"]
+        if t == _format.REC_APPEND:
+            written = self.apply_append(rec["n"], rec["q"], block_size, what, rec.get("p", False))
+        elif t == _format.REC_COMMIT:
+            written = self._apply_commit(rec, what, fresh_from)
+        else:  # open and sync records change no rows
+            written = []
+        cs = rec.get("cs")
+        if cs:
+            self.apply_sums(cs, what)
+        return written
+
+    def apply_append(
+        self, n: int, q: int, block_size: int, what: str, carried: bool = False
+    ) -> list[int]:
+        """Apply the append record ``{"t": "a", "n": n, "q": q}`` (``p``: ``carried``).
+
+        The common case, rows that stay in the last block (a collector's
+        commit), costs a few assignments; anything else is ``apply_appends``.
+        """
+        length, B, blocks = self.length, block_size, self.blocks
+        if length < n <= len(blocks) * B and length // B == (n - 1) // B:
+            slot = length // B
+            bid, base = blocks[slot], slot * B
+            if length == base or self.hwm.get(bid, B) <= length - base:
+                self.hwm[bid] = n - base
+                self.length = n
+                self.seq = snapshot_seq(self.gen, q)
+                return [bid]
+        rec = {**_format.append_record(n, carried=carried), "q": q}
+        return self.apply_appends([rec], B, what)
+
+    def _apply_commit(self, rec: dict[str, Any], what: str, fresh_from: int | None) -> list[int]:
+        k = rec["k"]
+        new_from = self.next_id if fresh_from is None else fresh_from
+        del self.blocks[k:]
+        self.blocks.extend([-1] * (k - len(self.blocks)))
+        seq = snapshot_seq(self.gen, rec["q"])
+        for slot, bid in rec["s"]:
+            _format.require(slot < k, what, f"commit q={rec['q']} sets slot {slot} >= {k}")
+            self.blocks[slot] = bid
+            if bid >= new_from:  # a moved block keeps its birth
+                self.born.setdefault(bid, seq)
+        for bid, h in rec["h"]:
+            self.hwm[bid] = h
+        for bid in rec["f"]:
+            self.hwm.pop(bid, None)
+            self.sums.pop(bid, None)
+            self.free.append(bid)
+            self.freed_at[bid] = seq
+        self.seq = seq
+        self.length = rec["n"]
+        self.next_id = rec["x"]
+        return rec["w"]
+
+    def apply_sums(self, sums: list[list[int]], what: str) -> None:
+        """Record the checksums ``[[bid, rows, crc], ...]`` of a durable marker (F6)."""
+        hwm, mine = self.hwm, self.sums
+        for bid, rows, crc in sums:  # check_sums has checked the types and ranges
+            if rows > hwm.get(bid, -1):
+                raise CorruptBlobError(
+                    f"{what}: checksum of block {bid} over {rows} rows does not fit the state"
+                )
+            mine[bid] = (rows, crc)
+
+    def validate(self, block_size: int, what: str) -> None:
+        need = -(-self.length // block_size)
+        _format.require(
+            len(self.blocks) == need,
+            what,
+            f"{len(self.blocks)} blocks for {self.length} rows of block_size {block_size}",
+        )
+        for bid in self.blocks:
+            _format.require(bid in self.hwm and bid < self.next_id, what, f"bad block id {bid}")
+        _format.require(len(set(self.blocks)) == len(self.blocks), what, "block listed twice")
+        _format.require(all(h <= block_size for h in self.hwm.values()), what, "hwm > block_size")
+        _format.require(not set(self.free) & set(self.blocks), what, "a live block is listed free")
+        _format.require(all(b < self.next_id for b in self.free), what, "bad free block id")
+
+
+def append_delta(  # noqa: PLR0917 - the parts of a State it reads
+    blocks: list[int], hwm: dict[int, int], length: int, next_id: int, n: int, block_size: int
+) -> dict[str, Any] | None:
+    """The commit delta (F6) of appending rows ``length..n`` in place, or None if impossible.
+
+    An append record is the short form of a transaction that only wrote rows
+    ``length..n``: into the last block from its high-water mark on, then into
+    new blocks appended to the slot list with the next unused ids, in order.
+    It is impossible if ``n <= length`` or if the last block has exposed rows
+    past ``length`` (only a copy-on-write may write there).
+    """
+    B = block_size
+    if n <= length:
+        return None
+    first, off = divmod(length, B)
+    if off and hwm.get(blocks[first], B) > off:
+        return None
+    have, k = len(blocks), -(-n // B)
+    new = range(next_id, next_id + k - have)
+    final = blocks[first:] + list(new)
+    return {
+        "n": n,
+        "k": k,
+        "s": [[have + i, bid] for i, bid in enumerate(new)],
+        "h": [[bid, min(B, n - (first + i) * B)] for i, bid in enumerate(final)],
+        "f": [],
+        "w": final,
+        "x": next_id + len(new),
+    }
