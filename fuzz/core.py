@@ -60,10 +60,10 @@ for _p in (HERE, os.path.join(ROOT, "tests")):
 import harness  # noqa: E402
 import torch  # noqa: E402
 
-from tensorblob import TensorBlob, _durable, _txn  # noqa: E402
+from tensorblob import TensorBlob, _durability, _durable  # noqa: E402
 from tensorblob._blockfiles import parse_block_name  # noqa: E402
 from tensorblob._meta import read_meta  # noqa: E402
-from tensorblob._recovery import load  # noqa: E402
+from tensorblob._snapshot import load  # noqa: E402
 
 GUARANTEES = ("G1", "G2", "G4")
 CREATE = {"dtype": "float32", "shape": (3,), "block_size": 4}  # harness's row layout
@@ -330,8 +330,8 @@ def run_ops(path: str, ops: list[list[Any]], st: _Acks) -> None:
             ack()
             st.durable = st.acks  # durable when it returns
         elif kind == "checkpoint_every":
-            _txn.CHECKPOINT_BYTES = op[1]
-            _txn.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
+            _durability.CHECKPOINT_BYTES = op[1]
+            _durability.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
         else:
             do(op)
             if kind in harness.MUTATING:

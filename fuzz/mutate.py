@@ -116,7 +116,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the blocks written since the last durable point are not fsynced",
         (
             Edit(
-                "_txn.py",
+                "_durability.py",
                 "durable_point",
                 "sync_and_sum(st, self.blocks, dirty, new_files=new_files, sums=dirty)",
                 "sync_and_sum(st, self.blocks, set(), new_files=new_files, sums=dirty)",
@@ -129,9 +129,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "blocks/ is not fsynced (new block files, deletions)",
         (
             Edit(
-                "_txn.py",
+                "_durability.py",
                 "durable_point",
-                "new_files = self.new_files or self.deleted",
+                "new_files = m.new_files or m.deleted",
                 "new_files = False",
             ),
         ),
@@ -140,7 +140,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "durable-point-no-journal-fdatasync",
         "durable point",
         "the journal is not fdatasynced after the sync record",
-        (_drop("_txn.py", "durable_point", "self.journal.sync()"),),
+        (_drop("_durability.py", "durable_point", "self.journal.sync()"),),
     ),
     Mutation(
         "durable-point-reap-first",
@@ -148,13 +148,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "order: freed blocks are deleted before the sync record is made durable",
         (
             Edit(
-                "_txn.py",
+                "_durability.py",
                 "durable_point",
-                "self.rotatable = False\n        _recovery.reap(st, self.blocks, self.probe)",
-                "self.rotatable = False",
+                "m.made_durable(closing, st.length)\n"
+                "        _recovery.reap(st, self.blocks, self.probe)",
+                "m.made_durable(closing, st.length)",
             ),
             Edit(
-                "_txn.py",
+                "_durability.py",
                 "durable_point",
                 "            self.journal.append(record)\n",
                 "            _recovery.reap(st, self.blocks, self.probe)\n"
@@ -169,9 +170,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the blocks are not fsynced before the new manifest",
         (
             Edit(
-                "_txn.py",
+                "_durability.py",
                 "_checkpoint",
-                "st, self.blocks, self.dirty, new_files=new_files, sums=st.blocks",
+                "st, self.blocks, m.dirty, new_files=new_files, sums=st.blocks",
                 "st, self.blocks, set(), new_files=new_files, sums=st.blocks",
             ),
         ),
@@ -182,9 +183,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "blocks/ is not fsynced before the new manifest",
         (
             Edit(
-                "_txn.py",
+                "_durability.py",
                 "_checkpoint",
-                "new_files = self.new_files or self.deleted",
+                "new_files = m.new_files or m.deleted",
                 "new_files = False",
             ),
         ),
@@ -214,20 +215,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         "rotation",
         "a durable point does not stop rotations: the carried record then covers "
         "durable commits, which a power cut drops",
-        (
-            _drop(
-                "_txn.py",
-                "durable_point",
-                "self.rotatable = False",
-            ),
-        ),
+        (_drop("_durability.py", "made_durable", "self.rotatable = False"),),
     ),
     Mutation(
         "rotate-after-overwrite",
         "rotation",
         "a commit that is not an append does not stop rotations: the carried append "
         "record then misstates the session",
-        (_drop("_txn.py", "_committed", "self.rotatable = False"),),
+        (
+            Edit(
+                "_durability.py",
+                "committed",
+                "if not append:\n            self.rotatable = False",
+                "pass",
+            ),
+        ),
     ),
     Mutation(
         "rotate-without-carried-record",
@@ -237,7 +239,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "_journal.py",
                 "stage_rotation",
-                "data += _format.encode_frame(salt, {**_format.append_record(length, "
+                "data += _format.encode_frame(salt, {**_records.append_record(length, "
                 'carried=True), "q": 2})',
                 "",
             ),
@@ -296,13 +298,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         (_drop("_recovery.py", "recover", "blocks.sync(loaded.dirty, new_files=True)"),),
     ),
     Mutation(
-        "replay-append-run-not-dirty",
+        "replay-not-dirty",
         "recovery",
-        "replay forgets the blocks written by a run of append records after the last "
-        "durable marker, so recovery does not fsync them before its checkpoint",
+        "replay forgets the blocks written by the records after the last durable marker "
+        "(commit records and runs of append records alike), so recovery does not fsync "
+        "them before its checkpoint",
         (
             Edit(
-                "_recovery.py",
+                "_snapshot.py",
                 "_replay",
                 "loaded.kept += j - i\n            if i > last_durable:\n"
                 "                loaded.dirty.update(written)\n",

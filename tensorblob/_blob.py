@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _durable, _format, _fstype, _recovery, _watch
+from . import _durable, _format, _fstype, _recovery, _snapshot, _watch
 from ._blockfiles import BLOCKS, parse_block_name
 from ._blocks import BlockStore, default_max_cached
 from ._journal import JOURNAL, JournalWriter, encode_journal
@@ -57,7 +57,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 _SYNC = ("normal", "full")
 DEFAULT_BLOCK_SIZE = 8192
 DEFAULT_TIMEOUT = 30.0
-_KNOWN_FILES = {META, MANIFEST, JOURNAL, BLOCKS, LOCK, READERS, MANIFEST + ".tmp", JOURNAL + ".tmp"}
 
 
 def _abspath(path: str | os.PathLike[str]) -> str:
@@ -444,7 +443,7 @@ class TensorBlob:
     def _load_snapshot(self, lease: ReaderLease) -> State:
         """Read the newest commit under a lease that protects it from the first instant."""
         lease.hold_everything()
-        state = _recovery.load(self._path, self._meta).state
+        state = _snapshot.load(self._path, self._meta).state
         lease.hold(state.seq)
         return state
 
@@ -524,18 +523,19 @@ class TensorBlob:
         return _watch.follow(self, batch, timeout, until_closed)
 
     def _open_writer(self) -> None:
-        loaded = _recovery.load(self._path, self._meta)
+        loaded = _snapshot.load(self._path, self._meta)
         j = loaded.journal
         # A journal of format version 1 is checkpointed into a new one before
         # anything is appended: its readers would stop at an append record.
         old = j is not None and j.version < _format.WRITE_VERSION
         if not loaded.clean or old or _recovery.has_strays(self._path):
-            actions = _recovery.recover(self._path, self._meta, self._blocks, loaded)
+            steps = _recovery.recover(self._path, self._meta, self._blocks, loaded)
+            actions = [s.done for s in steps]
             if loaded.clean and old:
                 upgraded = f"rewrote the manifest and journal in format version {j.version + 1}"
-                actions = [upgraded, *(a for a in actions if "stray" in a)]
+                actions = [upgraded, *(s.done for s in steps if s.code == "temp")]
             self.recovery_actions = actions
-            loaded = _recovery.load(self._path, self._meta)
+            loaded = _snapshot.load(self._path, self._meta)
         j = loaded.journal
         assert j is not None
         journal = JournalWriter(self._path, j.salt, len(j.records))
@@ -546,7 +546,6 @@ class TensorBlob:
             self._blocks,
             journal,
             full=self._sync == "full",
-            dirty=set(),
             last_closed=loaded.clean,
             base=j.base,
             # Rotation needs the manifest to be the durable state: no commit since.
@@ -555,6 +554,7 @@ class TensorBlob:
         self._state = loaded.state
         if not (self._meta.dtype.is_complex or self._meta.row_bytes == 0):
             self._fast = self._engine
+            self._fast_rows = _FAST_BYTES // self._meta.row_bytes
             _WRITERS.add(self)
 
     def close(self) -> None:
@@ -650,7 +650,7 @@ class TensorBlob:
         if not os.path.isdir(root) or os.path.islink(root):
             raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)")
         read_meta(root)
-        foreign = sorted(set(os.listdir(root)) - _KNOWN_FILES)
+        foreign = sorted(set(os.listdir(root)) - _recovery.KNOWN_FILES)
         blocks_dir = os.path.join(root, BLOCKS)
         if os.path.isdir(blocks_dir):
             foreign += [
@@ -880,30 +880,24 @@ class TensorBlob:
             fast = self._fast
             if fast is not None and type(t) is torch.Tensor and t.dtype is self._meta.dtype:
                 # The fast path: a row or a small batch, copied straight into the
-                # write window of the engine (see Engine.put and put_commit).
+                # write window of the engine (Engine.fast_write).
                 shape = t.shape
                 if shape == self._row_shape:
                     n = 1
-                elif shape[1:] == self._row_shape and 0 < shape[0] * fast.row_bytes <= _FAST_BYTES:
+                elif shape[1:] == self._row_shape and 0 < shape[0] <= self._fast_rows:
                     n = shape[0]
                 else:
                     n = 0
                 if n and t.is_contiguous() and t.is_cpu and not t.is_neg():
-                    if self._depth:
-                        pos = fast.state.length if self._append else self._pos
-                        done = fast.put(pos, t.data_ptr(), n)
-                    else:
-                        pos = fast.state.length
-                        try:
-                            done = (self._append or self._pos == pos) and fast.put_commit(
-                                t.data_ptr(), n
-                            )
-                        except BaseException:
-                            if fast.broken:
-                                self._abandon()
-                            raise
-                    if done:
-                        self._pos = pos + n
+                    pos = None if self._append else self._pos
+                    try:
+                        end = fast.fast_write(t.data_ptr(), n, pos, commit=not self._depth)
+                    except BaseException:
+                        if fast.broken:
+                            self._abandon()
+                        raise
+                    if end >= 0:
+                        self._pos = end
                         return n
             engine = self._check_writable()
             rows = _as_rows(t, self._meta)

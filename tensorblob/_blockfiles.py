@@ -36,13 +36,32 @@ def crc_file(path: str, start: int, stop: int, seed: int = 0) -> int:
             if n == 0:
                 raise CorruptBlobError(
                     f"block file {path!r} ends at byte {pos}, before its committed rows "
-                    f"(which need {stop} bytes): it was truncated or damaged"
+                    f"(which need {stop} bytes): it was truncated or damaged",
+                    path=path,
+                    reason="block-short",
                 )
             crc = zlib.crc32(buf[:n], crc)
             pos += n
         return crc
     finally:
         os.close(fd)
+
+
+def sum_mismatch(bid: int, first_row: int, rows: int, got: int, want: int) -> str | None:
+    """The one check of a block's rows against their checksum (F3): what is wrong, or None.
+
+    ``got`` is the CRC-32 of the block's first ``rows`` rows as read now,
+    ``want`` the one recorded when they became durable; ``first_row`` is the
+    blob row of the block's row 0, for the message.
+    """
+    if got == want:
+        return None
+    return (
+        f"block {block_name(bid)} (rows {first_row} to {first_row + rows - 1}): its bytes do "
+        f"not match the crc32 recorded when they became durable ({got:08x}, expected "
+        f"{want:08x}): they changed on disk (bit rot, a bad sector, or a write that bypassed "
+        "tensorblob)"
+    )
 
 
 def block_name(bid: int) -> str:
@@ -94,9 +113,15 @@ class BlockFiles:
         try:
             size = os.stat(path).st_size
         except FileNotFoundError:
-            raise CorruptBlobError(f"block file {path!r} is missing") from None
+            raise CorruptBlobError(
+                f"block file {path!r} is missing", path=path, reason="block-missing"
+            ) from None
         if size != self.nbytes:
-            raise CorruptBlobError(f"block file {path!r} has {size} bytes, expected {self.nbytes}")
+            raise CorruptBlobError(
+                f"block file {path!r} has {size} bytes, expected {self.nbytes}",
+                path=path,
+                reason="block-size",
+            )
 
     def copy(self, src: int, dst: int) -> None:
         """Create block ``dst`` as a copy of block ``src`` (copy-on-write). Not durable."""

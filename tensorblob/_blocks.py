@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ._blockfiles import BlockFiles
+from ._blockfiles import BlockFiles, sum_mismatch
 from ._meta import Meta
 from .errors import CorruptBlobError
 
@@ -167,12 +167,12 @@ class BlockStore(BlockFiles):
     def _verify(self, bid: int, data: np.ndarray) -> None:
         assert self.verify is not None
         rows, want = self.verify[bid]
-        got = zlib.crc32(data[:rows])
-        if got != want:
+        wrong = sum_mismatch(bid, 0, rows, zlib.crc32(data[:rows]), want)
+        if wrong:
             raise CorruptBlobError(
-                f"block file {self.path(bid)!r}: its first {rows} rows do not match the "
-                f"checksum recorded when they became durable (crc32 {got:08x}, expected "
-                f"{want:08x}); the file changed on disk. Run `tensorblob check --deep`"
+                f"block file {self.path(bid)!r}: {wrong}. Run `tensorblob check --deep`",
+                path=self.path(bid),
+                reason="block-checksum",
             )
 
     def crc(self, bid: int, start: int, stop: int, seed: int = 0) -> int:

@@ -1,7 +1,7 @@
 """Read-only inspection of a blob: what ``tensorblob info`` and ``check`` report (G4, G5).
 
 ``scan`` reads ``meta``, ``manifest``, ``journal`` and the directory listing,
-and builds a ``Scan``: the committed state exactly as ``_recovery.load`` gives
+and builds a ``Scan``: the committed state exactly as ``_snapshot.load`` gives
 it, every problem found (each with what to do about it), and, where damage
 stops the normal recovery, the state ``recover --salvage`` would keep and what
 it would drop. ``_diagnose`` does the manifest, journal and block-file part
@@ -17,78 +17,18 @@ It works without write permission.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import struct
 from typing import Any
 
-from . import _diagnose, _format, _recovery
+from . import _diagnose, _format, _recovery, _snapshot
 from ._blockfiles import BLOCKS, block_name, parse_block_name
-from ._findings import LockInfo, Problem, Scan, ids_text
+from ._findings import Problem, Scan, ids_text
 from ._journal import JOURNAL
-from ._locking import LOCK, READERS, ReaderLease
+from ._locking import LOCK, READERS, ReaderCensus, ReaderLease, holder_text, probe_lock
 from ._manifest import MANIFEST
 from ._meta import META, Meta, read_meta
 from .errors import CorruptBlobError, NotABlobError, UnsupportedVersionError
-
-TEMPS = (MANIFEST + ".tmp", JOURNAL + ".tmp")
-KNOWN = {META, MANIFEST, JOURNAL, BLOCKS, LOCK, READERS, *TEMPS}
-_FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux (x86_64, aarch64), as in _locking
-
-
-def probe_lock(root: str) -> LockInfo:
-    """Is the writer lock held right now? Test and release at once; change nothing."""
-    path = os.path.join(root, LOCK)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return LockInfo()
-    info = LockInfo(exists=True)
-    try:
-        info.text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            info.held = True
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        if info.held:
-            info.pid = _flock_holder(os.fstat(fd))
-    finally:
-        os.close(fd)
-    return info
-
-
-def _flock_holder(st: os.stat_result) -> int | None:
-    """The pid /proc/locks gives for a write flock on this inode (best effort)."""
-    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    try:
-        with open("/proc/locks") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 6 or parts[1] != "FLOCK" or parts[3] != "WRITE":
-            continue
-        try:
-            major, minor, ino = parts[5].split(":")
-            if (int(major, 16), int(minor, 16), int(ino)) == want:
-                return int(parts[4])
-        except ValueError:
-            continue
-    return None
-
-
-def holder_text(lock: LockInfo) -> str:
-    if lock.pid and lock.text and not lock.text.startswith(f"pid {lock.pid} "):
-        return f"pid {lock.pid} (the lock file still names {lock.text})"
-    if lock.text:
-        return lock.text
-    return f"pid {lock.pid}" if lock.pid else "an unknown process"
 
 
 def scan(path: str, *, lease: bool = True, own_lock: bool = False) -> Scan:
@@ -273,9 +213,9 @@ def _list(sc: Scan) -> None:
         st = os.lstat(os.path.join(root, name))
         sc.bytes_apparent += st.st_size
         sc.bytes_on_disk += st.st_blocks * 512
-        if name in TEMPS:
+        if name in _recovery.TEMPS:
             sc.temps.append(name)
-        elif name not in KNOWN:
+        elif name not in _recovery.KNOWN_FILES:
             sc.unknown.append(name)
     sc.readers_file = os.path.isfile(os.path.join(root, READERS))
     bdir = os.path.join(root, BLOCKS)
@@ -364,17 +304,17 @@ def _check_frees(sc: Scan) -> None:
     if sc.readers_file:
         # Our own lease holds byte ``state.seq`` only (see scan): probe around it.
         own = state.seq if sc.lease is not None else None
-        fd = os.open(os.path.join(sc.root, READERS), os.O_RDONLY | os.O_CLOEXEC)
+        census = ReaderCensus(sc.root)
         try:
             for bid in present:
                 a, b = state.born.get(bid, 0), state.freed_at.get(bid, state.seq + 1)
                 if own is None or not a <= own < b:
-                    used = _readers_in(fd, a, b)
+                    used = census.readers_in(a, b)
                 else:
-                    used = _readers_in(fd, a, own) or _readers_in(fd, own + 1, b)
+                    used = census.readers_in(a, own) or census.readers_in(own + 1, b)
                 (sc.freed_in_use if used else sc.reclaimable).append(bid)
         finally:
-            os.close(fd)
+            census.close()
     else:
         sc.reclaimable = present
     waiting = [b for b in sc.reclaimable if b not in sc.drops.blocks]  # not salvage's own
@@ -397,21 +337,10 @@ def _check_frees(sc: Scan) -> None:
         )
 
 
-def _readers_in(fd: int, start: int, end: int) -> bool:
-    """Does a reader lease lie in ``[start, end)``? As ``ReaderProbe.readers_in``, read-only.
-
-    ``F_OFD_GETLK`` only asks; it needs no write access to ``readers``.
-    """
-    if end <= start:
-        return False
-    req = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, end - start, 0)
-    return _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, req))[0] != fcntl.F_UNLCK
-
-
 def _cross_check(sc: Scan, meta: Meta) -> None:
     """The library's own load() must agree; a disagreement means check missed something."""
     try:
-        got = _recovery.load(sc.root, meta).state
+        got = _snapshot.load(sc.root, meta).state
     except (CorruptBlobError, OSError, KeyError) as exc:
         sc.add(
             "error",

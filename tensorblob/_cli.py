@@ -23,22 +23,11 @@ import time
 from typing import Any, TextIO
 
 from . import __version__, _check, _cli_transfer, _deep, _repair
-from ._findings import Problem, Scan
+from ._findings import CODES, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Problem, Scan
+from ._locking import holder_text
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 _WIDTH = 100
 _LABEL = {"error": "ERROR", "warning": "WARNING", "note": "note"}
-# Warnings that recover repairs without losing committed data; others need a person.
-_RECOVERABLE = {
-    "unclean",
-    "journal-torn",
-    "journal-stale",
-    "boot-discard",
-    "stray-temp",
-    "orphan-blocks",
-    "readers-missing",
-    "blocks-dir-missing",
-}
 
 
 class _UsageError(Exception):
@@ -198,7 +187,7 @@ def _verdict(sc: Scan) -> tuple[int, str]:
     if sc.count("error"):
         return EXIT_PROBLEMS, "damaged"
     warnings = [p for p in sc.problems if p.severity == "warning"]
-    if any(p.code in _RECOVERABLE for p in warnings):
+    if any(CODES[p.code] for p in warnings):
         return EXIT_PROBLEMS, "needs-recover"
     if warnings:
         return EXIT_PROBLEMS, "attention"
@@ -347,7 +336,7 @@ def _info(args: argparse.Namespace) -> int:
         rows.append(("shutdown", f"unclean: {why}"))
     lock = sc.lock
     if lock.held:
-        rows.append(("writer", f"lock held by {_check.holder_text(lock)}"))
+        rows.append(("writer", f"lock held by {holder_text(lock)}"))
     elif lock.text:
         rows.append(("writer", f"none (the lock is free; the last writer was {lock.text})"))
     else:

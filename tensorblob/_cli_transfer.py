@@ -17,7 +17,7 @@ import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ._findings import Problem
+from ._findings import EXIT_BUSY, EXIT_PROBLEMS, EXIT_USAGE, Problem
 from ._formats import DEFAULT_NAME, EXPORT_FORMATS, IMPORT_FORMATS
 from ._meta import dtype_name
 from .errors import (
@@ -52,23 +52,43 @@ def _import() -> ModuleType:
 
 # Exception class -> exit code, verdict (= problem code), what to do. First match wins.
 _OUTCOMES: list[tuple[type[BaseException], int, str, str]] = [
-    (LockTimeoutError, 3, "busy", "close the other writer, or pass a larger --timeout"),
-    (BlobNotFoundError, 2, "not-found", "check the path"),
-    (NotABlobError, 2, "not-a-blob", "check the path"),
-    (UnsupportedVersionError, 2, "unsupported-version", "use a newer tensorblob"),
-    (UnsupportedFormatError, 2, "unsupported-format", "see the message: another format or input"),
+    (LockTimeoutError, EXIT_BUSY, "busy", "close the other writer, or pass a larger --timeout"),
+    (BlobNotFoundError, EXIT_USAGE, "not-found", "check the path"),
+    (NotABlobError, EXIT_USAGE, "not-a-blob", "check the path"),
+    (UnsupportedVersionError, EXIT_USAGE, "unsupported-version", "use a newer tensorblob"),
+    (
+        UnsupportedFormatError,
+        EXIT_USAGE,
+        "unsupported-format",
+        "see the message: another format or input",
+    ),
     (
         DestinationExistsError,
-        2,
+        EXIT_USAGE,
         "exists",
         "pass --replace (import also takes --append), or choose another destination",
     ),
-    (MissingDependencyError, 2, "missing-dependency", "pip install 'tensorblob[safetensors]'"),
-    (InvalidArgumentError, 2, "usage", "see --help"),
-    (BlobTypeError, 2, "usage", "see --help"),
-    (CorruptInputError, 1, "damaged-input", "the input is damaged: recreate it from its source"),
-    (CorruptBlobError, 1, "damaged", "run `tensorblob check PATH` for what happened"),
-    (OSError, 1, "failed", "fix the cause (a full disk, permissions) and run the command again"),
+    (
+        MissingDependencyError,
+        EXIT_USAGE,
+        "missing-dependency",
+        "pip install 'tensorblob[safetensors]'",
+    ),
+    (InvalidArgumentError, EXIT_USAGE, "usage", "see --help"),
+    (BlobTypeError, EXIT_USAGE, "usage", "see --help"),
+    (
+        CorruptInputError,
+        EXIT_PROBLEMS,
+        "damaged-input",
+        "the input is damaged: recreate it from its source",
+    ),
+    (CorruptBlobError, EXIT_PROBLEMS, "damaged", "run `tensorblob check PATH` for what happened"),
+    (
+        OSError,
+        EXIT_PROBLEMS,
+        "failed",
+        "fix the cause (a full disk, permissions) and run the command again",
+    ),
 ]
 
 

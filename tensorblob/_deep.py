@@ -13,7 +13,7 @@ import os
 import zlib
 from typing import Any
 
-from ._blockfiles import BLOCKS, block_name
+from ._blockfiles import BLOCKS, block_name, sum_mismatch
 from ._findings import Scan
 from ._meta import Meta
 from ._state import State
@@ -66,15 +66,11 @@ class BlockVerifier:
             return None
         self.verified += 1
         rows, want = self._want
-        if self._crc == want:
-            return None
-        self.mismatched += 1
-        return (
-            f"block {block_name(bid)} (rows {first_row} to {first_row + rows - 1}): its bytes "
-            f"do not match the crc32 recorded when they became durable ({self._crc:08x}, "
-            f"expected {want:08x}): they changed on disk (bit rot, a bad sector, or a write "
-            "that bypassed tensorblob), and readers return them as they are"
-        )
+        wrong = sum_mismatch(bid, first_row, rows, self._crc, want)
+        if wrong:
+            self.mismatched += 1
+            return wrong + ", and readers return them as they are"
+        return None
 
     def summary(self) -> dict[str, int]:
         return {

@@ -1,8 +1,8 @@
 """The committed state of a scanned blob, or the longest consistent prefix of a damaged one.
 
-``read_state`` reads ``manifest`` and ``journal`` the way ``_recovery.load``
+``read_state`` reads ``manifest`` and ``journal`` the way ``_snapshot.load``
 does (same retry on a racing checkpoint, same boot rule, same replay through
-``_recovery._replay``), but record by record, so that it can say where the
+``_snapshot._replay``), but record by record, so that it can say where the
 damage is and what a salvage keeps:
 
 - a journal that is missing, damaged in its header, another blob's, or newer
@@ -21,33 +21,28 @@ from __future__ import annotations
 
 import copy
 import os
-import struct
-import zlib
 from typing import Any
 
-from . import _format, _recovery
+from . import _records, _snapshot
 from ._blockfiles import BLOCKS, block_name
-from ._findings import JournalScan, Scan, ids_text, rows_text
-from ._journal import JOURNAL, JournalImage
+from ._findings import Scan, ids_text, rows_text
+from ._journal import JOURNAL, JournalScan, scan_journal
 from ._manifest import MANIFEST, read_manifest
 from ._meta import Meta
 from ._state import State
 from .errors import CorruptBlobError
 
-_TAIL_SCAN_BUDGET = 64 << 20  # bytes of CRC work spent looking for intact frames in a tail
-_FRAME = struct.Struct("<II")
-
 
 def read_state(sc: Scan, meta: Meta) -> None:
     """Read manifest and journal (retrying a checkpoint race, as load() does) and replay."""
     root = sc.root
-    for _ in range(50):
-        sc.manifest = _read_manifest(sc, meta)
-        sc.journal = read_journal_scan(root, meta)
-        m, j = sc.manifest, sc.journal
-        if m is None or j.error or not j.present or j.base <= m.gen or sc.own_lock:
-            break
-        # journal newer than the manifest: maybe a checkpoint ran between the reads; again
+
+    def journal() -> JournalScan | None:  # None: unusable, or no race to retry (own lock)
+        sc.journal = scan_journal(root, meta.uuid)
+        usable = sc.journal.present and not sc.journal.error
+        return sc.journal if usable and not sc.own_lock else None
+
+    sc.manifest, _ = _snapshot.consistent_read(lambda: _read_manifest(sc, meta), journal)
     m, j = sc.manifest, sc.journal
     if m is None:
         sc.unrepairable = True
@@ -66,7 +61,7 @@ def read_state(sc: Scan, meta: Meta) -> None:
             "run `tensorblob recover PATH`: it starts a new journal; nothing committed is lost",
             JOURNAL,
         )
-        sc.loaded = sc.committed = _recovery.Loaded(copy.deepcopy(m), None)
+        sc.loaded = sc.committed = _snapshot.Loaded(copy.deepcopy(m), None)
         return
     if j.base != m.gen:
         # Newer (or, from damage only, older while the journal's own generation
@@ -108,87 +103,19 @@ def _read_manifest(sc: Scan, meta: Meta) -> State | None:
     try:
         return read_manifest(sc.root, meta.uuid, meta.block_size)
     except CorruptBlobError as exc:
-        detail = str(exc).replace(f"manifest {path!r}", "").lstrip(": ")
-        if detail.startswith("wrong magic"):
-            detail = "it does not start with TBLBMANI (wrong magic)"
-        if "another blob" in detail:
+        if exc.reason == "foreign":
             code = "manifest-foreign"
             what = "manifest belongs to another blob (its uuid differs from meta's): it was "
             what += "copied in from another blob"
         else:
+            detail = exc.detail or str(exc)
+            if exc.reason == "wrong-magic":
+                detail = "it does not start with TBLBMANI (wrong magic)"
             code, what = "manifest-damaged", f"manifest is damaged: {detail}"
         sc.add("error", code, what, fix, MANIFEST)
     except OSError as exc:
         sc.add("error", "io-error", f"cannot read manifest: {exc}", fix, MANIFEST)
     return None
-
-
-def read_journal_scan(root: str, meta: Meta) -> JournalScan:
-    js = JournalScan()
-    try:
-        data = _format.read_file(os.path.join(root, JOURNAL))
-    except FileNotFoundError:
-        return js
-    except OSError as exc:
-        js.present, js.error = True, f"cannot be read ({exc})"
-        return js
-    js.present, js.size = True, len(data)
-    try:
-        header, start = _format.decode_header(_format.MAGIC_JOURNAL, data, "journal")
-        _format.check_journal_header(header, "journal")
-    except CorruptBlobError as exc:
-        js.error = str(exc).removeprefix("journal: ")
-        if js.error.startswith("wrong magic"):
-            js.error = "it does not start with TBLBJRNL (wrong magic)"
-        return js
-    if header["uuid"] != meta.uuid:
-        js.foreign, js.error = True, "it belongs to another blob (its uuid differs from meta's)"
-        return js
-    js.gen, js.salt = header["gen"], header["salt"]
-    js.base = header.get("base", js.gen)
-    js.records, js.end = _format.decode_frames(data, start, js.salt)
-    pos = start
-    for _ in js.records:
-        js.offsets.append(pos)
-        pos += _format.FRAME_HEADER_SIZE + _FRAME.unpack_from(data, pos)[0]
-    for i, rec in enumerate(js.records):  # what read_journal checks, record by record
-        what = f"record at offset {js.offsets[i]}"
-        try:
-            _format.check_record(rec, what)
-        except CorruptBlobError as exc:
-            js.bad_index, js.bad_reason = i, str(exc)
-            break
-    js.lost = _intact_frames(data, js.end, js.salt)
-    return js
-
-
-def _intact_frames(data: bytes, pos: int, salt: int) -> list[dict[str, Any] | None]:
-    """Frames with a valid CRC found in the tail: signs of damage in the middle, not a tear.
-
-    A torn append leaves a partial last frame and nothing after it. A frame whose CRC
-    (seeded with this journal's random salt) checks, lying after the point where the
-    valid frames end, was written by this journal's writer: something damaged the
-    journal before it. Returns the decoded records (None where the payload is not a map).
-    """
-    found: list[dict[str, Any] | None] = []
-    salt_crc = zlib.crc32(struct.pack("<I", salt))
-    budget, size = _TAIL_SCAN_BUDGET, len(data)
-    while pos + _format.FRAME_HEADER_SIZE <= size and budget > 0:
-        length, crc = _FRAME.unpack_from(data, pos)
-        stop = pos + _format.FRAME_HEADER_SIZE + length
-        if 0 < length <= _format.MAX_FRAME and stop <= size:
-            budget -= length
-            payload = data[pos + _format.FRAME_HEADER_SIZE : stop]
-            if zlib.crc32(payload, salt_crc) == crc:
-                try:
-                    rec = _format._unpack(payload, "frame")
-                except CorruptBlobError:
-                    rec = None
-                found.append(rec if isinstance(rec, dict) else None)
-                pos = stop
-                continue
-        pos += 1
-    return found
 
 
 def _journal_unusable(sc: Scan, m: State) -> None:
@@ -223,9 +150,9 @@ def _salvage_without_journal(sc: Scan, m: State, meta: Meta) -> None:
     state = copy.deepcopy(m)
     j = sc.journal
     state.gen = max(state.gen, j.gen)  # the new checkpoint must follow every generation seen
-    sc.salvage = _recovery.Loaded(state, None)
+    sc.salvage = _snapshot.Loaded(state, None)
     sc.drops.journal_bytes = j.size
-    readable = [r for r in j.records if r["t"] in _format.COMMITS]
+    readable = [r for r in j.records if r["t"] in _records.COMMITS]
     if sc.relation == "newer":
         sc.drops.transactions = len(readable)
         line = f"the journal ({j.size} bytes) with its {len(readable)} transaction(s)"
@@ -244,7 +171,7 @@ def _salvage_without_journal(sc: Scan, m: State, meta: Meta) -> None:
 
 def _applied(records: list[dict[str, Any]]) -> range:
     """Indices of the records load() applies: the boot rule of F9."""
-    return range(_recovery.applied(records))
+    return range(_snapshot.applied(records))
 
 
 def _first_failure(m: State, records: list[dict[str, Any]], meta: Meta) -> tuple[int, str]:
@@ -253,12 +180,12 @@ def _first_failure(m: State, records: list[dict[str, Any]], meta: Meta) -> tuple
     last = len(records) - 1
     for i in _applied(records):
         rec = records[i]
-        if rec["t"] in _format.COMMITS:
+        if rec["t"] in _records.COMMITS:
             try:
                 st.apply(rec, meta.block_size, "journal")
                 st.validate(meta.block_size, "journal")
             except CorruptBlobError as exc:
-                return i, str(exc).removeprefix("journal: ")
+                return i, exc.detail or str(exc)
             last = i
     return last, "the state after it is not well-formed"
 
@@ -269,15 +196,14 @@ def _replay(sc: Scan, m: State, meta: Meta) -> None:
     cut = len(j.records) if j.bad_index is None else j.bad_index
     reason = j.bad_reason
     while True:  # the library's own replay decides; we only look for where it fails
-        image = JournalImage(j.gen, j.salt, j.base, j.records[:cut], j.offset(cut), j.size)
         try:
-            loaded = _recovery._replay(copy.deepcopy(m), image, meta)
+            loaded = _snapshot._replay(copy.deepcopy(m), j.image(cut), meta)
             break
         except CorruptBlobError:
             i, reason = _first_failure(m, j.records[:cut], meta)
             cut = min(i, cut - 1)
-    dropped = [r for r in j.records[cut:] if r["t"] in _format.COMMITS]
-    lost = [r for r in j.lost if r is None or r.get("t") in _format.COMMITS]
+    dropped = [r for r in j.records[cut:] if r["t"] in _records.COMMITS]
+    lost = [r for r in j.lost if r is None or r.get("t") in _records.COMMITS]
     if cut == len(j.records) and not j.lost:
         sc.loaded = sc.committed = loaded
         _describe_replay(sc, loaded)
@@ -329,7 +255,7 @@ def is_n(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _describe_replay(sc: Scan, loaded: _recovery.Loaded) -> None:
+def _describe_replay(sc: Scan, loaded: _snapshot.Loaded) -> None:
     """Warnings for a blob whose last writer did not close it (recover repairs all of it)."""
     j = sc.journal
     if j.end != j.size:
@@ -356,7 +282,7 @@ def _describe_replay(sc: Scan, loaded: _recovery.Loaded) -> None:
             JOURNAL,
         )
     last = j.records[-1] if j.records else None
-    if last is None or last["t"] != _format.REC_SYNC or not last.get("c"):
+    if last is None or last["t"] != _records.REC_SYNC or not last.get("c"):
         sc.add(
             "warning",
             "unclean",
@@ -416,8 +342,8 @@ def check_blocks(sc: Scan, meta: Meta) -> None:
     # The truncation, applied by the one transition as a commit record that is
     # numbered past every frame: every snapshot that exists may use the
     # dropped blocks, so their freeing must come after all of them.
-    cut = _format.commit_record(first * B, first, [], [], dropped, [], st.next_id)
-    st.apply({**cut, "q": _format.LAST_Q}, B, "salvage")
+    cut = _records.commit_record(first * B, first, [], [], dropped, [], st.next_id)
+    st.apply({**cut, "q": _records.LAST_Q}, B, "salvage")
     st.validate(B, "salvaged state")
     sc.loaded, sc.salvage = None, salvaged
     sc.drops.rows += rows

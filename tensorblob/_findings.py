@@ -10,14 +10,72 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _format, _recovery
+from . import _snapshot
 from ._blockfiles import block_name
-from ._locking import ReaderLease
+from ._journal import JournalScan
+from ._locking import LockInfo, ReaderLease
 from ._meta import Meta
 from ._state import State
 
 # What a live writer's session leaves by itself: only notes while it holds the lock.
 _IN_FLIGHT = {"unclean", "journal-torn", "journal-stale", "stray-temp", "orphan-blocks"}
+
+
+# Exit codes of every command (docs/cli.md), one table.
+EXIT_OK = 0  # all is well (recover: the blob is clean now; dry run: recover would succeed)
+EXIT_PROBLEMS = 1  # problems found, damage, or recover stopped or failed
+EXIT_USAGE = 2  # usage error, not a blob, a newer format version: nothing was changed
+EXIT_BUSY = 3  # another writer holds the lock
+
+# Every problem code (docs/cli.md lists them), one table: True for the warnings
+# that recover repairs without losing committed data.
+CODES: dict[str, bool] = {
+    "unclean": True,
+    "journal-torn": True,
+    "journal-stale": True,
+    "boot-discard": True,
+    "stray-temp": True,
+    "orphan-blocks": True,
+    "readers-missing": True,
+    "blocks-dir-missing": True,
+    "journal-damaged": False,
+    "journal-foreign": False,
+    "journal-missing": False,
+    "manifest-older": False,
+    "journal-bad-record": False,
+    "journal-lost-frames": False,
+    "manifest-damaged": False,
+    "manifest-missing": False,
+    "manifest-foreign": False,
+    "block-missing": False,
+    "block-size": False,
+    "io-error": False,
+    "checksum": False,
+    "unknown-file": False,
+    "writer-active": False,
+    "unsupported-version": False,
+    "meta-damaged": False,
+    "meta-missing": False,
+    "not-a-blob": False,
+    "freed-blocks": False,
+    "freed-in-use": False,
+    "lock-missing": False,
+    "load-failed": False,
+    "changed": False,
+    "writer-busy": False,
+    "lock-failed": False,
+    "recover-failed": False,
+    "not-found": False,
+    "usage": False,
+    # export and import
+    "unsupported-format": False,
+    "exists": False,
+    "damaged": False,
+    "damaged-input": False,
+    "missing-dependency": False,
+    "busy": False,
+    "failed": False,
+}
 
 
 @dataclass
@@ -32,42 +90,12 @@ class Problem:
     fix: str = ""
     file: str = ""
 
+    def __post_init__(self) -> None:
+        if self.code not in CODES:  # pragma: no cover - a typo in the code, caught by tests
+            raise ValueError(f"unknown problem code {self.code!r}: add it to _findings.CODES")
+
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-@dataclass
-class LockInfo:
-    exists: bool = False
-    held: bool = False  # some process holds the writer lock right now
-    text: str = ""  # what the lock file says: "pid N on HOST" of the last writer
-    pid: int | None = None  # the holder's pid according to /proc/locks, if visible
-
-
-@dataclass
-class JournalScan:
-    """The journal file as found: its header, the valid frames, and what follows them."""
-
-    present: bool = False
-    size: int = 0
-    error: str = ""  # the header is unusable (damaged, or another blob's): nothing can be read
-    foreign: bool = False
-    gen: int = 0
-    base: int = 0  # the manifest generation its records apply to (F7)
-    salt: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)  # where each valid frame starts
-    end: int = 0  # just past the last valid frame
-    bad_index: int | None = None  # first record that passes its CRC but is invalid (F6)
-    bad_reason: str = ""
-    lost: list[dict[str, Any] | None] = field(default_factory=list)  # intact frames in the tail
-
-    def offset(self, i: int) -> int:
-        return self.offsets[i] if i < len(self.offsets) else self.end
-
-    @property
-    def commits(self) -> int:
-        return sum(r["t"] in _format.COMMITS for r in self.records)
 
 
 @dataclass
@@ -104,9 +132,9 @@ class Scan:
     manifest: State | None = None  # the last checkpoint
     journal: JournalScan = field(default_factory=JournalScan)
     relation: str = ""  # "current" | "stale" | "newer": the journal's generations vs manifest's
-    committed: _recovery.Loaded | None = None  # what readers load (even if blocks are bad)
-    loaded: _recovery.Loaded | None = None  # the committed state, when recover can keep it all
-    salvage: _recovery.Loaded | None = None  # the prefix --salvage keeps, when damage stops it
+    committed: _snapshot.Loaded | None = None  # what readers load (even if blocks are bad)
+    loaded: _snapshot.Loaded | None = None  # the committed state, when recover can keep it all
+    salvage: _snapshot.Loaded | None = None  # the prefix --salvage keeps, when damage stops it
     drops: Drops = field(default_factory=Drops)
     unrepairable: bool = False  # damage recover cannot repair, not even with --salvage
     on_disk: dict[int, int] = field(default_factory=dict)  # block id -> file size

@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _durable, _format
+from . import _durable, _format, _records
 from .errors import CorruptBlobError, TensorBlobError
 
 JOURNAL = "journal"
@@ -56,7 +56,7 @@ def encode_journal(
         header["base"], version = base, 3
     data = _format.encode_file(_format.MAGIC_JOURNAL, header, version)
     if closed:
-        marker = {**_format.sync_record(True), "q": 1}
+        marker = {**_records.sync_record(True), "q": 1}
         data += _format.encode_frame(salt, marker)
     return data
 
@@ -83,8 +83,8 @@ def stage_rotation(root: str, uuid: bytes, gen: int, *, base: int, boot: str, le
     """
     salt = secrets.randbits(32)
     data = encode_journal(uuid, gen, salt, closed=False, base=base)
-    data += _format.encode_frame(salt, {**_format.open_record(boot), "q": 1})
-    data += _format.encode_frame(salt, {**_format.append_record(length, carried=True), "q": 2})
+    data += _format.encode_frame(salt, {**_records.open_record(boot), "q": 1})
+    data += _format.encode_frame(salt, {**_records.append_record(length, carried=True), "q": 2})
     _durable.stage(os.path.join(root, JOURNAL), data)
     return salt
 
@@ -95,18 +95,97 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
     try:
         data = _format.read_file(path)
     except FileNotFoundError:
-        raise CorruptBlobError(f"{what} is missing; run `tensorblob recover`") from None
+        raise CorruptBlobError(
+            f"{what} is missing; run `tensorblob recover`", path=path, reason="missing"
+        ) from None
     header, start = _format.decode_header(_format.MAGIC_JOURNAL, data, what)
-    _format.check_journal_header(header, what)
+    _records.check_journal_header(header, what)
     if header["uuid"] != uuid:
-        raise CorruptBlobError(f"{what} belongs to another blob (uuid mismatch)")
+        raise CorruptBlobError(
+            f"{what} belongs to another blob (uuid mismatch)", path=path, reason="foreign"
+        )
     records, end = _format.decode_frames(data, start, header["salt"])
     for rec in records:
-        _format.check_record(rec, what)
+        _records.check_record(rec, what)
     version = _format.header_version(data)
     gen = header["gen"]
     base = header.get("base", gen)
     return JournalImage(gen, header["salt"], base, records, end, len(data), version)
+
+
+@dataclass
+class JournalScan:
+    """A journal as found by ``scan_journal``: what is readable, and where damage is.
+
+    The tools' view (``tensorblob check``, ``recover``): never an exception
+    for damage, but the header's state, the valid frames with their offsets,
+    the first record that passes its CRC but is invalid (F6), and intact
+    frames found past the point where the valid ones end.
+    """
+
+    present: bool = False
+    size: int = 0
+    error: str = ""  # the header is unusable (damaged, or another blob's): nothing can be read
+    foreign: bool = False
+    gen: int = 0
+    base: int = 0  # the manifest generation its records apply to (F7)
+    salt: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # where each valid frame starts
+    end: int = 0  # just past the last valid frame
+    bad_index: int | None = None  # first record that passes its CRC but is invalid (F6)
+    bad_reason: str = ""
+    lost: list[dict[str, Any] | None] = field(default_factory=list)  # intact frames in the tail
+
+    def offset(self, i: int) -> int:
+        return self.offsets[i] if i < len(self.offsets) else self.end
+
+    @property
+    def commits(self) -> int:
+        return sum(r["t"] in _records.COMMITS for r in self.records)
+
+    def image(self, count: int) -> JournalImage:
+        """The journal cut after its first ``count`` records, as ``read_journal`` gives it."""
+        return JournalImage(
+            self.gen, self.salt, self.base, self.records[:count], self.offset(count), self.size
+        )
+
+
+def scan_journal(root: str, uuid: bytes) -> JournalScan:
+    """Read the journal as ``read_journal`` does, but report damage instead of raising it."""
+    js = JournalScan()
+    try:
+        data = _format.read_file(os.path.join(root, JOURNAL))
+    except FileNotFoundError:
+        return js
+    except OSError as exc:
+        js.present, js.error = True, f"cannot be read ({exc})"
+        return js
+    js.present, js.size = True, len(data)
+    try:
+        header, start = _format.decode_header(_format.MAGIC_JOURNAL, data, "journal")
+        _records.check_journal_header(header, "journal")
+    except CorruptBlobError as exc:
+        if exc.reason == "wrong-magic":
+            js.error = "it does not start with TBLBJRNL (wrong magic)"
+        else:
+            js.error = exc.detail or str(exc)
+        return js
+    if header["uuid"] != uuid:
+        js.foreign, js.error = True, "it belongs to another blob (its uuid differs from meta's)"
+        return js
+    js.gen, js.salt = header["gen"], header["salt"]
+    js.base = header.get("base", js.gen)
+    js.records, js.end = _format.decode_frames(data, start, js.salt)
+    js.offsets = _format.frame_offsets(data, start, len(js.records))
+    for i, rec in enumerate(js.records):  # what read_journal checks, record by record
+        try:
+            _records.check_record(rec, f"record at offset {js.offsets[i]}")
+        except CorruptBlobError as exc:
+            js.bad_index, js.bad_reason = i, str(exc)
+            break
+    js.lost = _format.intact_frames(data, js.end, js.salt)
+    return js
 
 
 # Disk space the journal takes ahead of its end, so that appends never meet a

@@ -19,10 +19,12 @@ writer and the writer only tests for readers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
 import struct
+from dataclasses import dataclass
 
 import filelock
 
@@ -36,6 +38,16 @@ REAP_BYTE = 1 << 62  # above every snapshot seq: held by the writer while it del
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux (x86_64, aarch64)
 
 
+@dataclass
+class LockInfo:
+    """What ``probe_lock`` found about the writer lock."""
+
+    exists: bool = False
+    held: bool = False  # some process holds the writer lock right now
+    text: str = ""  # what the lock file says: "pid N on HOST" of the last writer
+    pid: int | None = None  # the holder's pid according to /proc/locks, if visible
+
+
 def snapshot_seq(gen: int, q: int) -> int:
     """Order snapshots: generation, then the journal frame that ends them."""
     return (gen << 32) | q
@@ -43,6 +55,14 @@ def snapshot_seq(gen: int, q: int) -> int:
 
 def _lock_range(fd: int, kind: int, start: int, length: int) -> None:
     fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+
+
+def _locked(fd: int, start: int, end: int) -> bool:
+    """Does some open file description hold a lock on bytes ``[start, end)``? Only asks."""
+    if end <= start:
+        return False
+    req = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, end - start, 0)
+    return _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, req))[0] != fcntl.F_UNLCK
 
 
 def _holder(root: str) -> str:
@@ -203,13 +223,83 @@ class ReaderProbe:
 
     def readers_in(self, start: int, end: int) -> bool:
         """True if an open reader's snapshot (or a reader still loading one) is in [start, end)."""
-        if end <= start:
-            return False
-        req = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, end - start, 0)
-        got = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, req)
-        return _FLOCK.unpack(got)[0] != fcntl.F_UNLCK
+        return _locked(self.fd, start, end)
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class ReaderCensus:
+    """Which snapshots open readers hold, asked with read permission only (``check``).
+
+    ``F_OFD_GETLK`` only asks: it takes no lock and needs no write access to
+    ``readers``, unlike ``ReaderProbe``, whose REAP_BYTE lock does.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.fd = os.open(os.path.join(root, READERS), os.O_RDONLY | os.O_CLOEXEC)
+
+    def readers_in(self, start: int, end: int) -> bool:
+        """True if an open reader's snapshot is in ``[start, end)``."""
+        return _locked(self.fd, start, end)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def probe_lock(root: str) -> LockInfo:
+    """Is the writer lock held right now? Test and release at once; change nothing."""
+    path = os.path.join(root, LOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return LockInfo()
+    info = LockInfo(exists=True)
+    try:
+        info.text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            info.held = True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        if info.held:
+            info.pid = _flock_holder(os.fstat(fd))
+    finally:
+        os.close(fd)
+    return info
+
+
+def _flock_holder(st: os.stat_result) -> int | None:
+    """The pid /proc/locks gives for a write flock on this inode (best effort)."""
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK" or parts[3] != "WRITE":
+            continue
+        try:
+            major, minor, ino = parts[5].split(":")
+            if (int(major, 16), int(minor, 16), int(ino)) == want:
+                return int(parts[4])
+        except ValueError:
+            continue
+    return None
+
+
+def holder_text(lock: LockInfo) -> str:
+    if lock.pid and lock.text and not lock.text.startswith(f"pid {lock.pid} "):
+        return f"pid {lock.pid} (the lock file still names {lock.text})"
+    if lock.text:
+        return lock.text
+    return f"pid {lock.pid}" if lock.pid else "an unknown process"

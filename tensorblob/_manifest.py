@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from . import _durable, _format
+from . import _durable, _format, _records
 from ._locking import snapshot_seq
 from ._state import State
 from .errors import CorruptBlobError
@@ -53,11 +53,15 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
     try:
         data = _format.read_file(path)
     except FileNotFoundError:
-        raise CorruptBlobError(f"{what} is missing; run `tensorblob check`") from None
+        raise CorruptBlobError(
+            f"{what} is missing; run `tensorblob check`", path=path, reason="missing"
+        ) from None
     body = _format.decode_file(_format.MAGIC_MANIFEST, data, what)
-    _format.check_manifest(body, what)
+    _records.check_manifest(body, what)
     if body["uuid"] != uuid:
-        raise CorruptBlobError(f"{what} belongs to another blob (uuid mismatch)")
+        raise CorruptBlobError(
+            f"{what} belongs to another blob (uuid mismatch)", path=path, reason="foreign"
+        )
     seq = snapshot_seq(body["gen"], 0)
     st = State(
         uuid,
@@ -79,7 +83,7 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
     st.validate(block_size, what)
     for b, p in zip(body["blocks"], body.get("psum", []), strict=False):
         if p is not None and p[0] > st.hwm[b]:
-            raise CorruptBlobError(f"{what}: checksum of block {b} covers unwritten rows")
+            _records.corrupt(what, f"checksum of block {b} covers unwritten rows", "schema")
     return st
 
 

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from . import _format
-from .errors import CorruptBlobError, InvalidArgumentError, NotABlobError
+from . import _format, _records
+from .errors import InvalidArgumentError, NotABlobError
 
 META = "meta"
 
@@ -167,10 +167,10 @@ def read_meta(root: str) -> Meta:
         raise NotABlobError(f"{root!r} is not a tensorblob: {path!r} is a directory") from None
     what = f"meta file {path!r}"
     body = _format.decode_file(_format.MAGIC_META, data, what)
-    _format.check_meta(body, what)
+    _records.check_meta(body, what)
     try:
         name = parse_dtype(body["dtype"])
         shape = parse_shape(body["shape"])
     except InvalidArgumentError as exc:
-        raise CorruptBlobError(f"{what}: {exc}") from None
+        _records.corrupt(what, str(exc), "schema")
     return Meta(body["uuid"], name, shape, body["block_size"])

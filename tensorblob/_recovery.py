@@ -1,16 +1,11 @@
-"""Reading a committed snapshot, and the writer's recovery after a crash (F9, docs/design.md).
+"""The writer's durability work: checksums, checkpoints, deferred deletions, recovery.
 
-``load`` builds the newest committed State from manifest + journal without
-changing any file: readers use it as is. It applies the power-loss rule:
-commit records after the last *durable marker* (a sync record, or a commit
-made with ``sync="full"``) are kept only if they were written during the
-current kernel boot. Same boot means only the process died, and the page
-cache still holds every row those commits reference; another boot means the
-machine lost power or restarted, and those rows may never have reached the
-disk, so those commits are discarded as if they had never happened.
-
-``recover`` is the writer's half: it makes the replayed commits durable,
-removes what crashed transactions left behind, and checkpoints.
+``recover`` resolves a crash (docs/design.md, "Recovery"): it makes the
+commits that ``_snapshot.load`` replayed durable, removes what crashed
+transactions left behind, and checkpoints. ``checkpoint`` (staged, then
+installed), ``reap`` (freed blocks no snapshot needs) and ``new_sums``
+(the checksums of rows becoming durable) serve the engine too. Pure Python:
+block files are handled through ``_blockfiles``, never mapped.
 """
 
 from __future__ import annotations
@@ -19,119 +14,17 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from . import _durable, _format, _locking
-from ._blockfiles import BlockFiles
-from ._journal import JOURNAL, JournalImage, read_journal, stage_journal
-from ._manifest import MANIFEST, read_manifest, stage_manifest
-from ._meta import Meta
+from . import _durable, _locking
+from ._blockfiles import BLOCKS, BlockFiles, sum_mismatch
+from ._journal import JOURNAL, stage_journal
+from ._locking import LOCK, READERS
+from ._manifest import MANIFEST, stage_manifest
+from ._meta import META, Meta
+from ._snapshot import Loaded
 from ._state import State
-from .errors import CorruptBlobError
-
-_RETRIES = 50
-
-
-@dataclass
-class Loaded:
-    """A snapshot as found on disk, with what recovery needs to know about it."""
-
-    state: State
-    journal: JournalImage | None  # None when the journal is stale (older generation)
-    kept: int = 0  # commit records replayed
-    discarded: int = 0  # commit records dropped by the power-loss rule
-    dirty: set[int] = field(default_factory=set)  # blocks written by non-durable kept commits
-
-    @property
-    def clean(self) -> bool:
-        """True if the last writer closed cleanly: nothing to replay, discard or remove."""
-        j = self.journal
-        if j is None or j.torn or self.discarded:
-            return False
-        last = j.records[-1] if j.records else None
-        return last is not None and last["t"] == _format.REC_SYNC and bool(last.get("c"))
-
-
-def load(root: str, meta: Meta) -> Loaded:
-    """Read the newest committed snapshot; retry if a checkpoint races with the read."""
-    for _ in range(_RETRIES):
-        state = read_manifest(root, meta.uuid, meta.block_size)
-        journal = read_journal(root, meta.uuid)
-        if journal.gen < state.gen:  # checkpoint between manifest and journal renames
-            return Loaded(state, None)
-        if journal.base == state.gen:  # after a checkpoint or a rotation (F7)
-            return _replay(state, journal, meta)
-        if journal.base < state.gen:  # only damage gets here (see F7)
-            break
-        # journal.base > state.gen: we read the manifest just before a checkpoint
-        # replaced both; read again.
-    copied = "manifest" if journal.base > state.gen else "journal"
-    raise CorruptBlobError(
-        f"journal of {root!r} follows generation {journal.base} but the manifest is "
-        f"generation {state.gen}; the {copied} may have been replaced by an older copy"
-    )
-
-
-def _last_durable(records: list[dict[str, Any]], end: int | None = None) -> int:
-    """Index of the last durable marker (a sync or ``d`` record) below ``end``; -1 if none."""
-    for i in range(len(records) if end is None else end)[::-1]:
-        if records[i]["t"] == _format.REC_SYNC or records[i].get("d"):
-            return i
-    return -1
-
-
-def applied(records: list[dict[str, Any]]) -> int:
-    """How many leading records ``load`` applies: the power-loss rule of F9.
-
-    Records after the last durable marker (a sync record, or a commit made
-    with ``sync="full"``) count only if they were written during this boot.
-    A record's boot is its own ``b`` (records before 0.2) or else that of the
-    open record that started its writer's session.
-    """
-    last_durable = _last_durable(records)
-    if last_durable == len(records) - 1:
-        return len(records)
-    boot, now = None, _durable.boot_id()
-    for i, rec in enumerate(records):
-        b = rec.get("b")
-        if rec["t"] == _format.REC_OPEN:
-            boot = b
-        elif b is None:
-            b = boot
-        if i > last_durable and b != now:
-            return last_durable + 1
-    return len(records)
-
-
-def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
-    # Snapshots are numbered in the journal's generation, which a rotation
-    # moved past the manifest's (F7): the state takes it on.
-    state.gen = journal.gen
-    records = journal.records
-    keep = applied(records)
-    discarded = sum(rec["t"] in _format.COMMITS for rec in records[keep:])
-    loaded = Loaded(state, journal, discarded=discarded)
-    last_durable = _last_durable(records, keep)
-    what = f"journal of generation {journal.gen}"
-    B, APPEND, i = meta.block_size, _format.REC_APPEND, 0
-    while i < keep:
-        j = i + 1
-        if records[i]["t"] == APPEND:  # a run of appends (a collector's commits): one pass
-            # The run stops after the last durable marker, which may be an append.
-            while j < keep and j != last_durable + 1 and records[j]["t"] == APPEND:
-                j += 1
-            written = state.apply_appends(records[i:j], B, what)
-        else:
-            written = state.apply(records[i], B, what)
-        if records[i]["t"] in _format.COMMITS:
-            loaded.kept += j - i
-            if i > last_durable:
-                loaded.dirty.update(written)
-        i = j
-    if loaded.kept:
-        state.validate(meta.block_size, f"{what}: after replay")
-    return loaded
 
 
 def new_sums(
@@ -202,7 +95,11 @@ def sync_and_sum(
 def verify_checksums(state: State, blocks: BlockFiles) -> tuple[int, list[int]]:
     """Recompute the checksum of every live block that has one; return (checked, damaged ids)."""
     have = [b for b in state.blocks if b in state.sums]
-    damaged = [b for b in have if blocks.crc(b, 0, state.sums[b][0]) != state.sums[b][1]]
+    damaged = []
+    for b in have:
+        rows, want = state.sums[b]
+        if sum_mismatch(b, 0, rows, blocks.crc(b, 0, rows), want):
+            damaged.append(b)
     return len(have), damaged
 
 
@@ -307,7 +204,9 @@ def _reap_guarded(state: State, blocks: BlockFiles, probe: _locking.ReaderProbe)
     return len(gone)
 
 
-_TEMPS = (MANIFEST + ".tmp", JOURNAL + ".tmp")
+# The files of a blob directory (F1-F8, "Locks"): every other name is foreign.
+TEMPS = (MANIFEST + ".tmp", JOURNAL + ".tmp")  # a checkpoint's staged files
+KNOWN_FILES = frozenset({META, MANIFEST, JOURNAL, BLOCKS, LOCK, READERS, *TEMPS})
 
 
 def has_strays(root: str) -> bool:
@@ -317,54 +216,97 @@ def has_strays(root: str) -> bool:
     the unsynced records that made it unclean, but not the recovery's
     temporary file. The writer's open then recovers anyway, to remove it.
     """
-    return any(os.path.exists(os.path.join(root, name)) for name in _TEMPS)
+    return any(os.path.exists(os.path.join(root, name)) for name in TEMPS)
 
 
-def recover(root: str, meta: Meta, blocks: BlockFiles, loaded: Loaded) -> list[str]:
-    """Bring the blob to a clean checkpoint after an unclean shutdown; return what was done.
+@dataclass(frozen=True)
+class Step:
+    """One step of recovery: its stable ``code``, and its words before and after.
 
-    Runs under the writer lock. Idempotent: a crash at any step leaves a blob
+    ``plan`` is what ``recover`` would do (``tensorblob recover --dry-run``
+    prints it), ``done`` what it did (``recovery_actions``, ``recover``).
+    """
+
+    code: str
+    plan: str
+    done: str
+    data: tuple[Any, ...] = ()
+
+
+def plan(
+    root: str, blocks: BlockFiles, loaded: Loaded, *, reclaimable: int = 0, salvage: bool = False
+) -> list[Step]:
+    """The steps ``recover`` takes on ``loaded``, in order; reads only, changes nothing.
+
+    ``reclaimable``: freed blocks no reader needs now (a count only ``check``'s
+    reader census knows; ``recover`` reports what it actually deleted).
+    ``salvage``: orphans are dropped by a salvage, which reports them itself.
+    """
+    state, j, steps = loaded.state, loaded.journal, []
+    if loaded.kept:
+        n = f"{loaded.kept} committed transaction(s) from the journal"
+        steps.append(Step("replay", f"replay {n}", f"replayed {n}"))
+    if loaded.discarded:
+        n = (
+            f"{loaded.discarded} transaction(s) committed with sync='normal' before a power "
+            "loss or reboot (their rows may not have reached the disk)"
+        )
+        steps.append(Step("discard", f"discard {n}", f"discarded {n}"))
+    if j is not None and j.torn:
+        n = f"a torn journal tail of {j.size - j.end} bytes"
+        steps.append(Step("torn", f"discard {n}", f"discarded {n}"))
+    if loaded.dirty:
+        n = f"{len(loaded.dirty)} block file(s) written since the last durable point"
+        steps.append(Step("fsync", f"fsync {n}", f"fsynced {n}"))
+    for name in TEMPS:
+        if os.path.exists(os.path.join(root, name)):
+            n = f"stray temporary file {name}"
+            steps.append(Step("temp", f"remove {n}", f"removed {n}", (name,)))
+    on_disk, _others = blocks.list_ids() if os.path.isdir(blocks.dir) else (set(), [])
+    orphans = sorted(on_disk - set(state.blocks) - set(state.free))
+    if orphans:
+        n = f"{len(orphans)} block(s) of uncommitted transactions"
+        words = "" if salvage else f"delete {n}"  # a salvage's drop line lists them
+        steps.append(Step("orphans", words, f"deleted {n}", tuple(orphans)))
+    n = f"checkpoint generation {state.gen + 1} ({state.length} rows)"
+    steps.append(Step("checkpoint", f"write {n}", f"wrote {n}"))
+    if reclaimable:
+        steps.append(_reap_step(reclaimable))
+    return steps
+
+
+def _reap_step(n: int) -> Step:
+    return Step("reap", f"delete {n} freed block(s)", f"deleted {n} freed block(s)")
+
+
+def recover(root: str, meta: Meta, blocks: BlockFiles, loaded: Loaded) -> list[Step]:
+    """Bring the blob to a clean checkpoint after an unclean shutdown: carry out ``plan``.
+
+    Runs under the writer lock. Returns the steps taken (the freed blocks
+    deleted, if any, last). Idempotent: a crash at any step leaves a blob
     that the next call recovers to the same state.
     """
     state = loaded.state
-    actions: list[str] = []
-    if loaded.kept:
-        actions.append(f"replayed {loaded.kept} committed transaction(s) from the journal")
-    if loaded.discarded:
-        actions.append(
-            f"discarded {loaded.discarded} transaction(s) committed with sync='normal' "
-            "before a power loss or reboot (their rows may not have reached the disk)"
-        )
-    if loaded.journal is not None and loaded.journal.torn:
-        actions.append(
-            f"discarded a torn journal tail of {loaded.journal.size - loaded.journal.end} bytes"
-        )
     for bid in state.blocks:  # never checkpoint a state whose rows are gone
         blocks.check_file(bid)
+    steps = plan(root, blocks, loaded)
     # Always fsync blocks/ too: the dead writer may have unlinked block files
     # (a rollback) without making that durable. Recovery cannot see them to
     # delete them again, so after its checkpoint a power cut must not bring
     # them back as orphans of a blob that then looks clean.
     blocks.sync(loaded.dirty, new_files=True)
-    for name in _TEMPS:
-        path = os.path.join(root, name)
-        if os.path.exists(path):
-            _durable.unlink(path)
-            actions.append(f"removed stray temporary file {name}")
-    on_disk, _others = blocks.list_ids()
-    orphans = on_disk - set(state.blocks) - set(state.free)
-    for bid in sorted(orphans):
-        blocks.delete(bid)
-    if orphans:
-        _durable.fsync_dir(blocks.dir)
-        actions.append(f"deleted {len(orphans)} block(s) of uncommitted transactions")
-    checkpoint(root, state, meta.block_size, blocks)
-    actions.append(f"wrote checkpoint generation {state.gen} ({state.length} rows)")
+    for step in steps:
+        if step.code == "temp":
+            _durable.unlink(os.path.join(root, step.data[0]))
+        elif step.code == "orphans":
+            for bid in step.data:
+                blocks.delete(bid)
+            _durable.fsync_dir(blocks.dir)
+        elif step.code == "checkpoint":
+            checkpoint(root, state, meta.block_size, blocks)
     probe = _locking.ReaderProbe(root)
     try:
         n = reap(state, blocks, probe)
     finally:
         probe.close()
-    if n:
-        actions.append(f"deleted {n} freed block(s)")
-    return actions
+    return [*steps, _reap_step(n)] if n else steps

@@ -21,18 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _durable, _format, _recovery
+from . import _durable, _records, _recovery, _snapshot
 from ._blockfiles import BLOCKS, BlockFiles
-from ._check import holder_text, probe_lock, scan
-from ._findings import Drops, Problem, Scan
+from ._check import scan
+from ._findings import EXIT_BUSY, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Drops, Problem, Scan
 from ._journal import JournalWriter
-from ._locking import READERS, WriterLock
+from ._locking import READERS, WriterLock, holder_text, probe_lock
 from .errors import LockTimeoutError, TensorBlobError
-
-EXIT_OK = 0  # the blob is clean now (recovered, or nothing to do); dry run: recover would succeed
-EXIT_PROBLEMS = 1  # recover stopped: damage it will not repair, or an error while repairing
-EXIT_USAGE = 2  # usage error, not a blob, or a newer format version: nothing was changed
-EXIT_BUSY = 3  # another writer holds the lock (dry run: right now; else: past --timeout)
 
 
 @dataclass
@@ -79,39 +74,39 @@ def needs_work(sc: Scan) -> bool:
     )
 
 
-def plan(sc: Scan) -> list[str]:
-    """The steps recover would take, in order, in the words it reports them with."""
+def plan(sc: Scan) -> list[_recovery.Step]:
+    """The steps recover would take, in order: a salvage's drops, the files it recreates,
+    the writer's recovery (``_recovery.plan``, the list ``_recovery.recover`` carries out),
+    and the close marker."""
     if not needs_work(sc):
         return []
     chosen = sc.loaded or sc.salvage
     assert chosen is not None
-    state, j = chosen.state, chosen.journal
-    steps = [f"drop: {line}" for line in sc.drops.lines] if sc.salvage is not None else []
+    assert sc.meta is not None
+    steps = []
+    if sc.salvage is not None:
+        steps += [_recovery.Step("drop", f"drop: {ln}", f"dropped: {ln}") for ln in sc.drops.lines]
     if not sc.readers_file:
-        steps.append("recreate the empty readers file")
+        steps.append(_READERS_STEP)
     if not sc.blocks_dir:
-        steps.append("recreate the blocks/ directory")
-    if chosen.kept:
-        steps.append(f"replay {chosen.kept} committed transaction(s) from the journal")
-    if chosen.discarded:
-        steps.append(
-            f"discard {chosen.discarded} transaction(s) committed with sync='normal' before a "
-            "power loss or reboot (their rows may not have reached the disk)"
-        )
-    if j is not None and j.torn:
-        steps.append(f"discard a torn journal tail of {j.size - j.end} bytes")
-    if chosen.dirty:
-        steps.append(
-            f"fsync {len(chosen.dirty)} block file(s) written since the last durable point"
-        )
-    steps += [f"remove stray temporary file {name}" for name in sc.temps]
-    if sc.orphans and sc.salvage is None:  # with --salvage, a drop line lists them
-        steps.append(f"delete {len(sc.orphans)} block(s) of uncommitted transactions")
-    steps.append(f"write checkpoint generation {state.gen + 1} ({state.length} rows)")
-    if sc.reclaimable:
-        steps.append(f"delete {len(sc.reclaimable)} freed block(s)")
-    steps.append("mark the journal closed: the blob is then clean")
-    return steps
+        steps.append(_BLOCKS_DIR_STEP)
+    blocks = BlockFiles(sc.root, sc.meta)
+    steps += _recovery.plan(
+        sc.root, blocks, chosen, reclaimable=len(sc.reclaimable), salvage=sc.salvage is not None
+    )
+    steps.append(_CLOSE_STEP)
+    return [s for s in steps if s.plan]
+
+
+_READERS_STEP = _recovery.Step(
+    "readers", "recreate the empty readers file", "recreated the empty readers file"
+)
+_BLOCKS_DIR_STEP = _recovery.Step(
+    "blocks-dir", "recreate the blocks/ directory", "recreated the blocks/ directory"
+)
+_CLOSE_STEP = _recovery.Step(
+    "close", "mark the journal closed: the blob is then clean", "marked the journal closed"
+)
 
 
 def recover(
@@ -225,7 +220,7 @@ def _refuse(sc: Scan, out: Outcome) -> bool:
 
 
 def _dry_run(sc: Scan, out: Outcome) -> None:
-    out.actions = plan(sc)
+    out.actions = [s.plan for s in plan(sc)]
     out.dropped = sc.drops if sc.salvage is not None else Drops()
     state = sc.state
     if state is not None:
@@ -270,20 +265,20 @@ def _execute(sc: Scan, out: Outcome, progress: Callable[[int, int], None] | None
     out.changed = True
     if sc.salvage is not None:
         out.dropped = sc.drops
-        out.actions += [f"dropped: {line}" for line in sc.drops.lines]
+        out.actions += [s.done for s in plan(sc) if s.code == "drop"]
     try:
         if not sc.readers_file:
             _durable.create_file(os.path.join(root, READERS), b"", sync=False)
-            out.actions.append("recreated the empty readers file")
+            out.actions.append(_READERS_STEP.done)
         if not sc.blocks_dir:
             _durable.mkdir(os.path.join(root, BLOCKS))
-            out.actions.append("recreated the blocks/ directory")
+            out.actions.append(_BLOCKS_DIR_STEP.done)
         if not sc.readers_file or not sc.blocks_dir:
             _durable.fsync_dir(root)
         blocks = BlockFiles(root, meta)
-        out.actions += _recovery.recover(root, meta, blocks, chosen)
+        out.actions += [s.done for s in _recovery.recover(root, meta, blocks, chosen)]
         _close_journal(root, meta)
-        out.actions.append("marked the journal closed")
+        out.actions.append(_CLOSE_STEP.done)
     except (OSError, TensorBlobError) as exc:
         out.exit_code, out.verdict = EXIT_PROBLEMS, "failed"
         out.problems.append(
@@ -329,12 +324,12 @@ def _execute(sc: Scan, out: Outcome, progress: Callable[[int, int], None] | None
 
 def _close_journal(root: str, meta: Any) -> None:
     """Append a close marker to the fresh journal, as a writer's ``close()`` does (F7.5)."""
-    loaded = _recovery.load(root, meta)
+    loaded = _snapshot.load(root, meta)
     j = loaded.journal
     assert j is not None
     writer = JournalWriter(root, j.salt, len(j.records))
     try:
-        writer.append(_format.sync_record(True))
+        writer.append(_records.sync_record(True))
         writer.sync()
     finally:
         writer.close()

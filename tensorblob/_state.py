@@ -14,9 +14,8 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _format
+from . import _records
 from ._locking import snapshot_seq
-from .errors import CorruptBlobError
 
 
 @dataclass
@@ -64,7 +63,9 @@ class State:
             prev = ns[0]  # so the first record does not fit: raised below
         for i, n in enumerate(ns):
             if n <= prev:
-                raise CorruptBlobError(f"{what}: append q={recs[i]['q']} to {n} rows does not fit")
+                _records.corrupt(
+                    what, f"append q={recs[i]['q']} to {n} rows does not fit", "does-not-fit"
+                )
             prev = n
         n = ns[-1]
         k = -(-n // B)
@@ -98,9 +99,9 @@ class State:
         does not fit this state.
         """
         t = rec["t"]
-        if t == _format.REC_APPEND:
+        if t == _records.REC_APPEND:
             written = self.apply_append(rec["n"], rec["q"], block_size, what, rec.get("p", False))
-        elif t == _format.REC_COMMIT:
+        elif t == _records.REC_COMMIT:
             written = self._apply_commit(rec, what, fresh_from)
         else:  # open and sync records change no rows
             written = []
@@ -126,7 +127,7 @@ class State:
                 self.length = n
                 self.seq = snapshot_seq(self.gen, q)
                 return [bid]
-        rec = {**_format.append_record(n, carried=carried), "q": q}
+        rec = {**_records.append_record(n, carried=carried), "q": q}
         return self.apply_appends([rec], B, what)
 
     def _apply_commit(self, rec: dict[str, Any], what: str, fresh_from: int | None) -> list[int]:
@@ -136,7 +137,7 @@ class State:
         self.blocks.extend([-1] * (k - len(self.blocks)))
         seq = snapshot_seq(self.gen, rec["q"])
         for slot, bid in rec["s"]:
-            _format.require(slot < k, what, f"commit q={rec['q']} sets slot {slot} >= {k}")
+            _records.require(slot < k, what, f"commit q={rec['q']} sets slot {slot} >= {k}")
             self.blocks[slot] = bid
             if bid >= new_from:  # a moved block keeps its birth
                 self.born.setdefault(bid, seq)
@@ -157,24 +158,24 @@ class State:
         hwm, mine = self.hwm, self.sums
         for bid, rows, crc in sums:  # check_sums has checked the types and ranges
             if rows > hwm.get(bid, -1):
-                raise CorruptBlobError(
-                    f"{what}: checksum of block {bid} over {rows} rows does not fit the state"
+                _records.corrupt(
+                    what, f"checksum of block {bid} over {rows} rows does not fit", "does-not-fit"
                 )
             mine[bid] = (rows, crc)
 
     def validate(self, block_size: int, what: str) -> None:
         need = -(-self.length // block_size)
-        _format.require(
+        _records.require(
             len(self.blocks) == need,
             what,
             f"{len(self.blocks)} blocks for {self.length} rows of block_size {block_size}",
         )
         for bid in self.blocks:
-            _format.require(bid in self.hwm and bid < self.next_id, what, f"bad block id {bid}")
-        _format.require(len(set(self.blocks)) == len(self.blocks), what, "block listed twice")
-        _format.require(all(h <= block_size for h in self.hwm.values()), what, "hwm > block_size")
-        _format.require(not set(self.free) & set(self.blocks), what, "a live block is listed free")
-        _format.require(all(b < self.next_id for b in self.free), what, "bad free block id")
+            _records.require(bid in self.hwm and bid < self.next_id, what, f"bad block id {bid}")
+        _records.require(len(set(self.blocks)) == len(self.blocks), what, "block listed twice")
+        _records.require(all(h <= block_size for h in self.hwm.values()), what, "hwm > block_size")
+        _records.require(not set(self.free) & set(self.blocks), what, "a live block is listed free")
+        _records.require(all(b < self.next_id for b in self.free), what, "bad free block id")
 
 
 def append_delta(  # noqa: PLR0917 - the parts of a State it reads

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import _recovery
+from . import _snapshot
 from ._journal import JOURNAL
 from ._locking import LOCK
 from ._manifest import MANIFEST
@@ -289,7 +289,7 @@ def _writer_state(root: str, meta: Meta, length: int) -> str:
 def _identity(root: str, meta: Meta) -> tuple[int, int, int, int] | None:
     """Length, generation, sequence and frame count of a clean committed state, else None."""
     try:
-        loaded = _recovery.load(root, meta)
+        loaded = _snapshot.load(root, meta)
     except OSError:
         return None  # the blob is being removed: the watcher will tell
     j = loaded.journal

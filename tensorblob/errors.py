@@ -48,7 +48,51 @@ class TensorBlobError(Exception):
 
     ``TensorBlob.transaction()`` raises it itself when an operation inside
     failed and its exception was swallowed: the transaction was rolled back.
+
+    Besides the message, an error may carry structured data, for programs
+    (``tensorblob check`` among them) that must never branch on the text:
+    ``path`` (the file at fault), ``reason`` (a stable code of what is wrong,
+    see ``REASONS``) and ``detail`` (the message without the file it names).
     """
+
+    path: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+    def __init__(
+        self,
+        *args: object,
+        path: str | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(*args)
+        if path is not None:
+            self.path = path
+        if reason is not None:
+            self.reason = reason
+        if detail is not None:
+            self.detail = detail
+
+
+# The reasons a CorruptBlobError gives (``reason``), one table.
+REASONS = {
+    "wrong-magic": "the file does not start with its magic bytes",
+    "truncated": "the file is shorter than its header says",
+    "bad-version": "the format version is not a valid one",
+    "checksum": "the CRC-32 of the body does not match",
+    "trailing": "bytes follow the body",
+    "body": "the body is not a valid msgpack map",
+    "schema": "a field of the body or of a record has the wrong type or value",
+    "missing": "the file is missing",
+    "foreign": "the file belongs to another blob (its uuid differs from meta's)",
+    "generations": "the journal does not follow the manifest's generation",
+    "does-not-fit": "a journal record does not apply to the state before it",
+    "block-missing": "a block file is missing",
+    "block-size": "a block file has the wrong size",
+    "block-short": "a block file ends before its committed rows",
+    "block-checksum": "a block's rows do not match their checksum",
+}
 
 
 class BlobNotFoundError(TensorBlobError, FileNotFoundError):

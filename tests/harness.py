@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from tensorblob import TensorBlob, _durable, _txn
+from tensorblob import TensorBlob, _durability, _durable
 
 ABSENT = None  # the blob does not exist
 ROW_SHAPE = (3,)
@@ -333,8 +333,8 @@ def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
             ack()
             os.write(ack_fd, b"D%d\n" % acks)  # durable when it returns
         elif kind == "checkpoint_every":
-            _txn.CHECKPOINT_BYTES = op[1]
-            _txn.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
+            _durability.CHECKPOINT_BYTES = op[1]
+            _durability.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
         else:
             do(op)
             if kind in MUTATING:

@@ -7,11 +7,12 @@ import zlib
 
 import torch
 
-from tensorblob import TensorBlob, _txn
+from tensorblob import TensorBlob, _durability
 from tensorblob._blocks import BlockStore
 from tensorblob._manifest import read_manifest
 from tensorblob._meta import read_meta
-from tensorblob._recovery import load, verify_checksums
+from tensorblob._recovery import verify_checksums
+from tensorblob._snapshot import load
 
 
 def _state(path):
@@ -28,7 +29,7 @@ def _rows(i: int) -> list[int]:
 
 
 def _checkpointed_blob(path, monkeypatch, rows=10):
-    monkeypatch.setattr(_txn, "CHECKPOINT_BYTES", 1)  # checkpoint at every transaction
+    monkeypatch.setattr(_durability, "CHECKPOINT_BYTES", 1)  # checkpoint at every transaction
     with TensorBlob.open(path, "w", dtype="int32", shape=2, block_size=4) as b:
         for i in range(rows):
             b.write(torch.tensor(_rows(i), dtype=torch.int32))

@@ -28,7 +28,7 @@ import torch
 
 from tensorblob import TensorBlob, _durable, _format
 from tensorblob._cli import Progress, main
-from tensorblob._diagnose import read_journal_scan
+from tensorblob._journal import scan_journal
 from tensorblob._meta import read_meta
 
 B = 4
@@ -186,7 +186,7 @@ def recovered_twice(run: Run, path: str, *extra: str) -> str:
 def test_fixture_blob_has_a_checkpoint_and_journal_transactions(blob: Any) -> None:
     path, data = blob
     meta = read_meta(path)
-    j = read_journal_scan(path, meta)
+    j = scan_journal(path, meta.uuid)
     assert j.commits == 2
     assert torch.equal(content(path), data)
 
@@ -365,7 +365,7 @@ def test_missing_readers_file_is_recreated(run: Run, blob: Any) -> None:
 def test_commits_before_a_reboot_are_dropped_by_the_boot_rule(run: Run, blob: Any) -> None:
     """The last session's sync='normal' commit was never flushed, then the machine restarted."""
     path, data = blob
-    j = read_journal_scan(path, read_meta(path))
+    j = scan_journal(path, read_meta(path).uuid)
     assert [r["t"] for r in j.records[-3:]] == ["o", "a", "s"]  # open, append, close
     # The commit inherits the boot id of its session's open record.
     session = [dict(j.records[-3], b="a-boot-before-the-power-cut"), j.records[-2]]
@@ -537,7 +537,7 @@ def test_damaged_block_file_is_salvaged_by_truncating_before_it(
 
 def test_invalid_commit_record_in_the_middle_is_salvaged_before_it(run: Run, blob: Any) -> None:
     path, data = blob
-    j = read_journal_scan(path, read_meta(path))
+    j = scan_journal(path, read_meta(path).uuid)
     bad = {"t": "c", "b": _durable.boot_id(), "d": False, "n": 99, "k": 1}
     bad |= {"s": [[5, 1]], "h": [], "f": [], "w": [], "x": 9, "q": len(j.records) + 1}
     close = {"t": "s", "b": _durable.boot_id(), "c": True, "q": len(j.records) + 2}
@@ -556,7 +556,7 @@ def test_invalid_commit_record_in_the_middle_is_salvaged_before_it(run: Run, blo
 
 def test_journal_damaged_in_the_middle_is_not_mistaken_for_a_torn_tail(run: Run, blob: Any) -> None:
     path, data = blob
-    j = read_journal_scan(path, read_meta(path))
+    j = scan_journal(path, read_meta(path).uuid)
     first_commit = next(i for i, r in enumerate(j.records) if r["t"] in ("a", "c"))
     raw = bytearray(Path(path, "journal").read_bytes())
     raw[j.offsets[first_commit] + 12] ^= 0xFF  # a flipped bit in the first transaction

@@ -25,7 +25,7 @@ import torch
 from tensorblob import TensorBlob
 from tensorblob._blockfiles import parse_block_name
 from tensorblob._meta import read_meta
-from tensorblob._recovery import load
+from tensorblob._snapshot import load
 
 B = harness.B
 NEW = harness.NEW

@@ -18,10 +18,10 @@ import harness
 import pytest
 import torch
 
-from tensorblob import BlobClosedError, BlobIOError, TensorBlob, _durable, _txn
+from tensorblob import BlobClosedError, BlobIOError, TensorBlob, _durability, _durable
 from tensorblob._blockfiles import parse_block_name
 from tensorblob._meta import read_meta
-from tensorblob._recovery import load
+from tensorblob._snapshot import load
 
 B = 4
 
@@ -70,8 +70,8 @@ class _Fail:
 @pytest.mark.parametrize("sync", ["normal", "full"])
 def test_an_io_error_at_any_step_never_loses_or_tears_a_commit(tmp_path: Any, sync: str) -> None:
     states = _model_states()
-    old_bound = _txn.CHECKPOINT_BYTES
-    _txn.CHECKPOINT_BYTES = 400  # checkpoints inside the workload too
+    old_bound = _durability.CHECKPOINT_BYTES
+    _durability.CHECKPOINT_BYTES = 400  # checkpoints inside the workload too
     try:
         counter = _Fail(0)
         _durable.set_fault_hook(counter)
@@ -116,7 +116,7 @@ def test_an_io_error_at_any_step_never_loses_or_tears_a_commit(tmp_path: Any, sy
             assert set(st.blocks) <= on_disk
     finally:
         _durable.set_fault_hook(None)
-        _txn.CHECKPOINT_BYTES = old_bound
+        _durability.CHECKPOINT_BYTES = old_bound
 
 
 def test_a_block_moved_by_extend_stays_protected_for_an_older_reader(
@@ -126,7 +126,7 @@ def test_a_block_moved_by_extend_stays_protected_for_an_older_reader(
     with TensorBlob.open(other, "w", dtype="float32", shape=3, block_size=B) as o:
         o.write(harness.rows(4, 9))
     with monkeypatch.context() as m:
-        m.setattr(_txn, "CHECKPOINT_BYTES", 1)  # block 1 then comes from the manifest
+        m.setattr(_durability, "CHECKPOINT_BYTES", 1)  # block 1 then comes from the manifest
         with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=B) as w:
             w.write(harness.rows(6, 1))  # block 0 full, block 1 holds rows 4-5
     reader = TensorBlob.open(path, "r", max_cached_blocks=1)  # re-maps blocks as it goes

@@ -35,7 +35,7 @@ from tensorblob import (
     TensorBlobError,
     _check,
     _deep,
-    _txn,
+    _durability,
 )
 from tensorblob._cli import main as cli
 from tensorblob.errors import from_os_error
@@ -236,14 +236,14 @@ def _closed_blob(path: str, how: str) -> None:
             for j in range(13):
                 blob.write(torch.full((3,), float(j)))
     elif how == "checkpoints":
-        old = _txn.CHECKPOINT_BYTES
-        _txn.CHECKPOINT_BYTES = 1
+        old = _durability.CHECKPOINT_BYTES
+        _durability.CHECKPOINT_BYTES = 1
         try:
             with TensorBlob.open(path, "w", **new) as blob:
                 for j in range(13):
                     blob.write(torch.full((3,), float(j)))
         finally:
-            _txn.CHECKPOINT_BYTES = old
+            _durability.CHECKPOINT_BYTES = old
     else:  # overwrites (copy-on-write) and a truncate, then a regrowth
         with TensorBlob.open(path, "w", **new) as blob:
             blob.write(torch.arange(45, dtype=torch.float32).reshape(15, 3))

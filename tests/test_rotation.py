@@ -21,7 +21,15 @@ import harness
 import pytest
 import torch
 
-from tensorblob import CorruptBlobError, TensorBlob, _durable, _format, _manifest, _state, _txn
+from tensorblob import (
+    CorruptBlobError,
+    TensorBlob,
+    _durability,
+    _durable,
+    _format,
+    _manifest,
+    _state,
+)
 from tensorblob._meta import read_meta
 
 B = 4  # rows per block
@@ -47,7 +55,7 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def small_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_txn, "CHECKPOINT_RECORDS", 6)
+    monkeypatch.setattr(_durability, "CHECKPOINT_RECORDS", 6)
 
 
 def _append_rows(blob: TensorBlob, data: torch.Tensor) -> None:
@@ -77,7 +85,7 @@ def test_an_append_only_session_rotates_instead_of_checkpointing(
 def test_rows_past_rotate_bytes_are_checkpointed(
     path: Any, small_bound: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_txn, "ROTATE_BYTES", 10 * 12)  # ten rows of 3 float32
+    monkeypatch.setattr(_durability, "ROTATE_BYTES", 10 * 12)  # ten rows of 3 float32
     data = harness.rows(25, 2)
     with TensorBlob.open(path, "w", dtype=torch.float32, shape=(3,), block_size=B) as blob:
         _append_rows(blob, data)

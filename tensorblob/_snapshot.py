@@ -1,0 +1,153 @@
+"""Reading a committed snapshot: manifest, journal, the boot rule, replay (F9).
+
+``load`` builds the newest committed State from manifest + journal without
+changing any file: readers use it as is, the writer's open and the operator
+tools start from it. It applies the power-loss rule: commit records after
+the last *durable marker* (a sync record, or a commit made with
+``sync="full"``) are kept only if they were written during the current
+kernel boot. Same boot means only the process died, and the page cache
+still holds every row those commits reference; another boot means the
+machine lost power or restarted, and those rows may never have reached the
+disk, so those commits are discarded as if they had never happened.
+Pure Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import _durable, _records
+from ._journal import JournalImage, read_journal
+from ._manifest import read_manifest
+from ._meta import Meta
+from ._state import State
+from .errors import CorruptBlobError
+
+_RETRIES = 50
+M = TypeVar("M")
+J = TypeVar("J")
+
+
+@dataclass
+class Loaded:
+    """A snapshot as found on disk, with what recovery needs to know about it."""
+
+    state: State
+    journal: JournalImage | None  # None when the journal is stale (older generation)
+    kept: int = 0  # commit records replayed
+    discarded: int = 0  # commit records dropped by the power-loss rule
+    dirty: set[int] = field(default_factory=set)  # blocks written by non-durable kept commits
+
+    @property
+    def clean(self) -> bool:
+        """True if the last writer closed cleanly: nothing to replay, discard or remove."""
+        j = self.journal
+        if j is None or j.torn or self.discarded:
+            return False
+        last = j.records[-1] if j.records else None
+        return last is not None and last["t"] == _records.REC_SYNC and bool(last.get("c"))
+
+
+def consistent_read(read_manifest: Callable[[], M], read_journal: Callable[[], J]) -> tuple[M, J]:
+    """Read the manifest, then the journal, again while the journal follows a newer
+    manifest than the one read: a checkpoint replaced both between the two reads.
+
+    ``read_journal`` may return None (nothing usable); a checkpoint renames
+    the manifest first, so a journal newer than the manifest read before it
+    always means such a race (or damage, which a retry does not cure).
+    """
+    for _ in range(_RETRIES):
+        m, j = read_manifest(), read_journal()
+        if m is None or j is None or _base(j) <= _gen(m):
+            break
+    return m, j
+
+
+def _base(j: Any) -> int:
+    return int(j.base)
+
+
+def _gen(m: Any) -> int:
+    return int(m.gen)
+
+
+def load(root: str, meta: Meta) -> Loaded:
+    """Read the newest committed snapshot (F9), as a reader does: changes nothing."""
+    state, journal = consistent_read(
+        lambda: read_manifest(root, meta.uuid, meta.block_size),
+        lambda: read_journal(root, meta.uuid),
+    )
+    if journal.gen < state.gen:  # checkpoint between manifest and journal renames
+        return Loaded(state, None)
+    if journal.base == state.gen:  # after a checkpoint or a rotation (F7)
+        return _replay(state, journal, meta)
+    copied = "manifest" if journal.base > state.gen else "journal"
+    raise CorruptBlobError(
+        f"journal of {root!r} follows generation {journal.base} but the manifest is "
+        f"generation {state.gen}; the {copied} may have been replaced by an older copy",
+        path=root,
+        reason="generations",
+    )
+
+
+def _last_durable(records: list[dict[str, Any]], end: int | None = None) -> int:
+    """Index of the last durable marker (a sync or ``d`` record) below ``end``; -1 if none."""
+    for i in range(len(records) if end is None else end)[::-1]:
+        if records[i]["t"] == _records.REC_SYNC or records[i].get("d"):
+            return i
+    return -1
+
+
+def applied(records: list[dict[str, Any]]) -> int:
+    """How many leading records ``load`` applies: the power-loss rule of F9.
+
+    Records after the last durable marker (a sync record, or a commit made
+    with ``sync="full"``) count only if they were written during this boot.
+    A record's boot is its own ``b`` (records before 0.2) or else that of the
+    open record that started its writer's session.
+    """
+    last_durable = _last_durable(records)
+    if last_durable == len(records) - 1:
+        return len(records)
+    boot, now = None, _durable.boot_id()
+    for i, rec in enumerate(records):
+        b = rec.get("b")
+        if rec["t"] == _records.REC_OPEN:
+            boot = b
+        elif b is None:
+            b = boot
+        if i > last_durable and b != now:
+            return last_durable + 1
+    return len(records)
+
+
+def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
+    # Snapshots are numbered in the journal's generation, which a rotation
+    # moved past the manifest's (F7): the state takes it on.
+    state.gen = journal.gen
+    records = journal.records
+    keep = applied(records)
+    discarded = sum(rec["t"] in _records.COMMITS for rec in records[keep:])
+    loaded = Loaded(state, journal, discarded=discarded)
+    last_durable = _last_durable(records, keep)
+    what = f"journal of generation {journal.gen}"
+    B, APPEND, i = meta.block_size, _records.REC_APPEND, 0
+    while i < keep:
+        j = i + 1
+        if records[i]["t"] == APPEND:  # a run of appends (a collector's commits): one pass
+            # The run stops after the last durable marker, which may be an append.
+            while j < keep and j != last_durable + 1 and records[j]["t"] == APPEND:
+                j += 1
+            written = state.apply_appends(records[i:j], B, what)
+        else:
+            written = state.apply(records[i], B, what)
+        if records[i]["t"] in _records.COMMITS:
+            loaded.kept += j - i
+            if i > last_durable:
+                loaded.dirty.update(written)
+        i = j
+    if loaded.kept:
+        state.validate(meta.block_size, f"{what}: after replay")
+    return loaded
