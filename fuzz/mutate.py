@@ -371,7 +371,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "create-meta-no-fsync",
         "creation",
         "meta is not fsynced",
-        (Edit("_blob.py", "_create", "meta.encode(), sync=True)", "meta.encode(), sync=False)"),),
+        (Edit("_dirs.py", "create", "meta.encode(), sync=True)", "meta.encode(), sync=False)"),),
     ),
     Mutation(
         "create-manifest-no-fsync",
@@ -379,8 +379,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the first manifest is not fsynced",
         (
             Edit(
-                "_blob.py",
-                "_create",
+                "_dirs.py",
+                "create",
                 "encode_manifest(state, meta.block_size), sync=True",
                 "encode_manifest(state, meta.block_size), sync=False",
             ),
@@ -390,19 +390,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         "create-journal-no-fsync",
         "creation",
         "the first journal is not fsynced",
-        (Edit("_blob.py", "_create", "journal, sync=True)", "journal, sync=False)"),),
+        (Edit("_dirs.py", "create", "journal, sync=True)", "journal, sync=False)"),),
     ),
     Mutation(
         "create-no-tmpdir-fsync",
         "creation",
         "the hidden directory is not fsynced before it is renamed into place",
-        (_drop("_blob.py", "_create", "_durable.fsync_dir(tmp)"),),
+        (_drop("_dirs.py", "create", "_durable.fsync_dir(tmp)"),),
     ),
     Mutation(
         "create-no-parent-fsync",
         "creation",
         "the parent directory is not fsynced after the rename (creation not durable)",
-        (_drop("_blob.py", "_create", "_durable.fsync_dir(parent)"),),
+        (_drop("_dirs.py", "create", "_durable.fsync_dir(parent)"),),
     ),
     # -- unlink (TensorBlob.unlink) -------------------------------------------------
     Mutation(
@@ -411,9 +411,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the parent directory is not fsynced after the rename (unlink not durable)",
         (
             Edit(
-                "_blob.py",
+                "_dirs.py",
                 "unlink",
-                "# the commit point: the blob is gone\n            _durable.fsync_dir(parent)",
+                "# the commit point: the blob is gone\n        _durable.fsync_dir(parent)",
                 "# the commit point: the blob is gone",
             ),
         ),
@@ -424,10 +424,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         "order: the files are removed under the blob's own name, before the rename",
         (
             Edit(
-                "_blob.py",
+                "_dirs.py",
                 "unlink",
                 "_durable.rename(root, tomb)  # the commit point: the blob is gone",
-                "_remove_tree(root)\n            _durable.mkdir(tomb)",
+                "remove_tree(root)\n        _durable.mkdir(tomb)",
             ),
         ),
     ),

@@ -16,7 +16,8 @@ import os
 import time
 
 from . import _fmt_npy, _fmt_orig, _fmt_safetensors
-from ._blob import DEFAULT_TIMEOUT, TensorBlob
+from ._args import DEFAULT_TIMEOUT
+from ._blob import TensorBlob
 from ._formats import IMPORT_FORMATS, SUFFIXES
 from ._meta import META
 from ._source import Source, spans

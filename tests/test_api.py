@@ -28,6 +28,7 @@ from tensorblob import (
     TensorBlob,
     TensorBlobError,
     UnsupportedOperationError,
+    _durable,
     _format,
 )
 from tensorblob._state import State
@@ -1455,3 +1456,34 @@ def test_a_writer_removes_a_checkpoint_temp_file_left_beside_a_clean_journal(pat
         assert "removed stray temporary file manifest.tmp" in blob.recovery_actions
     assert not os.path.exists(tmp)
     assert torch.equal(stored(path), rows(5))
+
+
+def test_creating_a_blob_creates_its_missing_parent_directories_durably(tmp_path: Path) -> None:
+    """As the original library does (its README writes "data/images.blob"); each new
+    directory is made durable (its parent fsynced) before anything is created in it."""
+    steps: list[tuple[str, str]] = []
+    old = _durable.set_fault_hook(lambda step, p, _e: steps.append((step, p)))
+    try:
+        path = tmp_path / "data" / "run1" / "images.blob"
+        with TensorBlob.open(path, "w", dtype="float32", shape=(3, 2)) as blob:
+            blob.write(torch.ones(4, 3, 2))
+    finally:
+        _durable.set_fault_hook(old)
+    made = [p for s, p in steps if s == "mkdir"][:2]
+    assert made == [str(tmp_path / "data"), str(tmp_path / "data" / "run1")]
+    for d in made:  # the new directory's own entry is made durable right after it
+        i = steps.index(("mkdir", d))
+        assert steps[i + 1] == ("fsync_dir", os.path.dirname(d))
+    with TensorBlob.open(path, "r") as blob:
+        assert torch.equal(blob[:], torch.ones(4, 3, 2))
+
+
+@pytest.mark.parametrize("kind", ["tensor", "ndarray"])
+def test_a_boolean_mask_selects_rows_as_in_torch(tmp_path: Path, kind: str) -> None:
+    data = rows(9)
+    keep = torch.tensor([i % 3 != 1 for i in range(9)])
+    mask = keep if kind == "tensor" else keep.numpy()
+    with TensorBlob.open(tmp_path / "b", "w", dtype="float32", shape=3, block_size=4) as blob:
+        blob.write(data)
+        assert torch.equal(blob[mask], data[keep])
+        assert blob[torch.zeros(9, dtype=torch.bool)].shape == (0, 3)

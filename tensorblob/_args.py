@@ -1,0 +1,149 @@
+"""The checks of every argument the public API takes: a refused call changes nothing.
+
+Each raises the library's own error naming the argument (G5). Also the
+conversions they lead to: a path to an absolute one, a tensor to contiguous
+CPU rows, an index to positions.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._meta import Meta
+from .errors import (
+    BlobTypeError,
+    DTypeMismatchError,
+    InvalidArgumentError,
+    InvalidIndexError,
+    ShapeMismatchError,
+)
+
+MODES = ("r", "w", "a", "r+", "w+", "a+")
+SYNC = ("normal", "full")
+DEFAULT_BLOCK_SIZE = 8192
+DEFAULT_TIMEOUT = 30.0
+
+
+def abspath(path: str | os.PathLike[str]) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise BlobTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def check_open(  # noqa: PLR0917 - open()'s keyword arguments
+    mode: object,
+    sync: object,
+    max_cached_blocks: object,
+    block_size: object,
+    timeout: object,
+    verify: object,
+    trust_fs: object,
+) -> None:
+    """Check ``open()``'s arguments (InvalidArgumentError naming the first bad one)."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise InvalidArgumentError(f"mode={mode!r}: must be one of {', '.join(MODES)}")
+    if sync not in SYNC:
+        raise InvalidArgumentError(f"sync={sync!r}: must be 'normal' or 'full'")
+    if max_cached_blocks is not None and (
+        not isinstance(max_cached_blocks, int) or max_cached_blocks < 1
+    ):
+        raise InvalidArgumentError(
+            f"max_cached_blocks={max_cached_blocks!r}: must be a positive int or None"
+        )
+    if block_size is not None and (
+        not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1
+    ):
+        raise InvalidArgumentError(f"block_size={block_size!r}: must be a positive int")
+    if not isinstance(timeout, (int, float)) or timeout < 0:
+        raise InvalidArgumentError(f"timeout={timeout!r}: must be a non-negative number")
+    if not isinstance(verify, bool):
+        raise InvalidArgumentError(f"verify={verify!r}: must be True or False")
+    if not isinstance(trust_fs, bool):
+        raise InvalidArgumentError(f"trust_fs={trust_fs!r}: must be True or False")
+
+
+def as_int(x: object, what: str) -> int:
+    if isinstance(x, bool):
+        raise BlobTypeError(f"{what} must be an int, got bool")
+    try:
+        return operator.index(x)  # type: ignore[arg-type]
+    except TypeError:
+        raise BlobTypeError(f"{what} must be an int, got {type(x).__name__}") from None
+
+
+def as_rows(t: object, meta: Meta) -> torch.Tensor:
+    """Validate a tensor to write and return it as contiguous CPU rows ``(n, *shape)``."""
+    if not isinstance(t, torch.Tensor):
+        raise BlobTypeError(f"write() takes a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != meta.dtype:
+        raise DTypeMismatchError(
+            f"write(): tensor dtype {t.dtype} does not match the blob's {meta.dtype}; "
+            "cast it explicitly with .to(dtype)"
+        )
+    shape = tuple(t.shape)
+    if shape == meta.shape:
+        rows = t.unsqueeze(0)
+    elif shape[1:] == meta.shape:
+        rows = t
+    elif t.dim() == 1 and meta.shape and t.numel() % meta.row_numel == 0:
+        rows = t.reshape(-1, *meta.shape)
+    else:
+        raise ShapeMismatchError(
+            f"write(): tensor of shape {shape} is not a row {meta.shape}, a batch "
+            f"(n, *{meta.shape}), or a flat tensor of a multiple of {meta.row_numel} elements"
+        )
+    if not rows.is_cpu:
+        rows = rows.cpu()
+    # Rows are copied as raw bytes: materialise lazy negation and conjugation.
+    rows = rows.resolve_conj().resolve_neg()
+    return rows if rows.is_contiguous() else rows.contiguous()
+
+
+def index_tensor(index: Any, length: int) -> torch.Tensor:
+    """A list, tuple, 1-D integer tensor or ndarray index as int64 positions (maybe
+    negative); a 1-D bool tensor or ndarray of ``length`` as the positions it selects.
+
+    Raises:
+        BlobTypeError: another type, a float index, a 2-D tensor; the message
+            names the offending item of a list.
+        InvalidIndexError: a boolean mask whose length is not ``length``.
+    """
+    if isinstance(index, (list, tuple)):
+        for k, i in enumerate(index):
+            if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):
+                raise BlobTypeError(
+                    f"a list or tuple index must hold only ints; item {k} is "
+                    f"{i!r} ({type(i).__name__})"
+                )
+        return torch.tensor([int(i) for i in index], dtype=torch.int64)
+    if isinstance(index, np.ndarray):
+        if index.dtype == np.bool_:
+            index = torch.from_numpy(np.array(index, copy=True))
+        elif index.dtype.kind not in "iu":
+            raise BlobTypeError(f"an ndarray index must be of integers or bools, not {index.dtype}")
+        else:
+            index = torch.from_numpy(np.array(index, dtype=np.int64, copy=True))
+    if isinstance(index, torch.Tensor):
+        if index.dtype.is_floating_point or index.dtype.is_complex:
+            raise BlobTypeError(f"a tensor index must be of integers or bools, not {index.dtype}")
+        if index.dim() > 1:
+            raise BlobTypeError(f"a tensor index must be 1-D, got shape {tuple(index.shape)}")
+        if index.dtype == torch.bool:  # a mask, as in torch and numpy
+            if index.dim() == 0:
+                raise BlobTypeError("a bool is not an index; a boolean mask is 1-D")
+            if index.shape[0] != length:
+                raise InvalidIndexError(
+                    f"a boolean mask must have one entry per row ({length}), "
+                    f"got {tuple(index.shape)}"
+                )
+            return torch.nonzero(index.cpu()).reshape(-1)
+        return index.reshape(-1).to(device="cpu", dtype=torch.int64)
+    raise BlobTypeError(
+        f"blob indices must be int, slice, list, tuple, 1-D int or bool tensor or ndarray, "
+        f"not {type(index).__name__}"
+    )

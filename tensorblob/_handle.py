@@ -1,0 +1,537 @@
+"""What every handle on a blob does: open and close, leases, recovery, transactions, cursor.
+
+``Handle`` is the base of ``TensorBlob`` (and of every other front end on
+the same engine): it opens a blob's directory for reading (a lease on a
+committed snapshot) or writing (the writer lock, recovery, an ``Engine``),
+runs transactions, keeps the cursor, makes durable points and pickles a
+reader as its snapshot. The front end says what a row is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import _format, _recovery, _snapshot, _watch
+from ._args import DEFAULT_TIMEOUT, as_int
+from ._blocks import BlockStore
+from ._journal import JournalWriter
+from ._locking import ReaderLease, WriterLock
+from ._meta import Meta, read_meta
+from ._state import State
+from ._txn import Engine
+from .errors import (
+    BlobClosedError,
+    BlobTypeError,
+    InvalidArgumentError,
+    SnapshotGoneError,
+    TensorBlobError,
+    UnsupportedOperationError,
+    from_os_error,
+)
+
+# Writers whose fast path must be disabled in a forked child (its writes must
+# fail like every other write through the parent's handle; see _check_writable).
+_WRITERS: weakref.WeakSet[Handle] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for blob in list(_WRITERS):
+        blob._fast = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations are not evaluated at run time
+
+H = TypeVar("H", bound="Handle")
+
+
+class Handle:
+    """An open blob (see the module docstring). Not for direct use: ``TensorBlob.open``."""
+
+    _closed = True
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise BlobTypeError(
+            f"{type(self).__name__} objects are made by {type(self).__name__}.open(), "
+            "not by calling the class"
+        )
+
+    def _fast_ok(self) -> bool:
+        """May write() copy rows straight into the engine's window? (The front end says.)"""
+        return False
+
+    def _verifying(self, verify: bool) -> Self:
+        """Turn on ``verify`` (see ``open``): blocks are checked when first mapped."""
+        self._verify = verify
+        if verify:
+            self._blocks.verify = self._state.sums
+        return self
+
+    def _setup(  # noqa: PLR0917 - private, called once from open()
+        self,
+        root: str,
+        mode: str,
+        meta: Meta,
+        max_cached: int,
+        sync: str,
+        timeout: float,
+        snapshot: tuple[ReaderLease, State] | None = None,
+    ) -> None:
+        self._path = root
+        self._mode = mode
+        self._meta = meta
+        self._sync = sync
+        self._readable = mode[0] == "r" or "+" in mode
+        self._writable = mode != "r"
+        self._append = mode[0] == "a"
+        self._engine: Engine | None = None
+        # The engine while write() may take its fast path: writable, open, in the
+        # process that opened it, and a dtype a raw byte copy is right for.
+        self._fast: Engine | None = None
+        self._lock: WriterLock | None = None
+        self._lease: ReaderLease | None = None
+        self._depth = 0
+        self._doomed = False
+        self._pid = os.getpid()
+        self._max_cached = max_cached
+        self._saved_pos = 0
+        self._verify = False
+        self.recovery_actions: list[str] = []
+        self._blocks = BlockStore(root, meta, writable=self._writable, max_cached=max_cached)
+        if self._writable:
+            self._lock = WriterLock(root, timeout)
+            self._lock.acquire()
+            try:
+                self._open_writer()
+                self._lock.record_owner()
+            except BaseException:
+                self._lock.release()
+                raise
+        elif snapshot is not None:  # unpickling: the lease already holds the state
+            self._lease, self._state = snapshot
+        else:
+            self._lease = ReaderLease(root)
+            try:
+                self._state = self._load_snapshot(self._lease)
+            except BaseException:
+                self._lease.release()
+                raise
+        self._closed = False
+        self._pos = self._state.length if self._append else 0
+        if mode[0] == "w" and self._state.length:
+            try:
+                with self._mutation("emptying the blob (mode 'w')") as engine:
+                    engine.truncate(0)
+            except BaseException:
+                self.close()
+                raise
+
+    def _load_snapshot(self, lease: ReaderLease) -> State:
+        """Read the newest commit under a lease that protects it from the first instant."""
+        lease.hold_everything()
+        state = _snapshot.load(self._path, self._meta).state
+        lease.hold(state.seq)
+        return state
+
+    def refresh(self) -> int:
+        """Move a reader to the newest committed snapshot; return the new length.
+
+        The cursor is kept, clamped to the new length. Until the next refresh the
+        reader sees exactly this snapshot, whatever the writer does. On a writer
+        this only returns the length: a writer always sees its own newest state.
+
+        Raises:
+            BlobClosedError: the blob is closed.
+            CorruptBlobError: a file of the blob is damaged.
+        """
+        self._check_open()
+        if self._lease is not None:
+            if os.getpid() != self._pid:  # a forked child: take a lease of its own
+                self._lease = ReaderLease(self._path)
+                self._pid = os.getpid()
+            self._state = self._load_snapshot(self._lease)
+            self._pos = min(self._pos, self._state.length)
+            if self._verify:
+                self._blocks.verify = self._state.sums
+        return self._state.length
+
+    def wait_for(self, n: int, timeout: float | None = None) -> int:
+        """Wait until the newest commit has at least ``n`` rows, move to it; return its length.
+
+        A ``refresh()`` that sleeps, without using the CPU, until a writer in
+        another process commits enough rows (inotify on the blob directory;
+        docs/guide.md, "Following a growing blob"). Returns at once if the
+        newest commit already has them. Rows committed and then truncated away
+        by the writer before this looks do not count.
+
+        Args:
+            n: The number of rows to wait for.
+            timeout: Seconds to wait at most; None (default) waits for ever.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` passed first; the snapshot moved to
+                the newest commit all the same.
+            UnsupportedOperationError: the blob is open for writing: only this
+                handle could add the rows.
+            BlobNotFoundError: the blob was deleted or moved while waiting.
+            InvalidArgumentError: ``n`` or ``timeout`` is negative.
+            BlobTypeError: ``n`` is not an int.
+            BlobClosedError: the blob is closed.
+        """
+        return _watch.wait_for(self, n, timeout)
+
+    def _open_writer(self) -> None:
+        loaded = _snapshot.load(self._path, self._meta)
+        j = loaded.journal
+        # A journal of format version 1 is checkpointed into a new one before
+        # anything is appended: its readers would stop at an append record.
+        old = j is not None and j.version < _format.WRITE_VERSION
+        if not loaded.clean or old or _recovery.has_strays(self._path):
+            steps = _recovery.recover(self._path, self._meta, self._blocks, loaded)
+            actions = [s.done for s in steps]
+            if loaded.clean and old:
+                upgraded = f"rewrote the manifest and journal in format version {j.version + 1}"
+                actions = [upgraded, *(s.done for s in steps if s.code == "temp")]
+            self.recovery_actions = actions
+            loaded = _snapshot.load(self._path, self._meta)
+        j = loaded.journal
+        assert j is not None
+        journal = JournalWriter(self._path, j.salt, len(j.records))
+        self._engine = Engine(
+            self._path,
+            self._meta,
+            loaded.state,
+            self._blocks,
+            journal,
+            full=self._sync == "full",
+            last_closed=loaded.clean,
+            base=j.base,
+            # Rotation needs the manifest to be the durable state: no commit since.
+            rotatable=loaded.kept == 0,
+        )
+        self._state = loaded.state
+        if self._fast_ok():
+            self._fast = self._engine
+            _WRITERS.add(self)
+
+    def close(self) -> None:
+        """Close the blob: roll back an open transaction, make commits durable, release locks.
+
+        On a writer this is a durable point: when it returns, every committed
+        transaction survives power loss. Closing twice is allowed; after close
+        every other call raises BlobClosedError.
+
+        Raises:
+            BlobIOError: making the commits durable failed; the handle is closed
+                anyway, and the next open recovers.
+        """
+        if getattr(self, "_closed", True):
+            return
+        if os.getpid() != self._pid:
+            # A forked copy: the locks, journal and lease belong to the parent.
+            self._closed = True
+            self._blocks.close()
+            return
+        try:
+            if self._engine is not None and not self._engine.broken:
+                if self._engine.txn is not None:
+                    self._engine.rollback()
+                self._engine.durable_point(closing=True)
+        finally:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Release everything without another write (also after the engine gave up)."""
+        if not self._closed:
+            self._closed = True
+            self._fast = None
+            if self._engine is not None:
+                self._engine.close()
+            self._blocks.close()
+            if self._lock is not None:
+                self._lock.release()
+            if self._lease is not None:
+                self._lease.release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        """Pickle a reader as its snapshot (for DataLoader workers); refuse writers.
+
+        The unpickled copy takes its own lease on the same snapshot and reads
+        exactly it. It never switches to another snapshot: if the blocks are
+        gone (the original and every other reader of it closed, and the writer
+        freed them) or the blob was deleted, unpickling raises
+        SnapshotGoneError. The original open is enough to keep them.
+        """
+        self._check_open()
+        if self._engine is not None:
+            raise UnsupportedOperationError(
+                f"blob {self._path!r} is open for writing and cannot be pickled; "
+                "open it read-only ('r') for DataLoader workers"
+            )
+        args = (type(self), self._path, self._state, self._pos, self._max_cached)
+        return (_unpickle_reader, args)
+
+    @property
+    def path(self) -> str:
+        """Absolute path of the blob directory."""
+        return self._path
+
+    @property
+    def mode(self) -> str:
+        """The mode the blob was opened with (``"r"``, ``"a+"``, ...)."""
+        return self._mode
+
+    @property
+    def block_size(self) -> int:
+        """Rows per block file, fixed at creation."""
+        return self._meta.block_size
+
+    @property
+    def sync(self) -> str:
+        """This handle's durability level, ``"normal"`` or ``"full"`` (see ``open``)."""
+        return self._sync
+
+    @property
+    def closed(self) -> bool:
+        """True once the blob is closed, by ``close()`` or by a failed commit step."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BlobClosedError(f"I/O operation on closed blob {self._path!r}")
+
+    def _check_readable(self) -> None:
+        self._check_open()
+        if not self._readable:
+            raise UnsupportedOperationError(
+                f"blob {self._path!r} is not open for reading (mode {self._mode!r})"
+            )
+
+    def _check_writable(self) -> Engine:
+        self._check_open()
+        if self._engine is not None and os.getpid() != self._pid:
+            raise UnsupportedOperationError(
+                f"blob {self._path!r} was opened for writing by process {self._pid}; "
+                "a forked child cannot write through it (open it again in the child)"
+            )
+        if self._engine is None:
+            raise UnsupportedOperationError(
+                f"blob {self._path!r} is not open for writing (mode {self._mode!r})"
+            )
+        return self._engine
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Self]:
+        """Group the calls inside into one atomic commit.
+
+        After a crash either everything done inside the block is there or none of
+        it is, and readers never see part of it. On an exception inside, data,
+        length and cursor roll back and the exception propagates. Nested blocks
+        join the outermost one, which alone commits or rolls back (no savepoints).
+
+        Raises:
+            UnsupportedOperationError: the blob is not writable.
+            BlobClosedError: the blob is closed, or was closed inside the block
+                (which rolled the transaction back).
+            TensorBlobError: an operation inside failed after it had changed the
+                blob and its exception was swallowed; everything was rolled back.
+            BlobIOError: a commit step failed; the handle closed itself.
+        """
+        engine = self._check_writable()
+        outer = self._depth == 0
+        if outer:
+            with self._os_errors("starting a transaction"):
+                self._begin(engine)
+        self._depth += 1
+        try:
+            yield self
+        except BaseException:
+            self._depth -= 1
+            if outer:
+                self._rollback()
+            else:
+                self._doomed = True  # no savepoints: the outer transaction cannot commit
+            raise
+        self._depth -= 1
+        if outer:
+            with self._os_errors("committing a transaction"):
+                self._commit(engine)
+
+    @contextlib.contextmanager
+    def _os_errors(self, doing: str) -> Iterator[None]:
+        """Raise an OSError of the library's own disk work as a tensorblob error (from_os_error).
+
+        Only around the library's own operations, never around user code.
+        """
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, TensorBlobError):
+                raise
+            raise from_os_error(exc, self._path, doing) from exc
+
+    def _begin(self, engine: Engine) -> None:
+        engine.begin()
+        self._saved_pos = self._pos
+        self._doomed = False
+
+    def _commit(self, engine: Engine) -> None:
+        if engine.txn is None:  # close() inside the block rolled it back
+            raise BlobClosedError(
+                f"blob {self._path!r} was closed inside transaction(); it was rolled back"
+            )
+        if self._doomed:
+            self._rollback()
+            raise TensorBlobError(
+                f"transaction on {self._path!r} rolled back: an operation inside it failed"
+            )
+        try:
+            engine.commit()
+        except BaseException:
+            if engine.broken:
+                self._abandon()
+            elif engine.txn is not None:
+                self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        engine = self._engine
+        assert engine is not None
+        if engine.broken:  # a step that wrote to the journal failed: give the handle up
+            self._abandon()
+        if engine.txn is not None:
+            engine.rollback()
+        self._pos = self._saved_pos
+        self._doomed = False
+
+    @contextlib.contextmanager
+    def _mutation(self, doing: str) -> Iterator[Engine]:
+        """Run one mutating call as its own transaction, or as part of the open one."""
+        engine = self._check_writable()
+        with self._os_errors(doing):
+            if self._depth:
+                try:
+                    yield engine
+                except BaseException:
+                    self._doomed = True
+                    raise
+                return
+            with self.transaction():
+                yield engine
+
+    def flush(self) -> None:
+        """Make every committed transaction survive power loss (a durable point).
+
+        Does nothing on a read-only blob, or inside ``transaction()``, where
+        nothing is committed yet.
+
+        Raises:
+            BlobClosedError: the blob is closed.
+            BlobIOError: an fsync failed; the handle closed itself (reopen the blob).
+        """
+        self._check_open()
+        if self._engine is not None and self._depth == 0:
+            try:
+                self._engine.durable_point(closing=False)
+            except BaseException:
+                if self._engine.broken:
+                    self._abandon()
+                raise
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        """Move the cursor; return the new position, clamped to ``[0, len(blob)]``.
+
+        Unlike a Python file's, the cursor never goes past the end. Changes
+        nothing on disk.
+
+        Raises:
+            BlobTypeError: ``pos`` is not an int.
+            InvalidArgumentError: ``whence`` is not SEEK_SET, SEEK_CUR or SEEK_END.
+            BlobClosedError: the blob is closed.
+        """
+        self._check_open()
+        pos = as_int(pos, "seek(pos)")
+        if not isinstance(whence, int) or isinstance(whence, bool):
+            raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2")
+        if whence == io.SEEK_SET:
+            new = pos
+        elif whence == io.SEEK_CUR:
+            new = self._pos + pos
+        elif whence == io.SEEK_END:
+            new = self._state.length + pos
+        else:
+            raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2")
+        self._pos = max(0, min(new, self._state.length))
+        return self._pos
+
+    def tell(self) -> int:
+        """Return the cursor position (a row number).
+
+        Raises:
+            BlobClosedError: the blob is closed.
+        """
+        self._check_open()
+        return self._pos
+
+    def __len__(self) -> int:
+        """Return the number of rows.
+
+        A reader counts the rows of its snapshot; a writer counts its current
+        rows, including those of its open transaction.
+
+        Raises:
+            BlobClosedError: the blob is closed.
+        """
+        self._check_open()
+        return self._state.length
+
+
+def _unpickle_reader(cls: type[H], path: str, state: State, pos: int, max_cached: int) -> H:
+    """A reader on exactly the pickled snapshot ``state``; SnapshotGoneError if it is gone."""
+    if not os.path.isdir(path):
+        raise SnapshotGoneError(
+            f"cannot unpickle a reader of blob {path!r}: the blob was deleted since "
+            "(open it again if it was created anew)"
+        )
+    blob = cls.__new__(cls)
+    meta = read_meta(path)
+    if meta.uuid != state.uuid:  # block ids of another blob could match this snapshot's
+        raise SnapshotGoneError(
+            f"cannot unpickle a reader of blob {path!r}: the blob was deleted and created "
+            "again since; open it again to read the new one"
+        )
+    lease = ReaderLease(path)
+    try:
+        lease.pin(state.seq)
+        store = BlockStore(path, meta, writable=False, max_cached=max_cached)
+        gone = next((b for b in state.blocks if not os.path.exists(store.path(b))), None)
+        if gone is not None:
+            raise SnapshotGoneError(
+                f"cannot unpickle a reader of blob {path!r}: its snapshot of {state.length} "
+                f"rows is gone (block file {store.path(gone)!r} was freed once no reader held "
+                "the snapshot). Keep the original reader open until its copies are unpickled, "
+                "or open the blob again for its newest snapshot"
+            )
+        lease.hold(state.seq)
+    except BaseException:
+        lease.release()
+        raise
+    blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT, (lease, state))
+    blob._pos = min(pos, state.length)
+    return blob
