@@ -14,19 +14,26 @@ takes over a second.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
-import textwrap
-import time
-from typing import Any, TextIO
+from typing import Any
 
 from . import __version__, _check, _cli_transfer, _deep, _repair
-from ._findings import CODES, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Problem, Scan
+from ._cli_output import (
+    Progress,
+    conclusion_of,
+    json_result,
+    print_json,
+    print_problems,
+    say,
+    size,
+    verdict_of,
+)
+from ._findings import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Problem, Scan
 from ._locking import holder_text
 
-_WIDTH = 100
+WIDTH = 100
 _LABEL = {"error": "ERROR", "warning": "WARNING", "note": "note"}
 
 
@@ -110,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         if "--json" in argv:
             problem = Problem("error", "usage", str(exc).splitlines()[-1], "see --help")
-            _print_json({"command": None, "path": None, **_result(EXIT_USAGE, "usage", [problem])})
+            usage = json_result(EXIT_USAGE, "usage", [problem])
+            print_json({"command": None, "path": None, **usage})
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
@@ -131,160 +139,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PROBLEMS
 
 
-# -- shared output -----------------------------------------------------------------
-
-
-def _print_json(obj: dict[str, Any]) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
-
-
-def _result(code: int, verdict: str, problems: list[Problem], path: str = "") -> dict[str, Any]:
-    quoted = shlex.quote(path) if path else "PATH"
-    return {
-        "ok": code == EXIT_OK,
-        "exit_code": code,
-        "verdict": verdict,
-        "problems": [_fill(p, quoted).as_dict() for p in problems],
-    }
-
-
-def _fill(p: Problem, quoted: str) -> Problem:
-    return Problem(
-        p.severity, p.code, p.message.replace("PATH", quoted), p.fix.replace("PATH", quoted), p.file
-    )
-
-
-def _say(out: TextIO, text: str, lead: str = "", indent: int = 0) -> None:
-    out.write(
-        textwrap.fill(
-            text,
-            _WIDTH,
-            initial_indent=lead,
-            subsequent_indent=" " * (indent or len(lead)),
-            break_on_hyphens=False,
-            break_long_words=False,
-        )
-        + "\n"
-    )
-
-
-def _print_problems(problems: list[Problem], path: str) -> None:
-    quoted = shlex.quote(path)
-    order = ("error", "warning", "note")
-    for raw in sorted(problems, key=lambda p: order.index(p.severity)):
-        p = _fill(raw, quoted)
-        _say(sys.stdout, f"{p.message}  [{p.code}]", f"{_LABEL[p.severity]:<8} ", 9)
-        if p.fix:
-            _say(sys.stdout, p.fix, " " * 9 + "what to do: ", 9)
-
-
-def _verdict(sc: Scan) -> tuple[int, str]:
-    if sc.kind in ("missing", "not-a-blob"):
-        return EXIT_USAGE, "not-a-blob"
-    if sc.kind == "unsupported":
-        return EXIT_USAGE, "unsupported-version"
-    if sc.count("error"):
-        return EXIT_PROBLEMS, "damaged"
-    warnings = [p for p in sc.problems if p.severity == "warning"]
-    if any(CODES[p.code] for p in warnings):
-        return EXIT_PROBLEMS, "needs-recover"
-    if warnings:
-        return EXIT_PROBLEMS, "attention"
-    return EXIT_OK, "clean"
-
-
-def _conclusion(sc: Scan, verdict: str) -> str:
-    path = shlex.quote(sc.root)
-    if verdict == "not-a-blob":
-        return "result: not a tensorblob; nothing was checked or changed"
-    if verdict == "unsupported-version":
-        return "result: written by a newer tensorblob; nothing was checked or changed"
-    if verdict == "damaged":
-        if sc.unrepairable:
-            return (
-                "result: DAMAGED. recover cannot repair this (not even with --salvage): restore "
-                "the files named above from a backup. Do not open the blob for writing"
-            )
-        if sc.salvage is not None:
-            return (
-                "result: DAMAGED. Readers and writers fail on the damage. Restore the damaged "
-                f"files from a backup if you can; otherwise `tensorblob recover --salvage {path}` "
-                "keeps the longest consistent prefix and would: " + "; ".join(sc.drops.lines)
-            )
-        return "result: DAMAGED (see the errors above)"
-    if verdict == "needs-recover":
-        return (
-            f"result: needs recovery: run `tensorblob recover {path}` (or open it for writing); "
-            "nothing committed will be lost"
-        )
-    if verdict == "attention":
-        return "result: the blob is sound, but needs the manual fixes above"
-    if sc.writer_active:
-        return "result: clean (a writer has it open right now)"
-    return "result: clean"
-
-
-class Progress:
-    """A ``\\r``-updated progress line on a terminal, shown once work has taken a second."""
-
-    def __init__(self, label: str, stream: TextIO | None = None, delay: float = 1.0) -> None:
-        self.stream = sys.stderr if stream is None else stream
-        isatty = getattr(self.stream, "isatty", None)
-        self.enabled = bool(isatty and isatty())
-        self.label = label
-        self.start = time.monotonic()
-        self.delay = delay
-        self.last = 0.0
-        self.shown = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.start < self.delay or (now - self.last < 0.1 and done < total):
-            return
-        self.last = now
-        frac = done / total if total else 1.0
-        bar = "#" * int(30 * frac)
-        line = f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}%"
-        self.shown = len(line)
-        self.stream.write(line)
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r" + " " * self.shown + "\r")
-            self.stream.flush()
-            self.shown = 0
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 # -- info ------------------------------------------------------------------------
 
 
 def _info(args: argparse.Namespace) -> int:
     with _check.scan(args.path) as sc:
-        code, verdict = _verdict(sc)
+        code, verdict = verdict_of(sc)
         facts = _check.describe(sc) if sc.kind == "blob" else {}
     if code == EXIT_PROBLEMS and verdict != "damaged":
         code = EXIT_OK  # info's job is done; the status line says what is needed
     if args.json:
-        result = _result(code, verdict, sc.problems, sc.root)
-        _print_json({"command": "info", "path": sc.root, **result, "actions": [], "info": facts})
+        result = json_result(code, verdict, sc.problems, sc.root)
+        print_json({"command": "info", "path": sc.root, **result, "actions": [], "info": facts})
         return code
     if not facts:
-        _print_problems(sc.problems, sc.root)
+        print_problems(sc.problems, sc.root)
         if sc.kind == "damaged":
-            _say(sys.stdout, f"status      {_status(sc, verdict)}", "", 12)
+            say(sys.stdout, f"status      {_status(sc, verdict)}", "", 12)
         return code
     out = sys.stdout
     rows = [("blob", sc.root), ("format", f"version {facts['format_version']}")]
@@ -294,7 +165,7 @@ def _info(args: argparse.Namespace) -> int:
         rows += [
             ("dtype", meta.dtype_name),
             ("row shape", f"{shape} ({meta.row_bytes} bytes per row)"),
-            ("block size", f"{meta.block_size} rows ({_size(facts['block_bytes'])} per block)"),
+            ("block size", f"{meta.block_size} rows ({size(facts['block_bytes'])} per block)"),
         ]
     if facts.get("rows") is not None:
         rows.append(("rows", f"{facts['rows']} in {facts['blocks']} block(s)"))
@@ -306,7 +177,7 @@ def _info(args: argparse.Namespace) -> int:
     rows.append(
         (
             "on disk",
-            f"{_size(facts['bytes_on_disk'])} allocated, {_size(facts['bytes_apparent'])} "
+            f"{size(facts['bytes_on_disk'])} allocated, {size(facts['bytes_apparent'])} "
             f"in file sizes; {files}",
         )
     )
@@ -343,7 +214,7 @@ def _info(args: argparse.Namespace) -> int:
         rows.append(("writer", "none (the lock is free)"))
     rows.append(("status", _status(sc, verdict)))
     for key, value in rows:
-        _say(out, value, f"{key:<11} ", 12)
+        say(out, value, f"{key:<11} ", 12)
     return code
 
 
@@ -362,7 +233,7 @@ def _status(sc: Scan, verdict: str) -> str:
 
 
 def _check_cmd(args: argparse.Namespace) -> int:
-    progress = Progress("check --deep")
+    progress = Progress("check --deep", quiet=args.json)
     verifier = None
     with _check.scan(args.path) as sc:
         if args.deep and sc.kind == "blob":
@@ -370,7 +241,7 @@ def _check_cmd(args: argparse.Namespace) -> int:
                 verifier = _deep.deep_read(sc, progress)
             finally:
                 progress.close()
-    code, verdict = _verdict(sc)
+    code, verdict = verdict_of(sc)
     deep: dict[str, Any] = {}
     if verifier is not None:
         deep = {
@@ -379,8 +250,8 @@ def _check_cmd(args: argparse.Namespace) -> int:
             "data_checksums": verifier.summary(),
         }
     if args.json:
-        result = _result(code, verdict, sc.problems, sc.root)
-        _print_json(
+        result = json_result(code, verdict, sc.problems, sc.root)
+        print_json(
             {
                 "command": "check",
                 "path": sc.root,
@@ -395,15 +266,15 @@ def _check_cmd(args: argparse.Namespace) -> int:
     if sc.kind == "blob":
         print("  " + _checked(sc))
     if verifier is not None:
-        _say(
+        say(
             sys.stdout,
             f"deep: read {sc.rows_read} committed row(s) in {sc.blocks_read} block(s); data "
             f"checksums: {verifier.status()}",
             "  ",
             4,
         )
-    _print_problems(sc.problems, sc.root)
-    _say(sys.stdout, _conclusion(sc, verdict))
+    print_problems(sc.problems, sc.root)
+    say(sys.stdout, conclusion_of(sc, verdict))
     return code
 
 
@@ -425,7 +296,7 @@ def _checked(sc: Scan) -> str:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    progress = Progress("recover")
+    progress = Progress("recover", unit="step", quiet=args.json)
     try:
         out = _repair.recover(
             args.path,
@@ -437,8 +308,8 @@ def _recover(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.json:
-        result = _result(out.exit_code, out.verdict, out.problems, out.path)
-        _print_json(
+        result = json_result(out.exit_code, out.verdict, out.problems, out.path)
+        print_json(
             {
                 "command": "recover",
                 "path": out.path,
@@ -452,12 +323,12 @@ def _recover(args: argparse.Namespace) -> int:
     print(f"{head} {out.path}" + (" (--salvage)" if args.salvage else ""))
     shown = [p for p in out.problems if p.severity != "note" or out.exit_code]
     if out.exit_code or args.dry_run:
-        _print_problems(shown, out.path)
+        print_problems(shown, out.path)
     elif out.problems:
-        _print_problems([p for p in out.problems if p.severity != "note"], out.path)
+        print_problems([p for p in out.problems if p.severity != "note"], out.path)
     if out.actions:
         print("would:" if args.dry_run else "done:")
         for action in out.actions:
-            _say(sys.stdout, action, "  - ", 4)
-    _say(sys.stdout, out.summary.replace("PATH", shlex.quote(out.path)))
+            say(sys.stdout, action, "  - ", 4)
+    say(sys.stdout, out.summary.replace("PATH", shlex.quote(out.path)))
     return out.exit_code

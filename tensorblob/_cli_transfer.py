@@ -17,6 +17,7 @@ import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ._cli_output import Progress, json_result, print_json, print_problems, say
 from ._findings import EXIT_BUSY, EXIT_PROBLEMS, EXIT_USAGE, Problem
 from ._formats import DEFAULT_NAME, EXPORT_FORMATS, IMPORT_FORMATS
 from ._meta import dtype_name
@@ -179,9 +180,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, command: str, blob: str, file: str, work: Any) -> int:
-    from . import _cli  # noqa: PLC0415 - _cli imports this module: its helpers, at run time
-
-    progress = _cli.Progress(command)
+    progress = Progress(command, quiet=args.json)
     done: Transfer | None = None
     problems: list[Problem] = []
     try:
@@ -197,8 +196,8 @@ def _run(args: argparse.Namespace, command: str, blob: str, file: str, work: Any
         progress.close()
     actions = [_action(command, done)] if done is not None else []
     if args.json:
-        result = _cli._result(code, verdict, problems, blob)
-        _cli._print_json(
+        result = json_result(code, verdict, problems, blob)
+        print_json(
             {"command": command, "path": blob, **result, "actions": actions, **_facts(file, done)}
         )
         return code
@@ -206,14 +205,14 @@ def _run(args: argparse.Namespace, command: str, blob: str, file: str, work: Any
         print(f"export {blob} -> {file}")
     else:
         print(f"import {file} -> {blob}")
-    _cli._print_problems(problems, blob)
+    print_problems(problems, blob)
     for action in actions:
-        _cli._say(sys.stdout, action, "  ", 4)
+        say(sys.stdout, action, "  ", 4)
     if done is not None:
-        _cli._say(sys.stdout, f"result: {verdict}")
+        say(sys.stdout, f"result: {verdict}")
     else:
         what = "no file was written" if command == "export" else "the blob was not changed"
-        _cli._say(sys.stdout, f"result: failed ({verdict}); {what}")
+        say(sys.stdout, f"result: failed ({verdict}); {what}")
     return code
 
 

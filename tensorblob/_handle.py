@@ -13,7 +13,6 @@ import contextlib
 import io
 import os
 import weakref
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _format, _recovery, _snapshot, _watch
@@ -23,15 +22,14 @@ from ._journal import JournalWriter
 from ._locking import ReaderLease, WriterLock
 from ._meta import Meta, read_meta
 from ._state import State
+from ._transact import Transactions
 from ._txn import Engine
 from .errors import (
     BlobClosedError,
     BlobTypeError,
     InvalidArgumentError,
     SnapshotGoneError,
-    TensorBlobError,
     UnsupportedOperationError,
-    from_os_error,
 )
 
 # Writers whose fast path must be disabled in a forked child (its writes must
@@ -51,7 +49,7 @@ if TYPE_CHECKING:
 H = TypeVar("H", bound="Handle")
 
 
-class Handle:
+class Handle(Transactions):
     """An open blob (see the module docstring). Not for direct use: ``TensorBlob.open``."""
 
     _closed = True
@@ -335,105 +333,6 @@ class Handle:
                 f"blob {self._path!r} is not open for writing (mode {self._mode!r})"
             )
         return self._engine
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Self]:
-        """Group the calls inside into one atomic commit.
-
-        After a crash either everything done inside the block is there or none of
-        it is, and readers never see part of it. On an exception inside, data,
-        length and cursor roll back and the exception propagates. Nested blocks
-        join the outermost one, which alone commits or rolls back (no savepoints).
-
-        Raises:
-            UnsupportedOperationError: the blob is not writable.
-            BlobClosedError: the blob is closed, or was closed inside the block
-                (which rolled the transaction back).
-            TensorBlobError: an operation inside failed after it had changed the
-                blob and its exception was swallowed; everything was rolled back.
-            BlobIOError: a commit step failed; the handle closed itself.
-        """
-        engine = self._check_writable()
-        outer = self._depth == 0
-        if outer:
-            with self._os_errors("starting a transaction"):
-                self._begin(engine)
-        self._depth += 1
-        try:
-            yield self
-        except BaseException:
-            self._depth -= 1
-            if outer:
-                self._rollback()
-            else:
-                self._doomed = True  # no savepoints: the outer transaction cannot commit
-            raise
-        self._depth -= 1
-        if outer:
-            with self._os_errors("committing a transaction"):
-                self._commit(engine)
-
-    @contextlib.contextmanager
-    def _os_errors(self, doing: str) -> Iterator[None]:
-        """Raise an OSError of the library's own disk work as a tensorblob error (from_os_error).
-
-        Only around the library's own operations, never around user code.
-        """
-        try:
-            yield
-        except OSError as exc:
-            if isinstance(exc, TensorBlobError):
-                raise
-            raise from_os_error(exc, self._path, doing) from exc
-
-    def _begin(self, engine: Engine) -> None:
-        engine.begin()
-        self._saved_pos = self._pos
-        self._doomed = False
-
-    def _commit(self, engine: Engine) -> None:
-        if engine.txn is None:  # close() inside the block rolled it back
-            raise BlobClosedError(
-                f"blob {self._path!r} was closed inside transaction(); it was rolled back"
-            )
-        if self._doomed:
-            self._rollback()
-            raise TensorBlobError(
-                f"transaction on {self._path!r} rolled back: an operation inside it failed"
-            )
-        try:
-            engine.commit()
-        except BaseException:
-            if engine.broken:
-                self._abandon()
-            elif engine.txn is not None:
-                self._rollback()
-            raise
-
-    def _rollback(self) -> None:
-        engine = self._engine
-        assert engine is not None
-        if engine.broken:  # a step that wrote to the journal failed: give the handle up
-            self._abandon()
-        if engine.txn is not None:
-            engine.rollback()
-        self._pos = self._saved_pos
-        self._doomed = False
-
-    @contextlib.contextmanager
-    def _mutation(self, doing: str) -> Iterator[Engine]:
-        """Run one mutating call as its own transaction, or as part of the open one."""
-        engine = self._check_writable()
-        with self._os_errors(doing):
-            if self._depth:
-                try:
-                    yield engine
-                except BaseException:
-                    self._doomed = True
-                    raise
-                return
-            with self.transaction():
-                yield engine
 
     def flush(self) -> None:
         """Make every committed transaction survive power loss (a durable point).

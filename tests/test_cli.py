@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,8 @@ import pytest
 import torch
 
 from tensorblob import TensorBlob, _durable, _format
-from tensorblob._cli import Progress, main
+from tensorblob._cli import main
+from tensorblob._cli_output import Progress
 from tensorblob._journal import scan_journal
 from tensorblob._meta import read_meta
 
@@ -825,26 +827,29 @@ def test_python_dash_m_tensorblob_runs_the_cli(
     assert "result: clean" in capsys.readouterr().out
 
 
-def test_progress_line_only_on_a_terminal() -> None:
+def test_progress_bar_only_on_a_terminal_and_never_under_json() -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    tty, pipe = Tty(), io.StringIO()
-    for stream in (tty, pipe):
-        bar = Progress("check --deep", stream, delay=0)
-        bar(5, 10)
-        bar(10, 10)
+    tty, pipe, quiet = Tty(), io.StringIO(), Tty()
+    for stream, is_quiet in ((tty, False), (pipe, False), (quiet, True)):
+        bar = Progress("check --deep", stream, delay=0, quiet=is_quiet)
+        bar(0, 10 << 20)
+        time.sleep(0.15)  # tqdm redraws at most every 0.1 s
+        bar(5 << 20, 10 << 20)
         bar.close()
-    assert "\rcheck --deep [" in tty.getvalue()
-    assert " 50.0%" in tty.getvalue()
-    assert tty.getvalue().endswith("\r")
+    shown = tty.getvalue()
+    assert "check --deep" in shown
+    assert "50%" in shown  # tqdm: the fraction, the amount and the rate
+    assert "MB" in shown
     assert pipe.getvalue() == ""
-    quick = Tty()
-    bar = Progress("recover", quick, delay=60)  # work under the delay shows nothing
+    assert quiet.getvalue() == ""
+    slow = Tty()
+    bar = Progress("recover", slow, unit="step", delay=60)  # work under the delay shows nothing
     bar(1, 2)
     bar.close()
-    assert quick.getvalue() == ""
+    assert slow.getvalue() == ""
 
 
 def _as_nobody_without_write_permission(path: str, argv: list[list[str]]) -> list[int]:
