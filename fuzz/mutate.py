@@ -279,7 +279,7 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "_durable.py",
                 "install",
                 'rename(path + ".tmp", path)',
-                'rename(path + ".tmp", path)\n    fsync_path(path)',
+                'rename(path + ".tmp", path)\n    fsync_paths([path])',
             ),
         ),
     ),

@@ -939,6 +939,56 @@ def _evict(path: str) -> None:
                 os.close(fd)
 
 
+def startup_figures(bench: Bench) -> None:
+    """Figures l (issue 20): whole-process times of importing the package and of the metadata
+    commands, beside ``import torch``, alternating processes; medians."""
+    d = bench.sub("startup")
+    path = os.path.join(d, "l.blob")
+    build_blob(path, torch.randn(1000, DIM))
+    warm_files(path)
+
+    def proc(*argv: str) -> Callable[[], dict[str, float]]:
+        def run() -> dict[str, float]:
+            t0 = now()
+            subprocess.run([sys.executable, *argv], check=True, capture_output=True)
+            return {"v": (now() - t0) * 1e3}
+
+        return run
+
+    s = interleave(
+        max(3, bench.p.reps),
+        {
+            "torch": proc("-c", "import torch"),
+            "pkg": proc("-c", "import tensorblob"),
+            "api": proc("-c", "from tensorblob import TensorBlob"),
+            "info": proc("-m", "tensorblob", "info", path),
+            "check": proc("-m", "tensorblob", "check", path),
+        },
+    )
+    torch_ms = med(s, "torch.v")
+    for key, name, impl, limit in (
+        ("l1", "python -c 'import tensorblob'", "pkg", 1.0),
+        ("l2", "python -c 'from tensorblob import TensorBlob'", "api", 1.15),
+        ("l3", "tensorblob info BLOB (whole process)", "info", None),
+        ("l4", "tensorblob check BLOB (whole process)", "check", None),
+    ):
+        bench.add(
+            Figure(
+                key,
+                name,
+                "ms",
+                med(s, f"{impl}.v"),
+                torch_ms,
+                "import torch",
+                "lower",
+                limit,
+                "<= import torch" if limit == 1.0 else ("info" if limit is None else "~ torch"),
+                note="target 300 ms" if limit is None else "",
+                samples=s,
+            )
+        )
+
+
 def data_figures(bench: Bench) -> None:
     """Figures j (a DataLoader batch: one gather vs per row) and k (window vs full shuffle)."""
     from torch.utils.data import DataLoader  # noqa: PLC0415 - only this step needs them
@@ -1056,8 +1106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--only",
-        help="comma-separated subset of: reads,write,single,full,sessions,open,memory,data; "
-        "with --peers: power,process,open,session,bulk,row,gather,scan",
+        help="comma-separated subset of: reads,write,single,full,sessions,open,memory,data,"
+        "startup; with --peers: power,process,open,session,bulk,row,gather,scan",
     )
     ap.add_argument(
         "--peers",
@@ -1130,6 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
         "open": bench.opens,
         "memory": bench.memory,
         "data": lambda: data_figures(bench),
+        "startup": lambda: startup_figures(bench),
     }
     chosen = [name for name in steps if not args.only or name in args.only.split(",")]
     try:

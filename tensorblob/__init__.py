@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     BlobClosedError,
     BlobIOError,
@@ -29,8 +30,6 @@ from .errors import (
     UntrustedFilesystemError,
     WaitTimeoutError,
 )
-
-__version__ = "0.1.0"
 
 # The public names that need torch are imported on first use (PEP 562), so
 # that ``import tensorblob`` and the metadata commands (``tensorblob info``,

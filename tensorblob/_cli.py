@@ -19,7 +19,7 @@ import shlex
 import sys
 from typing import Any
 
-from . import __version__, _check, _cli_transfer, _deep, _repair
+from . import _check, _cli_transfer, _deep, _repair
 from ._cli_output import (
     Progress,
     conclusion_of,
@@ -32,6 +32,7 @@ from ._cli_output import (
 )
 from ._findings import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Problem, Scan
 from ._locking import holder_text
+from ._version import __version__
 
 WIDTH = 100
 _LABEL = {"error": "ERROR", "warning": "WARNING", "note": "note"}

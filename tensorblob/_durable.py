@@ -9,7 +9,7 @@ step, then reopen the blob and compare it with a model.
 Function names state their guarantee: ``write_atomic`` is all-or-nothing and
 durable once it returns; ``append`` is a complete write but *not* durable
 until ``fdatasync``; ``allocate`` creates a zero-filled file that is durable
-only after ``fsync_path`` and a ``fsync_dir`` of its directory.
+only after ``fsync_paths`` and a ``fsync_dir`` of its directory.
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ __all__ = [
     "create_file",
     "fdatasync",
     "fsync_dir",
-    "fsync_path",
     "fsync_paths",
     "install",
     "mkdir",
-    "open_block",
     "prefill",
     "rename",
     "reserve_tail",
@@ -171,15 +169,6 @@ def fdatasync(fd: int, path: str) -> None:
     os.fdatasync(fd)
 
 
-def fsync_path(path: str) -> None:
-    """Make the file at ``path`` durable, including pages dirtied through a shared mapping.
-
-    Uses fdatasync: it flushes the data and whatever metadata is needed to
-    read it back (block allocation, size), which is all a block file needs.
-    """
-    fsync_paths([path])
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
@@ -218,14 +207,10 @@ def _falloc(fd: int, mode: int, offset: int, nbytes: int, path: str) -> bool:
 
 def reserve_tail(fd: int, offset: int, nbytes: int, path: str) -> bool:
     """Give ``nbytes`` past ``offset`` of the append-only file ``fd`` disk space, keeping its
-    size; return False if the filesystem cannot (appends may then fail for lack of space).
+    size (the journal's room for its next records); False if the filesystem cannot.
 
-    The journal reserves room this way before it needs it, so that appending
-    a commit or close record does not meet a full disk. Changes no content.
-    (Block files are never reserved this way: rows reach them through a
-    shared mapping, and ext4 may still need a block when a page of a
-    reserved extent is first written through one; ``prefill`` writes zeros
-    instead.)
+    Changes no content. Not for blocks: ext4 may still need a block when a
+    page of a reserved extent is first written through a mapping.
     """
     _step("reserve", path)
     return _falloc(fd, _FALLOC_FL_KEEP_SIZE, offset, nbytes, path)
@@ -235,7 +220,8 @@ _FSYNC_BATCH = 64  # files open at once: stays far below any descriptor limit
 
 
 def fsync_paths(paths: list[str]) -> None:
-    """``fsync_path`` each of ``paths``, faster together.
+    """Make each file of ``paths`` durable, faster together; pages dirtied through a shared
+    mapping included (fdatasync: data, and the metadata needed to read it back).
 
     Writeback of a batch of files is started first (``sync_file_range``,
     which neither waits nor promises anything), then each is fdatasync'ed:
@@ -341,11 +327,6 @@ def copy_file(src: str, dst: str, nbytes: int) -> None:
         os.close(fdst)
 
 
-def open_block(path: str) -> int:
-    """Open the block file ``path`` for ``store``. Changes nothing."""
-    return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-
-
 _buffers: dict[int, type[ctypes.Array[ctypes.c_char]]] = {}
 
 
@@ -368,13 +349,10 @@ _ZEROS = memoryview(bytes(1 << 20))
 def prefill(fd: int, offset: int, nbytes: int, path: str) -> None:
     """Write zeros at ``offset`` of block file ``fd``, past every row. Not durable.
 
-    The callers zero only bytes that no transaction or reader can see, so
-    this changes no content. It takes the disk space of those pages (a full
-    disk raises ENOSPC here, so that rows stored there through a mapping
-    later cannot fault on a page without space, which is a SIGBUS), and puts
-    the pages in the page cache in bulk, far cheaper than faulting them in
-    one at a time through a mapping. If it fails for lack of space, the
-    range is punched out again (``_give_back``).
+    Changes no content a transaction or reader can see. It takes the pages'
+    disk space (ENOSPC here, not a SIGBUS when rows are stored there through
+    a mapping) and fills the page cache in bulk. A failure for lack of space
+    gives the range back (``_give_back``).
     """
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))
@@ -394,13 +372,10 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 def _give_back(fd: int, offset: int, nbytes: int, path: str, exc: OSError) -> None:
     """After a write into a block failed for lack of space: punch its range out. Best effort.
 
-    On ext4, a page that a failed multi-page ``pwrite`` left in the page
-    cache can take a later small ``pwrite`` without getting disk space, and
-    a store into it through a mapping is then a SIGBUS (seen on Linux 6.x,
-    docs/design.md "A full disk"). Punching the range drops such pages, so
-    that the next write of it either gets its space or fails honestly. The
-    callers pass only bytes past every row a reader can see, or rows of a
-    transaction that the failure rolls back, so no visible content changes.
+    On ext4 a page that a failed multi-page ``pwrite`` left behind can take
+    a later ``pwrite`` without space, and a store into it through a mapping
+    is then a SIGBUS (docs/design.md, item 16a). The range is past every
+    visible row, or rows of the transaction the failure rolls back.
     """
     if exc.errno not in _NO_SPACE:
         return
@@ -416,15 +391,10 @@ _STORE_CHUNK = 1 << 18
 def store(fd: int, src: int, nbytes: int, offset: int, path: str) -> None:
     """Write ``nbytes`` from address ``src`` at ``offset`` of block file ``fd``. Not durable.
 
-    The write path of rows: a ``pwrite`` straight from the tensor's memory
-    (the callers pass a contiguous CPU tensor's ``data_ptr()`` and keep the
-    tensor alive). Mappings of the file see the rows at once: Linux has one
-    page cache for both. Large writes go in 256 KiB pieces, which measured
-    faster here than one ``pwrite`` of a whole block. The page cache holds
-    them in folios of up to 256 KiB. Pieces of 2 MiB would give 2 MiB folios,
-    which a reader maps with one page-table entry, but on this VM writing
-    them ran at 0.3-0.5 GB/s in 2 repetitions of 5, against a steady 3 GB/s
-    for 256 KiB pieces (docs/performance.md, "Large folios on this VM").
+    A ``pwrite`` straight from a contiguous CPU tensor's memory (the caller
+    keeps it alive); mappings see the rows at once (one page cache). In 256
+    KiB pieces: steadier here than 2 MiB ones (docs/performance.md, "Large
+    folios on this VM"). A failure for lack of space gives the range back.
     """
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))

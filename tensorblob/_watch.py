@@ -31,7 +31,7 @@ import select
 import struct
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -49,8 +49,21 @@ from .errors import (
     WaitTimeoutError,
 )
 
-if TYPE_CHECKING:
-    from ._blob import TensorBlob
+
+class Followed(Protocol):
+    """What waiting and following need of a reader (a ``TensorBlob``, or another front end)."""
+
+    path: str
+    mode: str
+    closed: bool
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    def refresh(self) -> int: ...
+    def tell(self) -> int: ...
+    def seek(self, pos: int) -> int: ...
+    def read(self, size: int | None = None) -> torch.Tensor: ...
+
 
 _IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO = 0x2, 0x8, 0x80
 _IN_DELETE_SELF, _IN_MOVE_SELF, _IN_Q_OVERFLOW, _IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
@@ -179,7 +192,7 @@ def _check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
-def _check_reader(blob: TensorBlob, what: str) -> None:
+def _check_reader(blob: Followed, what: str) -> None:
     if blob.closed:
         raise BlobClosedError(f"I/O operation on closed blob {blob.path!r}")
     if blob.mode != "r":
@@ -189,7 +202,7 @@ def _check_reader(blob: TensorBlob, what: str) -> None:
         )
 
 
-def wait_for(blob: TensorBlob, n: int, timeout: float | None = None) -> int:
+def wait_for(blob: Followed, n: int, timeout: float | None = None) -> int:
     """The logic of ``TensorBlob.wait_for`` (see there)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise BlobTypeError(f"wait_for(n) must be an int, got {type(n).__name__}")
@@ -217,7 +230,7 @@ def wait_for(blob: TensorBlob, n: int, timeout: float | None = None) -> int:
 
 
 def follow(
-    blob: TensorBlob, batch: int | None, timeout: float | None, until_closed: bool
+    blob: Followed, batch: int | None, timeout: float | None, until_closed: bool
 ) -> Iterator[torch.Tensor]:
     """The logic of ``TensorBlob.follow`` (see there); checks its arguments at once."""
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)):
@@ -230,7 +243,7 @@ def follow(
 
 
 def _follow(
-    blob: TensorBlob, batch: int | None, limit: float | None, until_closed: bool
+    blob: Followed, batch: int | None, limit: float | None, until_closed: bool
 ) -> Iterator[torch.Tensor]:
     root = blob.path
     meta = read_meta(root)

@@ -80,7 +80,7 @@ class WriteWindow:
         if bid != self.w_bid:
             self._clear_window()
             self.w_path = self.blocks.path(bid)
-            self.w_fd = _durable.open_block(self.w_path)
+            self.w_fd = os.open(self.w_path, os.O_WRONLY | os.O_CLOEXEC)  # for pwrite
             self.w_bid = bid
         B = self.meta.block_size
         self.w_slot, self.w_base = slot, slot * B
