@@ -140,6 +140,7 @@ CATALOGUE: dict[str, list[list[Any]]] = {**harness.WORKLOADS, **EXTRA}
 
 # Workloads whose unclean images seed the recovery-interruption runs.
 RECOVERY_SEEDS = (
+    "records_overwrite",
     "transaction",
     "overwrite",
     "checkpoint",

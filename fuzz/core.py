@@ -245,11 +245,14 @@ def prepare(
             return [sub(y) for y in x]
         return other if x == "OTHER" else x
 
+    db = harness.is_db(ops)
+    if db:
+        other += "-db"
     if "OTHER" in json.dumps(ops) and not os.path.exists(other):
-        with TensorBlob.open(other, "w", dtype="float32", shape=3, block_size=block_size) as o:
-            o.write(other_rows())
+        harness.make_other(other, db, block_size)
+    want = harness.pack(harness.OTHER_RECORDS) if db else other_rows()
     ops = sub(ops)
-    states = harness.expected_states(ops, {other: other_rows()})
+    states = harness.expected_states(ops, {other: want})
     return ops, states
 
 
@@ -326,7 +329,7 @@ def run_ops(path: str, ops: list[list[Any]], st: _Acks) -> None:
                 blob.flush()
             st.durable = st.acks
         elif kind == "unlink":
-            TensorBlob.unlink(path)
+            harness.kind_of(path).unlink(path)
             ack()
             st.durable = st.acks  # durable when it returns
         elif kind == "checkpoint_every":
@@ -597,7 +600,7 @@ def examine(
                 out.append(("G4", f"an interrupted creation left a directory behind: {left}"))
             return Verdict(got, out)
         try:
-            with TensorBlob.open(path, "a"):
+            with harness.kind_of(path).open(path, "a"):
                 pass
             again = harness.read_all(path)
         except Exception as exc:
@@ -635,7 +638,7 @@ def recovered_state(snap: Snap, world: str, boot: str | None = None) -> Any:
         return None
     with booted(boot):
         try:
-            with TensorBlob.open(path, "a"):
+            with harness.kind_of(path).open(path, "a"):
                 pass
             return harness.read_all(path)
         except Exception:

@@ -59,6 +59,8 @@ def workloads(draw: st.DrawFn) -> list[list[Any]]:
         if i == 0:
             mode = draw(st.sampled_from(["w", "a", "w+", "a+"]))
             extra = {"dtype": "float32", "shape": [3], "block_size": block_size}
+            if draw(st.integers(0, 3)) == 0:  # a TensorDB: records of four fields
+                extra = {"schema": harness.SCHEMA, "block_size": block_size}
         else:
             mode = draw(st.sampled_from(["a", "r+", "w", "a+", "w+"]))
             extra = {}

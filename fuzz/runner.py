@@ -88,6 +88,8 @@ CI_POWER = (
     "extend_blocks",
     "append",
     "unlink",
+    "records_overwrite",
+    "records_full_sync",
 )
 
 

@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -989,6 +990,144 @@ def startup_figures(bench: Bench) -> None:
         )
 
 
+# Figures m (issue 16): an RL step's record (obs, action, reward, done) in a TensorDB
+# beside a one-field TensorBlob row of the same bytes, and a field read beside a raw
+# np.memmap of that field alone.
+RL_SCHEMA = {
+    "obs": (torch.uint8, (3, 84, 84)),
+    "action": (torch.int64, ()),
+    "reward": (torch.float32, ()),
+    "done": (torch.bool, ()),
+}
+RL_BYTES = 3 * 84 * 84 + 8 + 4 + 1
+
+
+def rl_records(n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(n)
+    return {
+        "obs": torch.randint(0, 256, (n, 3, 84, 84), dtype=torch.uint8, generator=g),
+        "action": torch.randint(0, 18, (n,), generator=g),
+        "reward": torch.randn(n, generator=g),
+        "done": torch.rand(n, generator=g) < 0.01,
+    }
+
+
+def records_figures(bench: Bench) -> None:
+    """m1: one record per transaction; m2: records in batches; m3: one field over a range."""
+    quick = bench.p.rows < 200_000
+    n1, n2, batch = (1_000, 4_000, 256) if quick else (4_000, 16_000, 256)
+    d = bench.sub("records")
+    counter = iter(range(1_000_000))
+    src = rl_records(n2)
+    flat = torch.cat([src[k].reshape(n2, -1).view(torch.uint8) for k in RL_SCHEMA], dim=1)
+    one_recs = [{k: v[i] for k, v in src.items()} for i in range(n1)]
+    one_rows = list(flat[:n1].unbind(0))
+
+    def db_run(records: list[dict[str, torch.Tensor]] | None) -> dict[str, float]:
+        path = os.path.join(d, f"m{next(counter)}.db")
+        db = tensorblob.TensorDB.open(path, "w", schema=RL_SCHEMA)
+        try:
+            t0 = now()
+            if records is not None:
+                for rec in records:
+                    db.write(rec)
+            else:
+                for i in range(0, n2, batch):
+                    db.write({k: v[i : i + batch] for k, v in src.items()})
+            dt = now() - t0
+        finally:
+            db.close()
+        remove(path)
+        return {"v": (len(records) if records is not None else n2 * RL_BYTES / 1e9) / dt}
+
+    def blob_run(rows: list[torch.Tensor] | None) -> dict[str, float]:
+        path = os.path.join(d, f"m{next(counter)}.blob")
+        blob = TensorBlob.open(path, "w", dtype=torch.uint8, shape=(RL_BYTES,))
+        try:
+            t0 = now()
+            if rows is not None:
+                for row in rows:
+                    blob.write(row)
+            else:
+                for i in range(0, n2, batch):
+                    blob.write(flat[i : i + batch])
+            dt = now() - t0
+        finally:
+            blob.close()
+        remove(path)
+        return {"v": (len(rows) if rows is not None else n2 * RL_BYTES / 1e9) / dt}
+
+    s1 = interleave(
+        bench.p.reps, {"db": lambda: db_run(one_recs), "blob": lambda: blob_run(one_rows)}
+    )
+    s2 = interleave(bench.p.reps, {"db": lambda: db_run(None), "blob": lambda: blob_run(None)})
+    for key, name, unit, s in (
+        ("m1", "one RL-step record per write() (TensorDB, 4 fields)", "rows/s", s1),
+        ("m2", f"records in batches of {batch} (TensorDB, 4 fields)", "GB/s", s2),
+    ):
+        bench.add(
+            Figure(
+                key,
+                name,
+                unit,
+                med(s, "db.v"),
+                med(s, "blob.v"),
+                "one-field blob",
+                "higher",
+                1 / 1.3 if key == "m1" else 0.9,
+                ">= 1/1.3x one-field blob" if key == "m1" else ">= 0.9x one-field blob",
+                note=f"one-field TensorBlob rows of {RL_BYTES} bytes",
+                samples=s,
+            )
+        )
+    # m3: a field over a range, from a database of n2 records, beside np.memmap of it alone.
+    path = os.path.join(d, "read.db")
+    with tensorblob.TensorDB.open(path, "w", schema=RL_SCHEMA) as db:
+        for i in range(0, n2, batch):
+            db.write({k: v[i : i + batch] for k, v in src.items()})
+    warm_files(path)
+    for key, name in (("m3a", "obs"), ("m3b", "reward")):
+        raw = os.path.join(d, f"{name}.raw")
+        src[name].numpy().tofile(raw)
+        warm_files(raw)
+        dtype, shape = src[name].numpy().dtype, tuple(src[name].shape)
+        nbytes = src[name].numel() * src[name].element_size()
+        db = tensorblob.TensorDB.open(path, "r")
+        col = db.column(name)
+        m = np.memmap(raw, dtype=dtype, mode="r", shape=shape)
+        reps = max(5, bench.p.fast_reps) * (1 if name == "obs" else 20)
+
+        def tb_read(col: Any = col, nbytes: int = nbytes) -> dict[str, float]:
+            t0 = now()
+            col[:]
+            return {"v": nbytes / (now() - t0) / 1e9}
+
+        def mm_read(m: Any = m, nbytes: int = nbytes) -> dict[str, float]:
+            t0 = now()
+            np.array(m)
+            return {"v": nbytes / (now() - t0) / 1e9}
+
+        s = interleave(reps, {"tb": tb_read, "mm": mm_read})
+        db.close()
+        del m
+        bench.add(
+            Figure(
+                key,
+                f"one field ({name}, {nbytes // n2} bytes a row) over {n2} records",
+                "GB/s",
+                med(s, "tb.v"),
+                med(s, "mm.v"),
+                "np.memmap",
+                "higher",
+                0.8,
+                ">= 0.8x np.memmap of the field",
+                memmap=med(s, "mm.v"),
+                samples=s,
+            )
+        )
+    remove(d)
+
+
 def data_figures(bench: Bench) -> None:
     """Figures j (a DataLoader batch: one gather vs per row) and k (window vs full shuffle)."""
     from torch.utils.data import DataLoader  # noqa: PLC0415 - only this step needs them
@@ -1181,6 +1320,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": bench.memory,
         "data": lambda: data_figures(bench),
         "startup": lambda: startup_figures(bench),
+        "records": lambda: records_figures(bench),
     }
     chosen = [name for name in steps if not args.only or name in args.only.split(",")]
     try:

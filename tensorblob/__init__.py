@@ -1,4 +1,5 @@
-"""tensorblob: crash-safe, growable, memory-mapped storage for same-shaped tensors."""
+"""tensorblob: crash-safe, growable, memory-mapped storage for same-shaped tensors
+(``TensorBlob``) and for records of several row-aligned fields (``TensorDB``)."""
 
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +37,16 @@ from .errors import (
 # ``check``, ``recover``) do not pay for importing torch.
 _LAZY = {
     "TensorBlob": "._blob",
+    "TensorDB": "._db",
     "export_blob": "._transfer",
     "import_blob": "._import",
+    "import_db": "._import",
 }
 
 if TYPE_CHECKING:
     from ._blob import TensorBlob
-    from ._import import import_blob
+    from ._db import TensorDB
+    from ._import import import_blob, import_db
     from ._transfer import export_blob
 
 
@@ -83,6 +87,7 @@ __all__ = [
     "SnapshotGoneError",
     "TensorBlob",
     "TensorBlobError",
+    "TensorDB",
     "UnsupportedFormatError",
     "UnsupportedOperationError",
     "UnsupportedVersionError",
@@ -91,4 +96,5 @@ __all__ = [
     "__version__",
     "export_blob",
     "import_blob",
+    "import_db",
 ]

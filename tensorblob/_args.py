@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._meta import Meta
+from ._meta import Field
 from .errors import (
     BlobTypeError,
     DTypeMismatchError,
@@ -46,7 +46,10 @@ def check_open(  # noqa: PLR0917 - open()'s keyword arguments
 ) -> None:
     """Check ``open()``'s arguments (InvalidArgumentError naming the first bad one)."""
     if not isinstance(mode, str) or mode not in MODES:
-        raise InvalidArgumentError(f"mode={mode!r}: must be one of {', '.join(MODES)}")
+        raise InvalidArgumentError(
+            f"Invalid mode {mode!r}: must have exactly one of r, w, a and at most one '+' "
+            f"({', '.join(MODES)})"
+        )
     if sync not in SYNC:
         raise InvalidArgumentError(f"sync={sync!r}: must be 'normal' or 'full'")
     if max_cached_blocks is not None and (
@@ -76,26 +79,29 @@ def as_int(x: object, what: str) -> int:
         raise BlobTypeError(f"{what} must be an int, got {type(x).__name__}") from None
 
 
-def as_rows(t: object, meta: Meta) -> torch.Tensor:
-    """Validate a tensor to write and return it as contiguous CPU rows ``(n, *shape)``."""
+def as_rows(t: object, fld: Field) -> torch.Tensor:
+    """Validate a tensor to write to field ``fld`` (a blob's one field, or a TensorDB's) and
+    return it as contiguous CPU rows ``(n, *shape)``."""
+    which = f"field {fld.name!r}: " if fld.name else ""
     if not isinstance(t, torch.Tensor):
-        raise BlobTypeError(f"write() takes a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != meta.dtype:
+        raise BlobTypeError(f"write(): {which}takes a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != fld.dtype:
+        kind = "field" if fld.name else "blob"
         raise DTypeMismatchError(
-            f"write(): tensor dtype {t.dtype} does not match the blob's {meta.dtype}; "
+            f"write(): {which}tensor dtype {t.dtype} does not match {kind} dtype {fld.dtype}; "
             "cast it explicitly with .to(dtype)"
         )
     shape = tuple(t.shape)
-    if shape == meta.shape:
+    if shape == fld.shape:
         rows = t.unsqueeze(0)
-    elif shape[1:] == meta.shape:
+    elif shape[1:] == fld.shape:
         rows = t
-    elif t.dim() == 1 and meta.shape and t.numel() % meta.row_numel == 0:
-        rows = t.reshape(-1, *meta.shape)
+    elif t.dim() == 1 and fld.shape and t.numel() % fld.row_numel == 0:
+        rows = t.reshape(-1, *fld.shape)
     else:
         raise ShapeMismatchError(
-            f"write(): tensor of shape {shape} is not a row {meta.shape}, a batch "
-            f"(n, *{meta.shape}), or a flat tensor of a multiple of {meta.row_numel} elements"
+            f"write(): {which}tensor of shape {shape} is not a row {fld.shape}, a batch "
+            f"(n, *{fld.shape}), or a flat tensor of a multiple of {fld.row_numel} elements"
         )
     if not rows.is_cpu:
         rows = rows.cpu()
@@ -117,22 +123,29 @@ def index_tensor(index: Any, length: int) -> torch.Tensor:
         for k, i in enumerate(index):
             if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):
                 raise BlobTypeError(
-                    f"a list or tuple index must hold only ints; item {k} is "
-                    f"{i!r} ({type(i).__name__})"
+                    f"a list or tuple index must hold only ints (an integer dtype); item {k} "
+                    f"is {i!r} ({type(i).__name__})"
                 )
         return torch.tensor([int(i) for i in index], dtype=torch.int64)
     if isinstance(index, np.ndarray):
         if index.dtype == np.bool_:
             index = torch.from_numpy(np.array(index, copy=True))
         elif index.dtype.kind not in "iu":
-            raise BlobTypeError(f"an ndarray index must be of integers or bools, not {index.dtype}")
+            raise BlobTypeError(
+                f"an ndarray index must have an integer dtype (or be a bool mask), "
+                f"not {index.dtype}"
+            )
         else:
             index = torch.from_numpy(np.array(index, dtype=np.int64, copy=True))
     if isinstance(index, torch.Tensor):
         if index.dtype.is_floating_point or index.dtype.is_complex:
-            raise BlobTypeError(f"a tensor index must be of integers or bools, not {index.dtype}")
+            raise BlobTypeError(
+                f"a tensor index must have an integer dtype (or be a bool mask), not {index.dtype}"
+            )
         if index.dim() > 1:
-            raise BlobTypeError(f"a tensor index must be 1-D, got shape {tuple(index.shape)}")
+            raise InvalidArgumentError(
+                f"a tensor index must be 1-dimensional, got shape {tuple(index.shape)}"
+            )
         if index.dtype == torch.bool:  # a mask, as in torch and numpy
             if index.dim() == 0:
                 raise BlobTypeError("a bool is not an index; a boolean mask is 1-D")
@@ -144,6 +157,6 @@ def index_tensor(index: Any, length: int) -> torch.Tensor:
             return torch.nonzero(index.cpu()).reshape(-1)
         return index.reshape(-1).to(device="cpu", dtype=torch.int64)
     raise BlobTypeError(
-        f"blob indices must be int, slice, list, tuple, 1-D int or bool tensor or ndarray, "
+        f"Index must be int, slice, list, tuple, or a 1-D int or bool tensor or ndarray, "
         f"not {type(index).__name__}"
     )

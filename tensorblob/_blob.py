@@ -3,46 +3,29 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import _dirs, _watch
+from . import _dirs, _rows, _watch
 from ._args import (
-    DEFAULT_BLOCK_SIZE,
     DEFAULT_TIMEOUT,
     abspath,
-    as_int,
     as_rows,
     check_open,
-    index_tensor,
 )
-from ._blocks import default_max_cached
-from ._fstype import refuse_untrusted
 from ._handle import Handle
-from ._meta import Meta, parse_dtype, parse_shape, read_meta
+from ._meta import Meta, parse_dtype, parse_shape
 from .errors import (
-    BlobNotFoundError,
     BlobTypeError,
     DTypeMismatchError,
-    InvalidArgumentError,
-    InvalidIndexError,
-    NotABlobError,
     ShapeMismatchError,
     TensorBlobError,
     from_os_error,
 )
 
 _FAST_BYTES = 1 << 16  # write() batches up to this size take the memmove fast path
-
-
-class _Rows(list):  # a real list: default_collate hands it to torch.stack
-    """The rows of a ``__getitems__`` batch, with the batch they are views of in ``collated``."""
-
-    collated: torch.Tensor
 
 
 class TensorBlob(Handle):
@@ -140,64 +123,18 @@ class TensorBlob(Handle):
         check_open(mode, sync, max_cached_blocks, block_size, timeout, verify, trust_fs)
         want_dtype = parse_dtype(dtype) if dtype is not None else None
         want_shape = parse_shape(shape) if shape is not None else None
-        root = abspath(path)
-        if mode != "r" and not trust_fs:
-            refuse_untrusted(root)
-        try:
-            return cls._open(
-                root, mode, want_dtype, want_shape, block_size, max_cached_blocks, sync, timeout
-            )._verifying(verify)
-        except OSError as exc:
-            if isinstance(exc, TensorBlobError):
-                raise
-            doing = "opening it for writing" if mode != "r" else "opening it"
-            raise from_os_error(
-                exc, root, f"{doing} (mode {mode!r})", "Nothing committed was lost."
-            ) from exc
 
-    @classmethod
-    def _open(  # noqa: PLR0917 - private: open()'s checked arguments
-        cls,
-        root: str,
-        mode: str,
-        want_dtype: str | None,
-        want_shape: tuple[int, ...] | None,
-        block_size: int | None,
-        max_cached_blocks: int | None,
-        sync: str,
-        timeout: float,
-    ) -> TensorBlob:
-        creating = mode[0] in "wa"
-        if not os.path.exists(root) or (creating and os.path.isdir(root) and not os.listdir(root)):
-            if not creating:
-                raise BlobNotFoundError(
-                    f"no blob at {root!r} (mode {mode!r} needs an existing one)"
-                )
+        def layout(uuid: bytes, block_size: int) -> Meta | None:
             if want_dtype is None or want_shape is None:
-                raise InvalidArgumentError(
-                    f"creating blob {root!r}: dtype= and shape= are required for a new blob"
-                )
-            meta = Meta(
-                secrets.token_bytes(16), want_dtype, want_shape, block_size or DEFAULT_BLOCK_SIZE
-            )
-            _dirs.create(root, meta)  # if another process won the race, open theirs below
-        elif not os.path.isdir(root):
-            raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)")
+                return None
+            return Meta.blob(uuid, want_dtype, want_shape, block_size)
 
-        meta = read_meta(root)
-        for name, want, have in (
-            ("dtype", want_dtype, meta.dtype_name),
-            ("shape", want_shape, meta.shape),
-            ("block_size", block_size, meta.block_size),
-        ):
-            if want is not None and want != have:
-                raise InvalidArgumentError(
-                    f"{name}={want!r} conflicts with blob {root!r}, which has {name} {have!r}; "
-                    "a blob's layout is fixed at creation (TensorBlob.unlink it to start over)"
-                )
-        blob = cls.__new__(cls)
-        blob._setup(root, mode, meta, max_cached_blocks or default_max_cached(), sync, timeout)
-        return blob
+        def fits(meta: Meta) -> list[tuple[str, Any, Any]]:
+            return [("dtype", want_dtype, meta.dtype_name), ("shape", want_shape, meta.shape)]
+
+        return cls._open_dir(
+            path, mode, layout, fits, block_size, max_cached_blocks, sync, timeout, verify, trust_fs
+        )
 
     def _setup(self, root: str, mode: str, meta: Meta, *args: Any) -> None:
         self._row_shape = torch.Size(meta.shape)
@@ -245,11 +182,12 @@ class TensorBlob(Handle):
         *,
         missing_ok: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
+    ) -> bool:
         """Delete the blob at ``path``, atomically: after a crash it is either whole or gone.
 
         Takes the writer lock first. Refuses a directory that holds files
-        tensorblob did not create, so it never deletes anything else.
+        tensorblob did not create, so it never deletes anything else. Returns
+        True, or False if nothing was there and ``missing_ok``.
 
         Raises:
             BlobNotFoundError: nothing at ``path`` (unless ``missing_ok``).
@@ -257,7 +195,7 @@ class TensorBlob(Handle):
             CorruptBlobError: the blob's ``meta`` is damaged.
             LockTimeoutError: a writer kept the lock past ``timeout``.
         """
-        _dirs.unlink(abspath(path), missing_ok=missing_ok, timeout=timeout)
+        return _dirs.unlink(abspath(path), db=False, missing_ok=missing_ok, timeout=timeout)
 
     # -- properties -------------------------------------------------------
 
@@ -315,69 +253,20 @@ class TensorBlob(Handle):
                     n = shape[0]
                 else:
                     n = 0
-                if n and t.is_contiguous() and t.is_cpu and not t.is_neg():
-                    pos = None if self._append else self._pos
-                    try:
-                        end = fast.fast_write(t.data_ptr(), n, pos, commit=not self._depth)
-                    except BaseException:
-                        if fast.broken:
-                            self._abandon()
-                        raise
-                    if end >= 0:
-                        self._pos = end
-                        return n
+                if (
+                    n
+                    and t.is_contiguous()
+                    and t.is_cpu
+                    and not t.is_neg()
+                    and self._put_fast(fast, (t.data_ptr(),), n)
+                ):
+                    return n
             engine = self._check_writable()
-            rows = as_rows(t, self._meta)
-            n = rows.shape[0]
-            if n == 0:
-                return 0
-            # The hot path of every collector: the same steps as _mutation(),
-            # without the cost of two generator context managers.
-            outer = self._depth == 0
-            if outer:
-                self._begin(engine)
-            try:
-                pos = self._state.length if self._append else self._pos
-                engine.write(pos, rows)
-            except BaseException:
-                if outer:
-                    self._rollback()
-                else:
-                    self._doomed = True
-                raise
-            self._pos = pos + n
-            if outer:
-                self._commit(engine)
-            return n
+            return self._put(engine, [as_rows(t, self._meta.fields[0])])
         except OSError as exc:  # the library's own disk work only: nothing else runs here
             if isinstance(exc, TensorBlobError):
                 raise
             raise from_os_error(exc, self._path, "writing rows") from exc
-
-    def truncate(self, pos: int | None = None) -> int:
-        """Cut the blob to ``pos`` rows (default: the cursor); return the new length.
-
-        One transaction (or part of the open one). A ``pos`` at or past the end
-        changes nothing. The cursor is kept unless it lies past the new end, where
-        it moves to the end. The cut rows' disk space is freed once the truncation
-        is durable and no reader's snapshot needs it.
-
-        Raises:
-            InvalidArgumentError: ``pos`` is negative.
-            BlobTypeError: ``pos`` is not an int.
-            UnsupportedOperationError: the blob is not writable.
-            BlobClosedError: the blob is closed.
-            BlobIOError: a commit step failed; the handle closed itself.
-        """
-        engine = self._check_writable()
-        pos = self._pos if pos is None else as_int(pos, "truncate(pos)")
-        if pos < 0:
-            raise InvalidArgumentError(f"truncate({pos}): the size must not be negative")
-        if pos < self._state.length:
-            with self._mutation("truncating"):
-                engine.truncate(pos)
-                self._pos = min(self._pos, pos)
-        return self._state.length
 
     def extend(self, other: TensorBlob, maintain_order: bool = True) -> int:
         """Append all rows of ``other`` (another open blob) as one transaction; return the count.
@@ -403,180 +292,21 @@ class TensorBlob(Handle):
         other._check_open()
         if other.dtype != self.dtype:
             raise DTypeMismatchError(
-                f"extend(): other blob has dtype {other.dtype}, this one {self.dtype}"
+                f"extend(): data types must match: other blob has dtype {other.dtype}, "
+                f"this one {self.dtype}"
             )
         if other.shape != self.shape:
             raise ShapeMismatchError(
-                f"extend(): other blob has row shape {other.shape}, this one {self.shape}"
+                f"extend(): row shapes must match: other blob has row shape {other.shape}, "
+                f"this one {self.shape}"
             )
-        total = len(other)
-        if total == 0:
-            self._pos = self._state.length
-            return 0
-        other_blocks = list(other._state.blocks)
-        B = self.block_size
-        with self._mutation("extending"):
-            if not maintain_order and other.block_size == B and total >= B:
-                nfull = total // B
-                sources = [other._blocks.path(b) for b in other_blocks[:nfull]]
-                engine.append_blocks(sources, other._range(nfull * B, total))
-            else:
-                for start in range(0, total, B):
-                    engine.write(self._state.length, other._range(start, min(start + B, total)))
-            self._pos = self._state.length
-        return total
+        return self._extend(engine, other, maintain_order)
 
-    def read(self, size: int | None = None) -> torch.Tensor:
-        """Read up to ``size`` rows from the cursor (all the rest if None or negative).
+    def _take(self, p: _rows.Plan) -> torch.Tensor:
+        return _rows.take(self._blocks, self._state.blocks, 0, p)
 
-        Returns a new tensor ``(k, *shape)`` that does not alias the blob's
-        files; ``k == 0`` at the end. Advances the cursor by ``k``.
+    def _unbatch(self, batch: torch.Tensor) -> Any:
+        return batch.unbind(0)
 
-        Raises:
-            UnsupportedOperationError: the blob is open write-only (``"w"``, ``"a"``).
-            BlobTypeError: ``size`` is not an int or None.
-            BlobClosedError: the blob is closed.
-        """
-        self._check_readable()
-        n = self._state.length
-        if size is None:
-            size = -1
-        size = as_int(size, "read(size)")
-        end = n if size < 0 else min(n, self._pos + size)
-        out = self._range(self._pos, max(self._pos, end))
-        self._pos = max(self._pos, end)
-        return out
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        """Yield rows from the cursor to the end, advancing the cursor.
-
-        Each row is a new tensor that does not alias the blob's files.
-
-        Raises:
-            UnsupportedOperationError: the blob is open write-only.
-            BlobClosedError: the blob is closed.
-        """
-        self._check_readable()
-        return self._iter_rows()
-
-    def _iter_rows(self) -> Iterator[torch.Tensor]:
-        B = self.block_size
-        while self._pos < self._state.length:
-            start = self._pos
-            chunk = self._range(start, min(self._state.length, (start // B + 1) * B))
-            for i in range(chunk.shape[0]):
-                self._pos = start + i + 1
-                yield chunk[i]
-
-    def _range(self, start: int, stop: int) -> torch.Tensor:
-        """Copy rows ``start:stop`` (within bounds) into a new tensor."""
-        if stop <= start:
-            return torch.empty((0, *self.shape), dtype=self.dtype)
-        # Copied as bytes with numpy: one plain memcpy per block, like a raw
-        # np.memmap copy (torch's threaded copy stalls on a busy machine).
-        B = self.block_size
-        blocks, get = self._state.blocks, self._blocks.get_bytes
-        s0, o0 = divmod(start, B)
-        n = stop - start
-        if n <= B - o0:
-            out = get(blocks[s0])[o0 : o0 + n].copy()
-        else:
-            out = np.empty((n, self._meta.row_bytes), dtype=np.uint8)
-            pos = start
-            while pos < stop:
-                slot, off = divmod(pos, B)
-                k = min(B - off, stop - pos)
-                out[pos - start : pos - start + k] = get(blocks[slot])[off : off + k]
-                pos += k
-        return torch.from_numpy(out).view(self.dtype).reshape(n, *self.shape)
-
-    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows at the int64 positions ``idx`` (1-D, any order, repeats allowed)."""
-        n = self._state.length
-        if idx.numel() == 0:
-            return torch.empty((0, *self.shape), dtype=self.dtype)
-        # In numpy: far less per-call overhead than torch ops on small tensors.
-        ia = idx.numpy()
-        lo, hi = int(ia.min()), int(ia.max())
-        if lo < 0:  # negative positions count from the end
-            ia = np.where(ia < 0, ia + n, ia)
-            lo, hi = int(ia.min()), int(ia.max())
-        if lo < 0 or hi >= n:
-            bad = lo if lo < 0 else hi
-            raise InvalidIndexError(
-                f"index {bad if bad >= 0 else bad - n} is out of range "
-                f"for blob {self._path!r} of length {n}"
-            )
-        # Rows are gathered as raw bytes, so any dtype works.
-        B = self.block_size
-        if lo // B == hi // B:  # one block: its mapping, indexed directly
-            rows = torch.from_numpy(self._blocks.get_bytes(self._state.blocks[lo // B]))
-            out = torch.index_select(rows, 0, torch.from_numpy(ia - (lo // B) * B))
-        else:
-            slots = ia // B
-            out = self._blocks.gather(self._state.blocks, slots, ia - slots * B)
-        return out.view(self.dtype).reshape(len(ia), *self.shape)
-
-    def __getitem__(self, index: Any) -> torch.Tensor:
-        """``blob[i]``, ``blob[a:b:c]``, ``blob[list | tuple | 1-D int tensor | ndarray]``.
-
-        Reads this handle's snapshot without moving the cursor, in any mode.
-        Always returns a new tensor that does not alias the blob's files.
-
-        Raises:
-            InvalidIndexError: an index is out of range.
-            BlobTypeError: the index is of an unsupported type (str, float, bool, ...).
-            InvalidArgumentError: a slice step is 0.
-            BlobClosedError: the blob is closed.
-        """
-        self._check_open()
-        n = self._state.length
-        if isinstance(index, np.integer) or (
-            isinstance(index, torch.Tensor)
-            and index.dim() == 0
-            and not index.dtype.is_floating_point
-            and index.dtype != torch.bool
-        ):
-            index = int(index)
-        if isinstance(index, int) and not isinstance(index, bool):
-            i = index + n if index < 0 else index
-            if not 0 <= i < n:
-                raise InvalidIndexError(
-                    f"index {index} is out of range for blob {self._path!r} of length {n}"
-                )
-            slot, off = divmod(i, self.block_size)
-            return self._blocks.get(self._state.blocks[slot])[off].clone()
-        if isinstance(index, slice):
-            if index.step == 0:
-                raise InvalidArgumentError("slice step cannot be zero")
-            try:
-                start, stop, step = index.indices(n)
-            except TypeError:
-                raise BlobTypeError(f"slice bounds must be ints or None, got {index!r}") from None
-            if step == 1:
-                return self._range(start, stop)
-            r = range(start, stop, step)
-            if not r:
-                return torch.empty((0, *self.shape), dtype=self.dtype)
-            return self._gather(torch.arange(r.start, r.stop, r.step, dtype=torch.int64))
-        return self._gather(index_tensor(index, self._state.length))
-
-    def __getitems__(self, indices: Any) -> list[torch.Tensor]:
-        """The rows at ``indices`` for a DataLoader batch, gathered in one call.
-
-        ``DataLoader`` calls it with the list of a batch's indices, then passes
-        the result to its ``collate_fn``. Returns a list of the rows (as torch's
-        protocol asks), which are views of one gathered ``(n, *shape)`` tensor,
-        held in the list's ``collated`` attribute: ``tensorblob.data.collate``
-        returns that tensor without a copy, ``default_collate`` stacks the rows.
-
-        Raises:
-            InvalidIndexError: an index is out of range.
-            BlobTypeError: ``indices`` is not a list, tuple, ndarray or 1-D tensor of ints.
-            BlobClosedError: the blob is closed.
-        """
-        self._check_open()
-        batch = self._gather(index_tensor(indices, self._state.length))
-        rows = _Rows(batch.unbind(0))
-        rows.collated = batch
-        return rows
+    def _as_list(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        return [rows]

@@ -1,7 +1,9 @@
 """Block files: fixed-size raw row arrays under ``blocks/`` (F8), as files.
 
 Block ``id`` lives in ``blocks/<id as 16 hex digits>`` and holds exactly
-``block_size * row_bytes`` bytes, row-major, native byte order, no header.
+``Meta.block_bytes`` bytes, no header: the ``block_size`` rows of each field,
+row-major, native byte order, one field after the other (at ``Field.offset``);
+a blob has one field, at offset 0.
 ``BlockFiles`` creates, copies, fsyncs, checksums, lists and deletes them;
 it never maps one (that is ``_blocks.BlockStore``), so recovery and the
 operator tools that use it need neither torch nor tensordict. Every change
@@ -47,20 +49,32 @@ def crc_file(path: str, start: int, stop: int, seed: int = 0) -> int:
         os.close(fd)
 
 
-def sum_mismatch(bid: int, first_row: int, rows: int, got: int, want: int) -> str | None:
+def sum_mismatch(  # noqa: PLR0917 - the facts of one check, all needed
+    meta: Meta,
+    bid: int,
+    first_row: int,
+    rows: int,
+    got: tuple[int, ...],
+    want: tuple[int, ...],
+) -> str | None:
     """The one check of a block's rows against their checksum (F3): what is wrong, or None.
 
-    ``got`` is the CRC-32 of the block's first ``rows`` rows as read now,
-    ``want`` the one recorded when they became durable; ``first_row`` is the
-    blob row of the block's row 0, for the message.
+    ``got`` is the CRC-32 of each field's first ``rows`` rows in the block as
+    read now, ``want`` those recorded when they became durable; ``first_row``
+    is the blob row of the block's row 0, for the message, which names the
+    fields that differ (for a TensorDB).
     """
     if got == want:
         return None
+    bad = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+    crcs = ", ".join(f"{got[i]:08x}, expected {want[i]:08x}" for i in bad)
+    which = ""
+    if meta.db:
+        which = "field(s) " + ", ".join(repr(meta.fields[i].name) for i in bad) + " of "
     return (
-        f"block {block_name(bid)} (rows {first_row} to {first_row + rows - 1}): its bytes do "
-        f"not match the crc32 recorded when they became durable ({got:08x}, expected "
-        f"{want:08x}): they changed on disk (bit rot, a bad sector, or a write that bypassed "
-        "tensorblob)"
+        f"{which}block {block_name(bid)} (rows {first_row} to {first_row + rows - 1}): its "
+        f"bytes do not match the crc32 recorded when they became durable ({crcs}): they "
+        "changed on disk (bit rot, a bad sector, or a write that bypassed tensorblob)"
     )
 
 
@@ -84,7 +98,9 @@ class BlockFiles:
     def __init__(self, root: str, meta: Meta) -> None:
         self.dir = os.path.join(root, BLOCKS)
         self.meta = meta
-        self.nbytes = meta.block_size * meta.row_bytes
+        self.nbytes = meta.block_bytes
+        # (offset, row bytes) of each field, for checksums
+        self._spans = tuple((f.offset, f.row_bytes) for f in meta.fields)
 
     def path(self, bid: int) -> str:
         return f"{self.dir}/{bid:016x}"  # block_name(), inlined: this is on the write path
@@ -141,14 +157,20 @@ class BlockFiles:
         if new_files:
             _durable.fsync_dir(self.dir)
 
-    def crc(self, bid: int, start: int, stop: int, seed: int = 0) -> int:
-        """CRC-32 of rows ``[start, stop)`` of block ``bid``, continuing from ``seed`` (F3).
+    def crc(
+        self, bid: int, start: int, stop: int, seeds: tuple[int, ...] | None = None
+    ) -> tuple[int, ...]:
+        """The CRC-32 of each field's rows ``[start, stop)`` in block ``bid``, continuing
+        from ``seeds`` (F3).
 
         Read with ``pread``, never through a mapping, so that a block file
         shortened on disk raises CorruptBlobError, not SIGBUS.
         """
-        rb = self.meta.row_bytes
-        return crc_file(self.path(bid), start * rb, stop * rb, seed)
+        path, seeds = self.path(bid), seeds or (0,) * len(self._spans)
+        return tuple(
+            crc_file(path, off + start * rb, off + stop * rb, seed)
+            for (off, rb), seed in zip(self._spans, seeds, strict=True)
+        )
 
     def delete(self, bid: int) -> None:
         _durable.unlink(self.path(bid), missing_ok=True)

@@ -71,32 +71,42 @@ class _Span:
         }
 
 
+_Entry = tuple[tuple[torch.Tensor, ...], tuple[np.ndarray, ...], int, np.ndarray]
+
+
 class BlockStore(BlockFiles):
-    """Block files, and their mappings: tensors ``(block_size, *row_shape)``, LRU-bounded."""
+    """Block files, and their mappings: for each field, a tensor ``(block_size, *shape)``
+    and the same memory as a ``(block_size, row_bytes)`` uint8 array; LRU-bounded."""
 
     def __init__(self, root: str, meta: Meta, *, writable: bool, max_cached: int) -> None:
         super().__init__(root, meta)
         self.writable = writable
         self.max_cached = max_cached
-        self.block_shape = (meta.block_size, *meta.shape)
-        # id -> (rows tensor, the same memory as a (block_size, row_bytes) uint8
-        # array, the address of that memory)
-        self._cache: OrderedDict[int, tuple[torch.Tensor, np.ndarray, int]] = OrderedDict()
+        # id -> (the fields' rows tensors, their uint8 arrays, the mapping's
+        # address, the whole mapping as a uint8 array)
+        self._cache: OrderedDict[int, _Entry] = OrderedDict()
         # Checksums to verify each block against when it is first mapped
         # (``TensorBlob.open(verify=True)``); None: no verification.
-        self.verify: dict[int, tuple[int, int]] | None = None
+        self.verify: dict[int, tuple[int, tuple[int, ...]]] | None = None
 
-    def get(self, bid: int) -> torch.Tensor:
-        """Block ``bid`` as a tensor ``(block_size, *row_shape)`` over the mapped file."""
-        return self._entry(bid)[0]
+    def get(self, bid: int, f: int = 0) -> torch.Tensor:
+        """Field ``f`` of block ``bid`` as a tensor ``(block_size, *shape)`` over the mapping."""
+        return self._entry(bid)[0][f]
 
-    def get_bytes(self, bid: int) -> np.ndarray:
-        """Block ``bid`` as a ``(block_size, row_bytes)`` uint8 array over the mapped file."""
-        return self._entry(bid)[1]
+    def get_bytes(self, bid: int, f: int = 0) -> np.ndarray:
+        """Field ``f`` of block ``bid`` as a ``(block_size, row_bytes)`` uint8 array over the
+        mapping."""
+        return self._entry(bid)[1][f]
 
-    def gather(self, blocks: list[int], slots: np.ndarray, offs: np.ndarray) -> torch.Tensor:
-        """Row ``offs[i]`` of the block in slot ``slots[i]``, for each i, as ``(n, row_bytes)``
-        uint8. The caller has checked every slot and offset.
+    def whole(self, bid: int) -> np.ndarray:
+        """Block ``bid``'s whole mapping as a uint8 array (field ``f`` at ``Field.offset``)."""
+        return self._entry(bid)[3]
+
+    def gather(
+        self, blocks: list[int], slots: np.ndarray, offs: np.ndarray, f: int = 0
+    ) -> torch.Tensor:
+        """Row ``offs[i]`` of field ``f`` of the block in slot ``slots[i]``, for each i, as
+        ``(n, row_bytes)`` uint8. The caller has checked every slot and offset.
 
         At most ``max_cached`` blocks are mapped at once: rows from more
         distinct blocks are taken a group of blocks at a time.
@@ -104,18 +114,18 @@ class BlockStore(BlockFiles):
         distinct, which = np.unique(slots, return_inverse=True)
         m = self.max_cached
         if len(distinct) <= m:
-            return self._gather_group(blocks, distinct, which, offs)
-        out = torch.empty((len(slots), self.meta.row_bytes), dtype=torch.uint8)
+            return self._gather_group(blocks, distinct, which, offs, f)
+        out = torch.empty((len(slots), self.meta.fields[f].row_bytes), dtype=torch.uint8)
         for g in range(0, len(distinct), m):
             sel = np.flatnonzero((which >= g) & (which < g + m))
-            part = self._gather_group(blocks, distinct[g : g + m], which[sel] - g, offs[sel])
+            part = self._gather_group(blocks, distinct[g : g + m], which[sel] - g, offs[sel], f)
             out[torch.from_numpy(sel)] = part
         return out
 
     def _gather_group(
-        self, blocks: list[int], group: np.ndarray, which: np.ndarray, offs: np.ndarray
+        self, blocks: list[int], group: np.ndarray, which: np.ndarray, offs: np.ndarray, f: int
     ) -> torch.Tensor:
-        """Row ``offs[i]`` of the block in slot ``group[which[i]]``, for each i.
+        """Row ``offs[i]`` of field ``f`` of the block in slot ``group[which[i]]``, for each i.
 
         One ``index_select`` over a view of the address range that spans the
         group's mappings (``_Span``), not one copy per block: with rows spread
@@ -123,28 +133,35 @@ class BlockStore(BlockFiles):
         ``index_select`` copies rows in parallel on torch's threads
         (docs/performance.md, "Gathers in one call").
         """
-        rb = self.meta.row_bytes
+        fld = self.meta.fields[f]
+        rb = fld.row_bytes
         # The entries (held until this returns) keep their mappings alive
         # until the copy is done, even if the cache evicts them meanwhile.
         entries = [self._entry(blocks[s]) for s in group.tolist()]
         addrs = [e[2] for e in entries]
         base = min(addrs)
         size = max(addrs) - base + self.nbytes
-        at = (np.array(addrs, dtype=np.int64) - base)[which] + offs * rb
+        at = (np.array(addrs, dtype=np.int64) - base)[which] + (fld.offset + offs * rb)
         # Row r of this view is the rb bytes at base + r: rows overlap, and
         # only the offsets of rows inside the group's blocks are used.
         span = torch.from_numpy(np.asarray(_Span(base, size)))
         rows = span.as_strided((size - rb + 1, rb), (1, 1))
         return torch.index_select(rows, 0, torch.from_numpy(at))
 
-    def _entry(self, bid: int) -> tuple[torch.Tensor, np.ndarray, int]:
+    def _entry(self, bid: int) -> _Entry:
         cache = self._cache
         e = cache.get(bid)
         if e is not None:
             cache.move_to_end(bid)
             return e
-        t = self._map(bid)
-        e = (t, t.view(torch.uint8).reshape(self.meta.block_size, -1).numpy(), t.data_ptr())
+        raw = self._map(bid)
+        B = self.meta.block_size
+        tensors, arrays = [], []
+        for fld in self.meta.fields:
+            part = raw[fld.offset : fld.offset + B * fld.row_bytes]
+            arrays.append(part.view(B, fld.row_bytes).numpy())
+            tensors.append(part.view(fld.dtype).view(B, *fld.shape))
+        e = (tuple(tensors), tuple(arrays), raw.data_ptr(), raw.numpy())
         if self.verify is not None and bid in self.verify:
             self._verify(bid, e[1])
         cache[bid] = e
@@ -153,21 +170,23 @@ class BlockStore(BlockFiles):
         return e
 
     def _map(self, bid: int) -> torch.Tensor:
+        """Block ``bid``'s file mapped as one uint8 tensor."""
         path = self.path(bid)
         self._check_size(path)
         from tensordict import MemoryMappedTensor  # noqa: PLC0415 - at the first mapping only
 
         mmt = MemoryMappedTensor.from_filename(
-            path, dtype=self.meta.dtype, shape=self.block_shape, mode="r+" if self.writable else "r"
+            path, dtype=torch.uint8, shape=(self.nbytes,), mode="r+" if self.writable else "r"
         )
         # A plain tensor view of the same mapped storage: indexing it skips the
         # subclass dispatch of MemoryMappedTensor on every row access.
         return mmt.as_subclass(torch.Tensor)
 
-    def _verify(self, bid: int, data: np.ndarray) -> None:
+    def _verify(self, bid: int, data: tuple[np.ndarray, ...]) -> None:
         assert self.verify is not None
         rows, want = self.verify[bid]
-        wrong = sum_mismatch(bid, 0, rows, zlib.crc32(data[:rows]), want)
+        got = tuple(zlib.crc32(a[:rows]) for a in data)
+        wrong = sum_mismatch(self.meta, bid, 0, rows, got, want)
         if wrong:
             raise CorruptBlobError(
                 f"block file {self.path(bid)!r}: {wrong}. Run `tensorblob check --deep`",
@@ -175,13 +194,18 @@ class BlockStore(BlockFiles):
                 reason="block-checksum",
             )
 
-    def crc(self, bid: int, start: int, stop: int, seed: int = 0) -> int:
+    def crc(
+        self, bid: int, start: int, stop: int, seeds: tuple[int, ...] | None = None
+    ) -> tuple[int, ...]:
         """``BlockFiles.crc``; a block this handle has mapped already (checked for its
         size then) is read through that mapping, without a system call."""
         e = self._cache.get(bid)
         if e is not None:
-            return zlib.crc32(e[1][start:stop], seed)
-        return super().crc(bid, start, stop, seed)
+            seeds = seeds or (0,) * len(e[1])
+            return tuple(
+                zlib.crc32(a[start:stop], seed) for a, seed in zip(e[1], seeds, strict=True)
+            )
+        return super().crc(bid, start, stop, seeds)
 
     def delete(self, bid: int) -> None:
         self._cache.pop(bid, None)

@@ -363,12 +363,24 @@ def describe(sc: Scan) -> dict[str, Any]:
     meta, m, j = sc.meta, sc.manifest, sc.journal
     out: dict[str, Any] = {"format_version": sc.version or None}
     if meta is not None:
+        out["kind"] = meta.kind
+        if meta.db:
+            out["fields"] = [
+                {
+                    "name": f.name,
+                    "dtype": f.dtype_name,
+                    "shape": list(f.shape),
+                    "row_bytes": f.row_bytes,
+                    "offset": f.offset,
+                }
+                for f in meta.fields
+            ]
+        else:
+            out |= {"dtype": meta.dtype_name, "shape": list(meta.shape)}
         out |= {
-            "dtype": meta.dtype_name,
-            "shape": list(meta.shape),
             "block_size": meta.block_size,
             "row_bytes": meta.row_bytes,
-            "block_bytes": meta.block_size * meta.row_bytes,
+            "block_bytes": meta.block_bytes,
         }
     committed = sc.committed
     state = committed.state if committed is not None else None

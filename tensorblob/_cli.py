@@ -159,15 +159,29 @@ def _info(args: argparse.Namespace) -> int:
             say(sys.stdout, f"status      {_status(sc, verdict)}", "", 12)
         return code
     out = sys.stdout
-    rows = [("blob", sc.root), ("format", f"version {facts['format_version']}")]
     meta = sc.meta
-    if meta is not None:
-        shape = "(" + ", ".join(map(str, meta.shape)) + ("," if len(meta.shape) == 1 else "") + ")"
+    rows = [
+        ("database" if meta is not None and meta.db else "blob", sc.root),
+        ("format", f"version {facts['format_version']}"),
+    ]
+    if meta is not None and meta.db:
+        rows += [
+            (
+                "" if i else "fields",
+                f"{f.name}: {f.dtype_name} {_shape(f.shape)} ({f.row_bytes} bytes per row)",
+            )
+            for i, f in enumerate(meta.fields)
+        ]
+        rows.append(("row", f"{meta.row_bytes} bytes, all {len(meta.fields)} fields"))
+    elif meta is not None:
         rows += [
             ("dtype", meta.dtype_name),
-            ("row shape", f"{shape} ({meta.row_bytes} bytes per row)"),
-            ("block size", f"{meta.block_size} rows ({size(facts['block_bytes'])} per block)"),
+            ("row shape", f"{_shape(meta.shape)} ({meta.row_bytes} bytes per row)"),
         ]
+    if meta is not None:
+        rows.append(
+            ("block size", f"{meta.block_size} rows ({size(facts['block_bytes'])} per block)")
+        )
     if facts.get("rows") is not None:
         rows.append(("rows", f"{facts['rows']} in {facts['blocks']} block(s)"))
     else:
@@ -217,6 +231,10 @@ def _info(args: argparse.Namespace) -> int:
     for key, value in rows:
         say(out, value, f"{key:<11} ", 12)
     return code
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _status(sc: Scan, verdict: str) -> str:

@@ -175,6 +175,7 @@ def run_import(args: argparse.Namespace) -> int:
             if_exists=if_exists,
             timeout=args.timeout,
             progress=progress,
+            db=None,  # an original TensorDB becomes a TensorDB
         ),
     )
 
@@ -224,6 +225,8 @@ def _action(command: str, t: Transfer) -> str:
     mib = t.nbytes / (1 << 20)
     rate = f" ({mib / t.seconds:.0f} MiB/s)" if mib >= 1 and t.seconds > 0 else ""
     layout = f"{t.rows} row(s) of {dtype_name(t.dtype)} {_shape(t.shape)}"
+    if t.dtype is None:
+        layout = f"{t.rows} record(s) of fields {', '.join(t.fields)}"
     size = f"{t.nbytes} bytes in {t.seconds:.2f} s{rate}"
     if command == "export":
         return f"wrote {shlex.quote(t.file)} ({t.format}): {layout}, {size}"
@@ -233,14 +236,15 @@ def _action(command: str, t: Transfer) -> str:
 def _facts(file: str, t: Transfer | None) -> dict[str, Any]:
     if t is None:
         return {"file": file} | dict.fromkeys(
-            ("format", "rows", "dtype", "shape", "bytes", "seconds")
+            ("format", "rows", "dtype", "shape", "fields", "bytes", "seconds")
         )
     return {
         "file": t.file,
         "format": t.format,
         "rows": t.rows,
-        "dtype": dtype_name(t.dtype),
-        "shape": list(t.shape),
+        "dtype": None if t.dtype is None else dtype_name(t.dtype),
+        "shape": None if t.dtype is None else list(t.shape),
+        "fields": list(t.fields) or None,
         "bytes": t.nbytes,
         "seconds": round(t.seconds, 6),
     }

@@ -24,37 +24,39 @@ _CHUNK = 8 << 20  # deep reads go in chunks of this many bytes
 class BlockVerifier:
     """The one place where block data is checked against a stored checksum.
 
-    A block's checksum (F3, F6) is a CRC-32 of its first ``rows`` rows,
-    recorded when they became durable (in the manifest, or in the journal
-    record of a durable point) and extended as the block grows.
-    ``deep_read`` asks ``span`` how many bytes of a block to read (its
+    A block's checksum (F3, F6) is a CRC-32 of each field's first ``rows``
+    rows, recorded when they became durable (in the manifest, or in the
+    journal record of a durable point) and extended as the block grows.
+    ``deep_read`` asks ``span`` how many rows of a block to read (its
     committed rows, or more if the checksum covers more: rows a truncate
-    hid), streams them through ``update`` and asks ``finish`` for a verdict.
-    Rows that are not durable yet have no checksum: they are only read.
+    hid), streams each field's through ``update`` and asks ``finish`` for a
+    verdict. Rows that are not durable yet have no checksum: they are only read.
     """
 
     def __init__(self, meta: Meta, state: State) -> None:
-        self.sums: dict[int, tuple[int, int]] = dict(state.sums)
-        self.row_bytes = meta.row_bytes
+        self.meta = meta
+        self.sums: dict[int, tuple[int, tuple[int, ...]]] = dict(state.sums)
         self.verified = 0
         self.unchecked = 0
         self.mismatched = 0
-        self._want: tuple[int, int] | None = None
-        self._left = 0  # bytes still to feed to the checksum
-        self._crc = 0
+        self._want: tuple[int, tuple[int, ...]] | None = None
+        self._left = [0] * len(meta.fields)  # bytes of each field still to feed to its crc
+        self._crcs = [0] * len(meta.fields)
 
     def span(self, bid: int, committed: int) -> int:
-        """Start on block ``bid``; return how many of its bytes to read."""
-        self._want, self._crc = self.sums.get(bid), 0
-        self._left = self._want[0] * self.row_bytes if self._want is not None else 0
-        return max(committed, self._left)
+        """Start on block ``bid`` of ``committed`` rows; return how many rows to read."""
+        self._want = self.sums.get(bid)
+        rows = self._want[0] if self._want is not None else 0
+        self._left = [rows * f.row_bytes for f in self.meta.fields]
+        self._crcs = [0] * len(self.meta.fields)
+        return max(committed, rows)
 
-    def update(self, chunk: memoryview) -> None:
-        """Feed the next bytes of the block, in order."""
-        if self._left:
-            n = min(self._left, len(chunk))
-            self._crc = zlib.crc32(chunk[:n], self._crc)
-            self._left -= n
+    def update(self, f: int, chunk: memoryview) -> None:
+        """Feed the next bytes of field ``f`` of the block, in order."""
+        if self._left[f]:
+            n = min(self._left[f], len(chunk))
+            self._crcs[f] = zlib.crc32(chunk[:n], self._crcs[f])
+            self._left[f] -= n
 
     def finish(self, bid: int, first_row: int) -> str | None:
         """Return what is wrong if the block's bytes do not match its checksum.
@@ -66,7 +68,7 @@ class BlockVerifier:
             return None
         self.verified += 1
         rows, want = self._want
-        wrong = sum_mismatch(bid, first_row, rows, self._crc, want)
+        wrong = sum_mismatch(self.meta, bid, first_row, rows, tuple(self._crcs), want)
         if wrong:
             self.mismatched += 1
             return wrong + ", and readers return them as they are"
@@ -104,25 +106,30 @@ def deep_read(sc: Scan, progress: Any = None) -> BlockVerifier | None:
         for slot, bid in enumerate(state.blocks)
         if f"{BLOCKS}/{block_name(bid)}" not in bad
     ]
-    total = sum(max(n, verifier.sums.get(bid, (0, 0))[0]) * rb for _, bid, n in work)
+    total = sum(max(n, verifier.sums.get(bid, (0, ()))[0]) * rb for _, bid, n in work)
     done = 0
     buf = bytearray(min(_CHUNK, max(total, 1)))
     view = memoryview(buf)
     for slot, bid, nrows in work:
         name = f"{BLOCKS}/{block_name(bid)}"
-        want = verifier.span(bid, nrows * rb)
+        rows = verifier.span(bid, nrows)
         try:
-            with open(os.path.join(sc.root, name), "rb", buffering=0) as f:
-                got = 0
-                while got < want:
-                    n = f.readinto(view[: min(len(buf), want - got)])
-                    if not n:
-                        raise OSError(errno.EIO, f"file ends after {got} of {want} bytes")
-                    verifier.update(view[:n])
-                    got += n
-                    done += n
-                    if progress is not None:
-                        progress(done, total)
+            fd = os.open(os.path.join(sc.root, name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                for i, fld in enumerate(meta.fields):  # each field's rows: one stretch
+                    got, want = 0, rows * fld.row_bytes
+                    while got < want:
+                        n = os.preadv(fd, [view[: min(len(buf), want - got)]], fld.offset + got)
+                        if not n:
+                            end = fld.offset + got
+                            raise OSError(errno.EIO, f"file ends at byte {end}, before its rows")
+                        verifier.update(i, view[:n])
+                        got += n
+                        done += n
+                        if progress is not None:
+                            progress(done, total)
+            finally:
+                os.close(fd)
         except OSError as exc:
             sc.add(
                 "error",

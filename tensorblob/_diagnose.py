@@ -101,7 +101,7 @@ def _read_manifest(sc: Scan, meta: Meta) -> State | None:
         )
         return None
     try:
-        return read_manifest(sc.root, meta.uuid, meta.block_size)
+        return read_manifest(sc.root, meta.uuid, meta.block_size, len(meta.fields))
     except CorruptBlobError as exc:
         if exc.reason == "foreign":
             code = "manifest-foreign"
@@ -301,7 +301,7 @@ def check_blocks(sc: Scan, meta: Meta) -> None:
     if chosen is None:
         return
     state, B = chosen.state, meta.block_size
-    nbytes = B * meta.row_bytes
+    nbytes = meta.block_bytes
     if not sc.blocks_dir:
         sc.add(
             "warning",

@@ -72,7 +72,7 @@ def create(path: str, meta: Meta) -> bool:
         raise BlobIOError(f"cannot create blob {path!r}: its build directory kept vanishing")
     try:
         _durable.create_file(os.path.join(tmp, LOCK), b"", sync=False)
-        state = State(meta.uuid)
+        state = State(meta.uuid, arity=len(meta.fields))
         _durable.create_file(os.path.join(tmp, META), meta.encode(), sync=True)
         _durable.create_file(
             os.path.join(tmp, MANIFEST), encode_manifest(state, meta.block_size), sync=True
@@ -147,8 +147,9 @@ def remove_tree(root: str) -> None:
         _durable.rmdir(root)
 
 
-def unlink(root: str, *, missing_ok: bool, timeout: float) -> None:
-    """Delete the blob at ``root``, atomically: after a crash it is either whole or gone.
+def unlink(root: str, *, db: bool, missing_ok: bool, timeout: float) -> bool:
+    """Delete the blob (``db``: the TensorDB) at ``root``, atomically: after a crash it is
+    either whole or gone. Return True, or False if nothing was there and ``missing_ok``.
 
     Takes the writer lock first. Refuses a directory that holds files
     tensorblob did not create, so it never deletes anything else. Steps:
@@ -157,17 +158,22 @@ def unlink(root: str, *, missing_ok: bool, timeout: float) -> None:
 
     Raises:
         BlobNotFoundError: nothing at ``root`` (unless ``missing_ok``).
-        NotABlobError: ``root`` is not a blob, or holds foreign files.
+        NotABlobError: ``root`` is not a blob (a TensorDB), or holds foreign files.
         CorruptBlobError: the blob's ``meta`` is damaged.
         LockTimeoutError: a writer kept the lock past ``timeout``.
     """
+    kind = "TensorDB" if db else "TensorBlob"
     if not os.path.lexists(root):
         if missing_ok:
-            return
-        raise BlobNotFoundError(f"no blob at {root!r}")
+            return False
+        raise BlobNotFoundError(f"{kind} not found: nothing at {root!r}")
     if not os.path.isdir(root) or os.path.islink(root):
         raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)")
-    read_meta(root)
+    meta = read_meta(root)
+    if meta.db != db:
+        raise NotABlobError(
+            f"refusing to delete {root!r} as a {kind}: it is a {meta.kind} (use {meta.kind}.unlink)"
+        )
     foreign = sorted(set(os.listdir(root)) - _recovery.KNOWN_FILES)
     blocks_dir = os.path.join(root, BLOCKS)
     if os.path.isdir(blocks_dir):
@@ -196,3 +202,4 @@ def unlink(root: str, *, missing_ok: bool, timeout: float) -> None:
         # creation of the name must not bring it back beside the new blob.
         _durable.fsync_dir(parent)
     sweep_leftovers(parent, name)
+    return True

@@ -14,10 +14,12 @@ The original had no transactions: ``.stat`` is what its last ``flush()`` or
 ``close()`` wrote. Import trusts it, and checks that every block it names
 exists and holds the rows it should.
 
-An original ``TensorDB`` is a directory with its own ``.conf`` (a ``schema``),
-a ``.stat`` (``len``: the committed rows) and one original blob per field in
-a subdirectory. ``open_source`` recognises one and refuses it: this library
-has no ``TensorDB`` yet.
+An original ``TensorDB`` is a directory with its own ``.conf`` (a ``schema``:
+field names to ``[dtype, shape]``, in order), a ``.stat`` (``len``: the
+committed rows) and one original blob per field in a subdirectory named
+after it. ``open_db`` reads one: its committed rows are the first
+``min(len, every field's len)``, as the original's own open took them (a
+crash could leave a field longer than ``len``).
 """
 
 from __future__ import annotations
@@ -30,9 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._meta import parse_dtype, torch_dtype
+from ._meta import check_field_name, parse_dtype, parse_shape, torch_dtype
 from ._source import Source
-from .errors import CorruptInputError, InvalidArgumentError, UnsupportedFormatError
+from .errors import (
+    BlobTypeError,
+    CorruptInputError,
+    InvalidArgumentError,
+    UnsupportedFormatError,
+)
 
 CONF, STAT = ".conf", ".stat"
 
@@ -40,6 +47,53 @@ CONF, STAT = ".conf", ".stat"
 def is_original(path: str) -> bool:
     """True if the directory ``path`` looks like an original blob or database."""
     return os.path.isfile(os.path.join(path, CONF)) and os.path.isfile(os.path.join(path, STAT))
+
+
+def is_database(path: str) -> bool:
+    """True if ``path`` (an original blob or database, ``is_original``) is a TensorDB."""
+    try:
+        conf = _json(path, CONF)
+    except CorruptInputError:
+        return False
+    notes = conf.get("__notes__")
+    return "schema" in conf or (isinstance(notes, dict) and notes.get("class_name") == "TensorDB")
+
+
+def open_db(path: str) -> tuple[list[tuple[str, Source]], int, int | None]:
+    """Check the original TensorDB at ``path``; return its fields' rows (in schema order),
+    its committed row count and its block size.
+
+    Raises:
+        CorruptInputError: a ``.conf``, ``.stat`` or field blob is missing or
+            damaged, or a field blob disagrees with the schema.
+        UnsupportedFormatError: a field's rows have a dimension of 0.
+    """
+    conf, stat = _json(path, CONF), _json(path, STAT)
+    where = os.path.join(path, CONF)
+    schema = conf.get("schema")
+    if not isinstance(schema, dict) or not schema:
+        raise CorruptInputError(f"{where!r}: the schema is missing or empty")
+    length = _uint(stat.get("len"), f"{os.path.join(path, STAT)!r}: len")
+    fields = []
+    for name, spec in schema.items():
+        try:
+            check_field_name(name)
+            dtype_name, shape = spec
+            want = (torch_dtype(parse_dtype(dtype_name)), parse_shape(shape))
+        except (InvalidArgumentError, BlobTypeError, TypeError, ValueError) as exc:
+            raise CorruptInputError(f"{where!r}: bad schema entry {name!r}: {exc}") from None
+        source = open_source(os.path.join(path, name))
+        if (source.dtype, source.shape) != want:
+            raise CorruptInputError(
+                f"field {name!r} of {path!r} holds {source.dtype} rows of shape {source.shape}, "
+                f"but the schema says {want[0]} of shape {want[1]}"
+            )
+        fields.append((name, source))
+        length = min(length, source.length)
+    block_size = conf.get("block_size")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        block_size = fields[0][1].block_size
+    return fields, length, block_size
 
 
 def _json(path: str, name: str) -> dict[str, Any]:
@@ -78,12 +132,11 @@ def open_source(path: str) -> Source:
     kind = notes.get("class_name") if isinstance(notes, dict) else None
     if kind == "TensorDB" or "schema" in conf:
         schema = conf.get("schema")
-        fields = ", ".join(sorted(schema)) if isinstance(schema, dict) else "?"
+        fields = ", ".join(schema) if isinstance(schema, dict) else "?"
         raise UnsupportedFormatError(
-            f"{path!r} is a TensorDB of the original tensorblob (fields: {fields}); this "
-            "library has no TensorDB yet, so it cannot be imported whole. Each field is an "
-            f"original blob in {os.path.join(path, '<field>')!r} that can be imported on its "
-            f"own; only its first {stat.get('len')!r} rows (the database's .stat) are committed"
+            f"{path!r} is a TensorDB of the original tensorblob (fields: {fields}), not a "
+            "blob: import it with tensorblob.import_db (the `tensorblob import` command "
+            "tells the two apart)"
         )
     try:
         dtype = torch_dtype(parse_dtype(conf.get("dtype")))

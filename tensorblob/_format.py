@@ -8,7 +8,7 @@ Every file that is not a block starts with the same 20-byte header (F1)::
 
     offset size  field
     0      8     magic         b"TBLBMETA" | b"TBLBMANI" | b"TBLBJRNL"
-    8      2     version       u16 little-endian, format version (1, 2 or 3)
+    8      2     version       u16 little-endian, format version (1 to 4)
     10     2     reserved      u16, zero
     12     4     body_len      u32, length of the msgpack body that follows
     16     4     body_crc      u32, zlib.crc32(body)
@@ -32,10 +32,12 @@ from .errors import CorruptBlobError, NotABlobError, UnsupportedVersionError
 
 # 2: append records, boot ids in open records only; 3: a rotated journal, whose
 # header names the manifest generation it applies to ("base"), which a reader
-# of version 2 would take for damage (docs/format.md). Every file is written
-# as version 2 except a rotated journal.
-FORMAT_VERSION = 3  # the newest version this library reads
-WRITE_VERSION = 2  # the version of the files it writes, but rotated journals
+# of version 2 would take for damage; 4: the meta of a TensorDB (its fields),
+# which a reader of version 3 must refuse (docs/format.md). Every file is
+# written as version 2 except a rotated journal and a TensorDB's meta.
+FORMAT_VERSION = 4  # the newest version this library reads
+WRITE_VERSION = 2  # the version of the files it writes, but these two:
+DB_VERSION = 4  # a TensorDB's meta
 MAGIC_META = b"TBLBMETA"
 MAGIC_MANIFEST = b"TBLBMANI"
 MAGIC_JOURNAL = b"TBLBJRNL"

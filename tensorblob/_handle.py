@@ -12,24 +12,32 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _format, _recovery, _snapshot, _watch
-from ._args import DEFAULT_TIMEOUT, as_int
-from ._blocks import BlockStore
+from . import _dirs, _format, _recovery, _snapshot, _watch
+from ._args import DEFAULT_BLOCK_SIZE, DEFAULT_TIMEOUT, abspath, as_int
+from ._blocks import BlockStore, default_max_cached
+from ._fstype import refuse_untrusted
 from ._journal import JournalWriter
 from ._locking import ReaderLease, WriterLock
 from ._meta import Meta, read_meta
+from ._rows import Reader
 from ._state import State
 from ._transact import Transactions
 from ._txn import Engine
 from .errors import (
     BlobClosedError,
+    BlobNotFoundError,
     BlobTypeError,
     InvalidArgumentError,
+    NotABlobError,
     SnapshotGoneError,
+    TensorBlobError,
     UnsupportedOperationError,
+    from_os_error,
 )
 
 # Writers whose fast path must be disabled in a forked child (its writes must
@@ -49,16 +57,100 @@ if TYPE_CHECKING:
 H = TypeVar("H", bound="Handle")
 
 
-class Handle(Transactions):
+class Handle(Transactions, Reader):
     """An open blob (see the module docstring). Not for direct use: ``TensorBlob.open``."""
 
     _closed = True
+    # What the front end calls what it opens, and the arguments that create
+    # one, for messages.
+    _KIND = "blob"
+    _LAYOUT = "dtype= and shape="
+    _NEEDS = "Arguments dtype= and shape= are required"
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise BlobTypeError(
             f"{type(self).__name__} objects are made by {type(self).__name__}.open(), "
             "not by calling the class"
         )
+
+    @classmethod
+    def _open_dir(  # noqa: PLR0917 - open()'s checked arguments
+        cls,
+        path: str | os.PathLike[str],
+        mode: str,
+        layout: Callable[[bytes, int], Meta | None],
+        fits: Callable[[Meta], list[tuple[str, Any, Any]]],
+        block_size: int | None,
+        max_cached_blocks: int | None,
+        sync: str,
+        timeout: float,
+        verify: bool,
+        trust_fs: bool,
+    ) -> Self:
+        """Open (or create, as the mode allows) the directory at ``path`` as a ``cls``.
+
+        ``layout(uuid, block_size)`` is the Meta to create one with (None: the
+        caller gave no layout); ``fits(meta)`` lists ``(name, wanted, existing)``
+        for each layout argument, which must agree with an existing one. Each
+        front end's ``open`` checks its arguments, then calls this.
+        """
+        root = abspath(path)
+        if mode != "r" and not trust_fs:
+            refuse_untrusted(root)
+        try:
+            return cls._open_checked(
+                root, mode, layout, fits, block_size, max_cached_blocks, sync, timeout
+            )._verifying(verify)
+        except OSError as exc:
+            if isinstance(exc, TensorBlobError):
+                raise
+            doing = "opening it for writing" if mode != "r" else "opening it"
+            raise from_os_error(
+                exc, root, f"{doing} (mode {mode!r})", "Nothing committed was lost."
+            ) from exc
+
+    @classmethod
+    def _open_checked(  # noqa: PLR0917 - private: _open_dir()'s arguments
+        cls,
+        root: str,
+        mode: str,
+        layout: Callable[[bytes, int], Meta | None],
+        fits: Callable[[Meta], list[tuple[str, Any, Any]]],
+        block_size: int | None,
+        max_cached_blocks: int | None,
+        sync: str,
+        timeout: float,
+    ) -> Self:
+        kind, creating = cls._KIND, mode[0] in "wa"
+        if not os.path.exists(root) or (creating and os.path.isdir(root) and not os.listdir(root)):
+            new = layout(secrets.token_bytes(16), block_size or DEFAULT_BLOCK_SIZE)
+            if not creating or (mode[0] == "a" and new is None):
+                needs = f"{cls._LAYOUT} to create one" if creating else "an existing one"
+                raise BlobNotFoundError(
+                    f"{kind.capitalize()} not found: no {kind} at {root!r} (mode {mode!r} "
+                    f"needs {needs})"
+                )
+            if new is None:
+                raise InvalidArgumentError(
+                    f"creating {kind} {root!r}: {cls._NEEDS} for a new {kind}"
+                )
+            _dirs.create(root, new)  # if another process won the race, open theirs below
+        elif not os.path.isdir(root):
+            raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)")
+        meta = read_meta(root)
+        if meta.kind != cls.__name__:
+            raise NotABlobError(
+                f"{root!r} is a {meta.kind}, not a {cls.__name__}: open it with {meta.kind}.open"
+            )
+        for name, want, have in [*fits(meta), ("block_size", block_size, meta.block_size)]:
+            if want is not None and want != have:
+                raise InvalidArgumentError(
+                    f"{name}={want!r} conflicts with {kind} {root!r}, which has {name} {have!r}; "
+                    f"the layout is fixed at creation ({cls.__name__}.unlink it to start over)"
+                )
+        handle = cls.__new__(cls)
+        handle._setup(root, mode, meta, max_cached_blocks or default_max_cached(), sync, timeout)
+        return handle
 
     def _fast_ok(self) -> bool:
         """May write() copy rows straight into the engine's window? (The front end says.)"""
@@ -289,6 +381,21 @@ class Handle(Transactions):
     def path(self) -> str:
         """Absolute path of the blob directory."""
         return self._path
+
+    @property
+    def filename(self) -> str:
+        """Absolute path of the directory (``path``; the original tensorblob's name)."""
+        return self._path
+
+    @property
+    def max_cached_blocks(self) -> int:
+        """Block files this handle keeps mapped at most (see ``open``)."""
+        return self._max_cached
+
+    # The original tensorblob's mode flags: readable, writable, append-only.
+    _m_rd = property(lambda self: self._readable)
+    _m_wr = property(lambda self: self._writable)
+    _m_ap = property(lambda self: self._append)
 
     @property
     def mode(self) -> str:

@@ -1,12 +1,10 @@
-"""Data in: ``import_blob`` copies a ``.npy``, ``.safetensors`` or original blob into a blob.
+"""Data in: ``import_blob`` copies a ``.npy``, ``.safetensors`` or original blob into a blob;
+``import_db`` copies an original ``TensorDB`` into a ``TensorDB``.
 
-The input is checked completely first (``_fmt_*.open_source``), so every
-refusal comes before anything is written; then its rows go into the blob in
-one transaction, a bounded piece at a time. Importing the original
-tensorblob's ``TensorDB`` will be one more function here, once this library
-has a ``TensorDB``: a ``_fmt_orig`` reader returning one ``Source`` per
-field (cut to the database's committed ``len``), and a loop like
-``_import_rows`` writing all fields in one transaction of the database.
+The input is checked completely first (``_fmt_*.open_source``,
+``_fmt_orig.open_db``), so every refusal comes before anything is written;
+then its rows go in one transaction, a bounded piece at a time
+(``_import_rows``, for both).
 """
 
 from __future__ import annotations
@@ -14,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 from . import _fmt_npy, _fmt_orig, _fmt_safetensors
 from ._args import DEFAULT_TIMEOUT
 from ._blob import TensorBlob
+from ._db import TensorDB
 from ._formats import IMPORT_FORMATS, SUFFIXES
 from ._meta import META
 from ._source import Source, spans
@@ -159,6 +160,41 @@ def import_blob(
     ).rows
 
 
+def import_db(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    block_size: int | None = None,
+    if_exists: str = "error",
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+) -> int:
+    """Copy the committed records of the original tensorblob's TensorDB at ``src`` into the
+    TensorDB ``dst`` in one transaction; return the records copied.
+
+    ``src`` is a directory of the original's format (docs/migration.md): its
+    committed records are its ``.stat``'s ``len`` rows of every field (fewer
+    if a field is shorter, as the original's own open took them). The new
+    database gets the same fields in the same order, and the original's block
+    size unless ``block_size`` is given. Everything else is as ``import_blob``:
+    every record or none, ``if_exists``, ``progress``, and its errors.
+
+    Raises:
+        UnsupportedFormatError: ``src`` is not an original TensorDB (an original
+            blob goes to ``import_blob``).
+        The errors of ``import_blob``.
+    """
+    return run_import(
+        src,
+        dst,
+        block_size=block_size,
+        if_exists=if_exists,
+        timeout=timeout,
+        progress=progress,
+        db=True,
+    ).rows
+
+
 def run_import(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -169,34 +205,83 @@ def run_import(
     if_exists: str = "error",
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress | None = None,
+    db: bool | None = False,
 ) -> Transfer:
-    """``import_blob``, returning what was done."""
+    """``import_blob`` (``db=False``) or ``import_db`` (``db=True``), returning what was
+    done; ``db=None`` tells the two apart (the command line)."""
     t0 = time.monotonic()
     src_path, dst_path = abspath(src, "src"), abspath(dst, "dst")
     choice(if_exists, "if_exists", ("error", "replace", "append"))
-    source = open_source(src_path, format, name)
+    if db is None:
+        db = (
+            format in (None, "tensorblob-0.3")
+            and os.path.isdir(src_path)
+            and _fmt_orig.is_original(src_path)
+            and _fmt_orig.is_database(src_path)
+        )
+    if db:
+        fields, length, suggested = _open_db(src_path)
+        sources = [s for _, s in fields]
+        names = [n for n, _ in fields]
+        schema = {n: (s.dtype, s.shape) for n, s in fields}
+        dst_open = lambda b: TensorDB.open(  # noqa: E731
+            dst_path, "a", schema=schema, block_size=b, timeout=timeout
+        )
+        piece = lambda a, b: {n: s.read(a, b) for n, s in fields}  # noqa: E731
+        kind = "database"
+    else:
+        source = open_source(src_path, format, name)
+        sources, names, length, suggested = [source], [], source.length, source.block_size
+        dst_open = lambda b: TensorBlob.open(  # noqa: E731
+            dst_path, "a", dtype=source.dtype, shape=source.shape, block_size=b, timeout=timeout
+        )
+        piece = source.read
+        kind = "blob"
+    row_bytes = sum(s.row_bytes for s in sources)
     try:
         _import_rows(
-            source,
+            dst_open,
+            piece,
+            length,
+            row_bytes,
+            src=src_path,
             dst=dst_path,
-            block_size=block_size,
+            kind=kind,
+            block_size=block_size if block_size is not None else suggested,
             if_exists=if_exists,
-            timeout=timeout,
             progress=progress,
         )
     finally:
-        source.close()
-    nbytes = source.length * source.row_bytes
+        for s in sources:
+            s.close()
+    first = sources[0]
     return Transfer(
         dst_path,
         src_path,
-        source.format,
-        source.dtype,
-        source.shape,
-        source.length,
-        nbytes,
+        first.format,
+        None if db else first.dtype,
+        () if db else first.shape,
+        length,
+        length * row_bytes,
         time.monotonic() - t0,
+        tuple(names),
     )
+
+
+def _open_db(path: str) -> tuple[list[tuple[str, Source]], int, int | None]:
+    if not os.path.lexists(path):
+        raise BlobNotFoundError(f"nothing to import at {path!r}: no such file or directory")
+    if not (os.path.isdir(path) and _fmt_orig.is_original(path) and _fmt_orig.is_database(path)):
+        raise UnsupportedFormatError(
+            f"{path!r} is not a TensorDB of the original tensorblob (a directory with .conf, "
+            ".stat and a schema); an original blob goes to import_blob"
+        )
+    try:
+        return _fmt_orig.open_db(path)
+    except OSError as exc:
+        if isinstance(exc, TensorBlobError):
+            raise
+        raise from_os_error(exc, path, "reading it", "Nothing was written.", kind="input") from exc
 
 
 def _holds_something(path: str) -> bool:
@@ -204,47 +289,49 @@ def _holds_something(path: str) -> bool:
 
 
 def _import_rows(
-    source: Source,
+    dst_open: Callable[[int | None], Any],
+    piece: Callable[[int, int], Any],
+    length: int,
+    row_bytes: int,
     *,
+    src: str,
     dst: str,
+    kind: str,
     block_size: int | None,
     if_exists: str,
-    timeout: float,
     progress: Progress | None,
 ) -> None:
+    """Write rows ``piece(start, stop)`` for ``0:length`` into the blob or database that
+    ``dst_open(block_size)`` opens (``"a"``, creating it), in one transaction."""
     existed = _holds_something(dst)
     if existed and if_exists == "error":
-        with TensorBlob.open(dst, "r") as old:  # a reader: changes nothing
-            _refuse_rows(old, source)
-    if block_size is None and not existed:
-        block_size = source.block_size
-    blob = TensorBlob.open(
-        dst, "a", dtype=source.dtype, shape=source.shape, block_size=block_size, timeout=timeout
-    )
-    created = not existed and len(blob) == 0
+        with (TensorDB if kind == "database" else TensorBlob).open(dst, "r") as old:
+            _refuse_rows(old, src, length)  # a reader: changes nothing
+    target = dst_open(block_size if not existed else None)
+    created = not existed and len(target) == 0
     committed = False
     try:
         if if_exists == "error":
-            _refuse_rows(blob, source)  # again, under the lock: a writer may have been first
-        with blob.transaction():  # every row or none
+            _refuse_rows(target, src, length)  # again, under the lock: a writer may have been first
+        with target.transaction():  # every row or none
             if if_exists == "replace":
-                blob.truncate(0)
-            for start, stop in spans(source.length, source.row_bytes):
-                blob.write(source.read(start, stop))
+                target.truncate(0)
+            for start, stop in spans(length, row_bytes):
+                target.write(piece(start, stop))
                 if progress is not None:
-                    progress(stop, source.length)
+                    progress(stop, length)
         committed = True
     finally:
-        blob.close()
+        target.close()
         if not committed and created:  # created by this call: do not leave it behind
             with contextlib.suppress(Exception):
-                TensorBlob.unlink(dst, missing_ok=True, timeout=0)
+                type(target).unlink(dst, missing_ok=True, timeout=0)
 
 
-def _refuse_rows(blob: TensorBlob, source: Source) -> None:
-    if len(blob):
+def _refuse_rows(target: Any, src: str, length: int) -> None:
+    if len(target):
         raise DestinationExistsError(
-            f"blob {blob.path!r} already holds {len(blob)} rows; pass if_exists='replace' "
+            f"{target.path!r} already holds {len(target)} rows; pass if_exists='replace' "
             "(--replace) or 'append' (--append) to import "
-            f"{source.length} rows from {source.path!r} into it"
+            f"{length} rows from {src!r} into it"
         )

@@ -23,16 +23,16 @@ def encode_manifest(
     sums: list[list[int]] | None = None,
 ) -> bytes:
     """The manifest of ``state`` (F3), as generation ``gen`` (default: its own), with
-    the checksums ``sums`` (``[[bid, rows, crc], ...]``) in place of the state's."""
+    the checksums ``sums`` (``[[bid, rows, crc, ...], ...]``) in place of the state's."""
     have = state.sums
     if sums:
-        have = {**have, **{b: (r, c) for b, r, c in sums}}
-    full: list[int | None] = []
+        have = {**have, **{e[0]: (e[1], tuple(e[2:])) for e in sums}}
+    full: list[int | list[int] | None] = []
     part: list[list[int] | None] = []
     for b in state.blocks:
-        rows, crc = have.get(b, (0, None))
-        full.append(crc if rows == block_size else None)
-        part.append([rows, crc] if crc is not None and rows < block_size else None)
+        rows, crcs = have.get(b, (0, None))
+        full.append(_records.pack_crcs(crcs) if crcs is not None and rows == block_size else None)
+        part.append([rows, *crcs] if crcs is not None and rows < block_size else None)
     body = {
         "uuid": state.uuid,
         "gen": state.gen if gen is None else gen,
@@ -47,7 +47,8 @@ def encode_manifest(
     return _format.encode_file(_format.MAGIC_MANIFEST, body)
 
 
-def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
+def read_manifest(root: str, uuid: bytes, block_size: int, arity: int = 1) -> State:
+    """The manifest's State; ``arity``: the blob's number of fields (crcs per checksum)."""
     path = os.path.join(root, MANIFEST)
     what = f"manifest {path!r}"
     try:
@@ -73,13 +74,16 @@ def read_manifest(root: str, uuid: bytes, block_size: int) -> State:
         body["next_id"],
         seq,
         dict.fromkeys(body["free"], seq),
+        arity=arity,
     )
     for b, c in zip(body["blocks"], body.get("crc", []), strict=False):
         if c is not None:
-            st.sums[b] = (block_size, c)
+            st.sums[b] = (block_size, _records.unpack_crcs(c))
     for b, p in zip(body["blocks"], body.get("psum", []), strict=False):
         if p is not None:
-            st.sums[b] = (p[0], p[1])
+            st.sums[b] = (p[0], tuple(p[1:]))
+    if any(len(crcs) != arity for _, crcs in st.sums.values()):
+        _records.corrupt(what, f"a checksum has not {arity} crc(s), one per field", "schema")
     st.validate(block_size, what)
     for b, p in zip(body["blocks"], body.get("psum", []), strict=False):
         if p is not None and p[0] > st.hwm[b]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _format, _records
-from .errors import InvalidArgumentError, NotABlobError
+from .errors import BlobTypeError, InvalidArgumentError, NotABlobError
 
 META = "meta"
 
@@ -78,9 +78,7 @@ def parse_dtype(dtype: object) -> str:
     if _is_torch_dtype(dtype):
         return str(dtype).removeprefix("torch.")
     if not isinstance(dtype, str):
-        raise InvalidArgumentError(
-            f"dtype must be a str or torch.dtype, got {type(dtype).__name__}"
-        )
+        raise BlobTypeError(f"dtype must be str or torch.dtype, got {type(dtype).__name__}")
     name = dtype.removeprefix("torch.")
     name = _ALIASES.get(name, name)
     if name in ITEMSIZE:
@@ -123,16 +121,46 @@ def parse_shape(shape: object) -> tuple[int, ...]:
     return tuple(shape)
 
 
+# A TensorDB's field names: what a user would call a column (F2). Not a path
+# component, but kept safe to be one (export writes one file per field).
+MAX_FIELD_NAME = 255
+# Each field's rows start at a multiple of this many bytes in a block file
+# (F8): aligned for every dtype, and a field never shares a cache line.
+FIELD_ALIGN = 64
+
+
+def check_field_name(name: object) -> str:
+    """A valid field name, else InvalidArgumentError (or BlobTypeError if not a str)."""
+    if not isinstance(name, str):
+        raise BlobTypeError(f"a field name must be a str, got {type(name).__name__}")
+    if (
+        not name
+        or len(name) > MAX_FIELD_NAME
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or not name.isprintable()
+    ):
+        raise InvalidArgumentError(
+            f"Invalid field name: {name!r}: 1 to {MAX_FIELD_NAME} printable characters, "
+            "no '/' or '\\', not starting with '.'"
+        )
+    return name
+
+
 @dataclass(frozen=True)
-class Meta:
-    uuid: bytes
+class Field:
+    """One field of a row: its name (``""`` for a blob's), element type, shape, and where
+    its rows start in a block file (``offset``, in bytes)."""
+
+    name: str
     dtype_name: str  # canonical torch name: "float32"
     shape: tuple[int, ...]
-    block_size: int
+    offset: int = 0
 
     @functools.cached_property
     def dtype(self) -> Any:
-        """The ``torch.dtype`` of the rows (imports torch)."""
+        """The ``torch.dtype`` of the field (imports torch)."""
         return torch_dtype(self.dtype_name)
 
     @functools.cached_property
@@ -146,14 +174,90 @@ class Meta:
     def row_bytes(self) -> int:
         return self.row_numel * itemsize(self.dtype_name)
 
+
+def layout(specs: list[tuple[str, str, tuple[int, ...]]], block_size: int) -> tuple[Field, ...]:
+    """The fields ``(name, dtype name, shape)`` placed in a block file of ``block_size`` rows
+    (F8): one after the other, each at the next multiple of FIELD_ALIGN."""
+    fields, at = [], 0
+    for name, dtype, shape in specs:
+        f = Field(name, dtype, shape, at)
+        fields.append(f)
+        at = -(-(at + block_size * f.row_bytes) // FIELD_ALIGN) * FIELD_ALIGN
+    return tuple(fields)
+
+
+@dataclass(frozen=True)
+class Meta:
+    """A blob's identity and row layout. A ``TensorBlob`` has one field (named ``""``);
+    a ``TensorDB`` (``db``) has its schema's, in order."""
+
+    uuid: bytes
+    fields: tuple[Field, ...]
+    block_size: int
+    db: bool = False
+
+    @classmethod
+    def blob(cls, uuid: bytes, dtype_name: str, shape: tuple[int, ...], block_size: int) -> Meta:
+        return cls(uuid, layout([("", dtype_name, shape)], block_size), block_size)
+
+    @classmethod
+    def database(
+        cls, uuid: bytes, specs: list[tuple[str, str, tuple[int, ...]]], block_size: int
+    ) -> Meta:
+        return cls(uuid, layout(specs, block_size), block_size, db=True)
+
+    # The one field of a blob (for a TensorDB: its first).
+    @property
+    def dtype_name(self) -> str:
+        return self.fields[0].dtype_name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.fields[0].shape
+
+    @property
+    def dtype(self) -> Any:
+        """The ``torch.dtype`` of a blob's rows (imports torch)."""
+        return self.fields[0].dtype
+
+    @property
+    def row_numel(self) -> int:
+        return self.fields[0].row_numel
+
+    @functools.cached_property
+    def row_bytes(self) -> int:
+        """Bytes of one row, all fields together."""
+        return sum(f.row_bytes for f in self.fields)
+
+    @functools.cached_property
+    def block_bytes(self) -> int:
+        """The size of every block file."""
+        last = self.fields[-1]
+        return last.offset + self.block_size * last.row_bytes
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    @property
+    def kind(self) -> str:
+        return "TensorDB" if self.db else "TensorBlob"
+
     def encode(self) -> bytes:
+        if not self.db:
+            body = {
+                "uuid": self.uuid,
+                "dtype": self.dtype_name,
+                "shape": list(self.shape),
+                "block_size": self.block_size,
+            }
+            return _format.encode_file(_format.MAGIC_META, body)
         body = {
             "uuid": self.uuid,
-            "dtype": self.dtype_name,
-            "shape": list(self.shape),
+            "fields": [[f.name, f.dtype_name, list(f.shape)] for f in self.fields],
             "block_size": self.block_size,
         }
-        return _format.encode_file(_format.MAGIC_META, body)
+        return _format.encode_file(_format.MAGIC_META, body, _format.DB_VERSION)
 
 
 def read_meta(root: str) -> Meta:
@@ -169,8 +273,15 @@ def read_meta(root: str) -> Meta:
     body = _format.decode_file(_format.MAGIC_META, data, what)
     _records.check_meta(body, what)
     try:
-        name = parse_dtype(body["dtype"])
-        shape = parse_shape(body["shape"])
-    except InvalidArgumentError as exc:
+        if "fields" not in body:
+            name = parse_dtype(body["dtype"])
+            shape = parse_shape(body["shape"])
+            return Meta.blob(body["uuid"], name, shape, body["block_size"])
+        specs = [
+            (check_field_name(n), parse_dtype(d), parse_shape(s)) for n, d, s in body["fields"]
+        ]
+    except (InvalidArgumentError, BlobTypeError) as exc:
         _records.corrupt(what, str(exc), "schema")
-    return Meta(body["uuid"], name, shape, body["block_size"])
+    if len({n for n, _, _ in specs}) != len(specs):
+        _records.corrupt(what, "two fields have the same name", "schema")
+    return Meta.database(body["uuid"], specs, body["block_size"])

@@ -91,11 +91,23 @@ def require(cond: bool, what: str, detail: str, reason: str = "schema") -> None:
 
 
 def check_meta(m: dict[str, Any], what: str) -> None:
+    """A blob's meta (``dtype``, ``shape``) or a TensorDB's (``fields``), F2."""
     require(isinstance(m.get("uuid"), bytes) and len(m["uuid"]) == 16, what, "bad uuid")
-    require(isinstance(m.get("dtype"), str), what, "bad dtype")
-    shape = m.get("shape")
-    require(isinstance(shape, list) and all(_is_int(d) for d in shape), what, "bad shape")
     require(_is_int(m.get("block_size")) and m["block_size"] > 0, what, "bad block_size")
+    if "fields" in m:
+        fields = m["fields"]
+        require(type(fields) is list and len(fields) > 0, what, "bad fields")
+        for f in fields:
+            require(type(f) is list and len(f) == 3, what, "bad field")
+            require(isinstance(f[0], str) and isinstance(f[1], str), what, "bad field")
+            require(_shape(f[2]), what, "bad field shape")
+        return
+    require(isinstance(m.get("dtype"), str), what, "bad dtype")
+    require(_shape(m.get("shape")), what, "bad shape")
+
+
+def _shape(shape: Any) -> bool:
+    return isinstance(shape, list) and all(_is_int(d) for d in shape)
 
 
 def check_manifest(m: dict[str, Any], what: str) -> None:
@@ -116,8 +128,10 @@ def check_manifest(m: dict[str, Any], what: str) -> None:
 def _opt_crcs(x: Any, n: int) -> bool:
     if type(x) is not list or len(x) != n:
         return False
-    for c in x:  # noqa: SIM110 - a plain loop, as _ints
-        if c is not None and (type(c) is not int or not 0 <= c < 1 << 32):
+    for c in x:
+        if c is None or (type(c) is int and 0 <= c < 1 << 32):
+            continue
+        if type(c) is not list or not c or not _crcs(c):
             return False
     return True
 
@@ -132,7 +146,24 @@ def _opt_sums(x: Any, n: int) -> bool:
 
 
 def _sum(p: Any) -> bool:
-    return type(p) is list and len(p) == 2 and _is_int(p[0]) and _is_int(p[1]) and p[1] < 1 << 32
+    return type(p) is list and len(p) >= 2 and _is_int(p[0]) and _crcs(p[1:])
+
+
+def _crcs(x: Any) -> bool:
+    for c in x:  # noqa: SIM110 - a plain loop, as _ints
+        if type(c) is not int or not 0 <= c < 1 << 32:
+            return False
+    return True
+
+
+def pack_crcs(crcs: tuple[int, ...]) -> int | list[int]:
+    """A manifest's ``crc`` entry for the crcs of a full block: one int for one field
+    (as before TensorDB), else a list (F3)."""
+    return crcs[0] if len(crcs) == 1 else list(crcs)
+
+
+def unpack_crcs(entry: int | list[int]) -> tuple[int, ...]:
+    return (entry,) if type(entry) is int else tuple(entry)
 
 
 def check_journal_header(h: dict[str, Any], what: str) -> None:
@@ -185,7 +216,8 @@ def check_record(r: dict[str, Any], what: str) -> None:
 
 
 def check_sums(r: dict[str, Any], what: str) -> None:
-    """The optional checksums ``cs`` of a durable marker: ``[[bid, rows, crc], ...]`` (F6)."""
+    """The optional checksums ``cs`` of a durable marker: ``[[bid, rows, crc, ...], ...]``,
+    one crc per field (F6)."""
     cs = r.get("cs")
     if cs is not None:
         require(_triples(cs), what, f"record q={r['q']}: bad checksums")
@@ -195,13 +227,14 @@ def _triples(x: Any) -> bool:
     if type(x) is not list:
         return False
     for e in x:  # a plain loop: this runs for every block of a close record at every open
-        if type(e) is not list or len(e) != 3:
+        if type(e) is not list or len(e) < 3:
             return False
-        a, b, c = e
-        if type(a) is not int or type(b) is not int or type(c) is not int:
+        a, b = e[0], e[1]
+        if type(a) is not int or type(b) is not int or a < 0 or b < 0:
             return False
-        if a < 0 or b < 0 or not 0 <= c < 1 << 32:
-            return False
+        for c in e[2:]:
+            if type(c) is not int or not 0 <= c < 1 << 32:
+                return False
     return True
 
 

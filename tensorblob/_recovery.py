@@ -34,7 +34,8 @@ def new_sums(
     rows_after: dict[int, int] | None = None,
 ) -> list[list[int]]:
     """The checksums that cover the committed rows of the live blocks in ``bids`` (F3),
-    as a record's ``cs``: ``[[bid, rows, crc], ...]``, for the blocks whose rows grew.
+    as a record's ``cs``: ``[[bid, rows, crc, ...], ...]`` (a crc per field), for the
+    blocks whose rows grew.
 
     A block's checksum covers its first ``rows`` rows; rows below the
     high-water mark (``rows_after[bid]``, by default the state's) never
@@ -49,9 +50,9 @@ def new_sums(
         h = hwm.get(bid) if rows_after is None else rows_after.get(bid, hwm.get(bid))
         if h is None:  # freed since it was written
             continue
-        rows, crc = sums.get(bid, (0, 0))
+        rows, crcs = sums.get(bid, (0, None))
         if h > rows:
-            out.append([bid, h, blocks.crc(bid, rows, h, crc)])
+            out.append([bid, h, *blocks.crc(bid, rows, h, crcs)])
     return out
 
 
@@ -98,7 +99,7 @@ def verify_checksums(state: State, blocks: BlockFiles) -> tuple[int, list[int]]:
     damaged = []
     for b in have:
         rows, want = state.sums[b]
-        if sum_mismatch(b, 0, rows, blocks.crc(b, 0, rows), want):
+        if sum_mismatch(blocks.meta, b, 0, rows, blocks.crc(b, 0, rows), want):
             damaged.append(b)
     return len(have), damaged
 

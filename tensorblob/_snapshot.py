@@ -76,7 +76,7 @@ def _gen(m: Any) -> int:
 def load(root: str, meta: Meta) -> Loaded:
     """Read the newest committed snapshot (F9), as a reader does: changes nothing."""
     state, journal = consistent_read(
-        lambda: read_manifest(root, meta.uuid, meta.block_size),
+        lambda: read_manifest(root, meta.uuid, meta.block_size, len(meta.fields)),
         lambda: read_journal(root, meta.uuid),
     )
     if journal.gen < state.gen:  # checkpoint between manifest and journal renames

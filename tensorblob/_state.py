@@ -35,11 +35,12 @@ class State:
     seq: int = 0
     freed_at: dict[int, int] = field(default_factory=dict)
     born: dict[int, int] = field(default_factory=dict)
-    # Checksums (F3, F6): block id -> (rows, crc32 of the block's first
-    # ``rows`` rows). Rows below a block's high-water mark never change, so a
-    # checksum stays valid for the block's whole life; it is extended as the
-    # block grows, each time its new rows become durable.
-    sums: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Checksums (F3, F6): block id -> (rows, the crc32 of each field's first
+    # ``rows`` rows in the block). Rows below a block's high-water mark never
+    # change, so a checksum stays valid for the block's whole life; it is
+    # extended as the block grows, each time its new rows become durable.
+    sums: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    arity: int = 1  # crcs per checksum: the number of fields
 
     def append_delta(self, n: int, block_size: int) -> dict[str, Any] | None:
         """The commit delta an append record growing this state to ``n`` rows stands for."""
@@ -154,14 +155,17 @@ class State:
         return rec["w"]
 
     def apply_sums(self, sums: list[list[int]], what: str) -> None:
-        """Record the checksums ``[[bid, rows, crc], ...]`` of a durable marker (F6)."""
-        hwm, mine = self.hwm, self.sums
-        for bid, rows, crc in sums:  # check_sums has checked the types and ranges
+        """Record the checksums ``[[bid, rows, crc, ...], ...]`` of a durable marker (F6):
+        one crc per field."""
+        hwm, mine, width = self.hwm, self.sums, 2 + self.arity
+        for e in sums:  # check_sums has checked the types and ranges
+            bid, rows = e[0], e[1]
             if rows > hwm.get(bid, -1):
                 _records.corrupt(
                     what, f"checksum of block {bid} over {rows} rows does not fit", "does-not-fit"
                 )
-            mine[bid] = (rows, crc)
+            _records.require(len(e) == width, what, f"checksum of block {bid}: not {width} ints")
+            mine[bid] = (rows, tuple(e[2:]))
 
     def validate(self, block_size: int, what: str) -> None:
         need = -(-self.length // block_size)

@@ -8,20 +8,32 @@ through the same three methods. An ``OSError`` of the library's own disk
 work becomes a ``BlobOSError`` naming the blob (``_os_errors``); the user's
 own code inside ``transaction()`` is never wrapped.
 
-Uses the handle's ``_path``, ``_pos``, ``_engine`` and ``_check_writable``.
+The mutations every front end shares are here too: writing rows (``_put``,
+and ``_put_fast``, the engine's fast path), ``truncate`` and ``_extend``. A
+front end checks its own arguments and says what a row is (``_as_list``:
+its rows as one tensor per field).
+
+Uses the handle's ``_path``, ``_pos``, ``_state``, ``_append``, ``_meta``,
+``_blocks``, ``_engine``, ``_check_writable`` and ``_take``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import BlobClosedError, TensorBlobError, from_os_error
+from ._args import as_int
+from .errors import BlobClosedError, InvalidArgumentError, TensorBlobError, from_os_error
 
 if TYPE_CHECKING:
     from typing import Self
 
+    import torch
+
+    from ._blocks import BlockStore
+    from ._meta import Meta
+    from ._state import State
     from ._txn import Engine
 
 
@@ -34,9 +46,18 @@ class Transactions:
     _doomed: bool = False
     _saved_pos: int = 0
     _engine: Engine | None
+    _state: State
+    _append: bool
+    _meta: Meta
+    _blocks: BlockStore
 
     _check_writable: Callable[[], Engine]  # the handle's (Handle)
     _abandon: Callable[[], None]
+    _take: Callable[[Any], Any]
+
+    def _as_list(self, rows: Any) -> list[torch.Tensor]:
+        """Rows as the front end reads them (``_take``), as one tensor per field."""
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Self]:
@@ -136,3 +157,92 @@ class Transactions:
                 return
             with self.transaction():
                 yield engine
+
+    # -- the mutations every front end shares ----------------------------------
+
+    def _put_fast(self, engine: Engine, srcs: tuple[int, ...], n: int) -> bool:
+        """Write ``n`` rows from the addresses ``srcs`` (one per field: contiguous, CPU, of the
+        field's dtype) at the cursor by the engine's fast path; False if it does not apply."""
+        pos = None if self._append else self._pos
+        try:
+            end = engine.fast_write(srcs, n, pos, commit=not self._depth)
+        except BaseException:
+            if engine.broken:
+                self._abandon()
+            raise
+        if end < 0:
+            return False
+        self._pos = end
+        return True
+
+    def _put(self, engine: Engine, rows: list[torch.Tensor]) -> int:
+        """Write ``rows`` (one checked tensor per field) at the cursor; return how many.
+
+        The hot path of every collector: the same steps as ``_mutation``,
+        without the cost of two generator context managers.
+        """
+        n = rows[0].shape[0]
+        if n == 0:
+            return 0
+        outer = self._depth == 0
+        if outer:
+            self._begin(engine)
+        try:
+            pos = self._state.length if self._append else self._pos
+            engine.write(pos, rows)
+        except BaseException:
+            if outer:
+                self._rollback()
+            else:
+                self._doomed = True
+            raise
+        self._pos = pos + n
+        if outer:
+            self._commit(engine)
+        return n
+
+    def truncate(self, pos: int | None = None) -> int:
+        """Cut to ``pos`` rows (default: the cursor); return the new length.
+
+        One transaction (or part of the open one). A ``pos`` at or past the end
+        changes nothing. The cursor is kept unless it lies past the new end, where
+        it moves to the end. The cut rows' disk space is freed once the truncation
+        is durable and no reader's snapshot needs it.
+
+        Raises:
+            InvalidArgumentError: ``pos`` is negative.
+            BlobTypeError: ``pos`` is not an int.
+            UnsupportedOperationError: not open for writing.
+            BlobClosedError: closed.
+            BlobIOError: a commit step failed; the handle closed itself.
+        """
+        engine = self._check_writable()
+        pos = self._pos if pos is None else as_int(pos, "truncate(pos)")
+        if pos < 0:
+            raise InvalidArgumentError(f"truncate({pos}): the size must be non-negative")
+        if pos < self._state.length:
+            with self._mutation("truncating"):
+                engine.truncate(pos)
+                self._pos = min(self._pos, pos)
+        return self._state.length
+
+    def _extend(self, engine: Engine, other: Any, maintain_order: bool) -> int:
+        """Append every row of ``other`` (an open handle whose rows the caller has checked
+        fit) as one transaction; return how many. See ``TensorBlob.extend``."""
+        total = len(other)
+        if total == 0:
+            self._pos = self._state.length
+            return 0
+        B = self._meta.block_size
+        same = other._meta.fields == self._meta.fields and other._meta.block_size == B
+        with self._mutation("extending"):
+            if not maintain_order and same and total >= B:
+                nfull = total // B
+                sources = [other._blocks.path(b) for b in other._state.blocks[:nfull]]
+                engine.append_blocks(sources, self._as_list(other._take((nfull * B, total))))
+            else:
+                for start in range(0, total, B):
+                    rows = self._as_list(other._take((start, min(start + B, total))))
+                    engine.write(self._state.length, rows)
+            self._pos = self._state.length
+        return total

@@ -51,11 +51,12 @@ class Transfer:
     blob: str
     file: str
     format: str
-    dtype: torch.dtype
+    dtype: torch.dtype | None  # None for a TensorDB
     shape: tuple[int, ...]
     rows: int
     nbytes: int
     seconds: float
+    fields: tuple[str, ...] = ()  # a TensorDB's
 
 
 def abspath(path: object, what: str) -> str:

@@ -85,6 +85,7 @@ class Engine(WriteWindow, DurablePoints):
         self.probe = _locking.ReaderProbe(root)
         self.broken: str | None = None  # why the handle was given up, if it was
         self.row_bytes = meta.row_bytes
+        self.lanes = tuple((f.offset, f.row_bytes) for f in meta.fields)
         self.marks = Marks(
             last_closed=last_closed,
             base=base,
@@ -122,9 +123,9 @@ class Engine(WriteWindow, DurablePoints):
 
     # -- the fast paths ---------------------------------------------------
 
-    def fast_write(self, src: int, n: int, pos: int | None, *, commit: bool) -> int:
-        """Write ``n`` rows from address ``src`` at row ``pos`` (None: at the end), the fast
-        way; return the row after them, or -1 having done nothing.
+    def fast_write(self, srcs: tuple[int, ...], n: int, pos: int | None, *, commit: bool) -> int:
+        """Write ``n`` rows from the addresses ``srcs`` (one per field) at row ``pos`` (None:
+        at the end), the fast way; return the row after them, or -1 having done nothing.
 
         The fast way applies when the rows fall in the write window. With
         ``commit`` (no transaction is open) they append at the end as one
@@ -134,13 +135,14 @@ class Engine(WriteWindow, DurablePoints):
         if pos is None:
             pos = self.state.length
         if commit:
-            ok = pos == self.state.length and self.put_commit(src, n)
+            ok = pos == self.state.length and self.put_commit(srcs, n)
         else:
-            ok = self.put(pos, src, n)
+            ok = self.put(pos, srcs, n)
         return pos + n if ok else -1
 
-    def put(self, pos: int, src: int, n: int) -> bool:
-        """Copy ``n`` rows from address ``src`` to row ``pos``, inside the open transaction.
+    def put(self, pos: int, srcs: tuple[int, ...], n: int) -> bool:
+        """Copy ``n`` rows from the addresses ``srcs`` to row ``pos``, inside the open
+        transaction.
 
         Only if they fall in the write window; returns False (and does
         nothing) otherwise, and the caller takes the general path.
@@ -150,7 +152,7 @@ class Engine(WriteWindow, DurablePoints):
         st = self.state
         if pos > st.length:
             return False
-        self._copy_in(pos, src, n)
+        self._copy_in(pos, srcs, n)
         if pos + n > st.length:  # noqa: PLR1730 - an if is cheaper than max() here
             st.length = pos + n
         if not self.w_marked:
@@ -161,8 +163,8 @@ class Engine(WriteWindow, DurablePoints):
             self.w_marked = True
         return True
 
-    def put_commit(self, src: int, n: int) -> bool:
-        """Append ``n`` rows from address ``src`` as one committed transaction.
+    def put_commit(self, srcs: tuple[int, ...], n: int) -> bool:
+        """Append ``n`` rows from the addresses ``srcs`` as one committed transaction.
 
         The common case of a collector: the rows fit the last block past its
         high-water mark, so the transaction is the rows plus one append record
@@ -177,7 +179,7 @@ class Engine(WriteWindow, DurablePoints):
         if self.past_bound():
             return False  # the general path rotates or checkpoints first (see begin)
         j = self.journal
-        self._copy_in(pos, src, n)
+        self._copy_in(pos, srcs, n)
         end = pos + n
         try:
             j.append_rows(end, sync_room(len(m.dirty) + 1))
@@ -363,12 +365,13 @@ class Engine(WriteWindow, DurablePoints):
         t.changed.add(slot)
         return new
 
-    def write(self, pos: int, rows: torch.Tensor) -> None:
-        """Write ``rows`` (contiguous, CPU, right dtype) at row ``pos <= length``."""
+    def write(self, pos: int, rows: list[torch.Tensor]) -> None:
+        """Write ``rows`` (one tensor per field, each contiguous, CPU, of the field's dtype,
+        all of the same length) at row ``pos <= length``."""
         t, st = self.txn, self.state
         assert t is not None
         B = self.meta.block_size
-        n = rows.shape[0]
+        n = rows[0].shape[0]
         done = 0
         self.w_lo = self.w_hi = 0  # the window is set again below
         while done < n:
@@ -377,9 +380,9 @@ class Engine(WriteWindow, DurablePoints):
             k = min(B - off, n - done)
             bid = self._slot_for_write(slot, off)
             t.touched.add(bid)
-            src = rows if k == n else rows[done : done + k]
             self._set_window(slot, bid, bid in t.private)
-            self._store(off, src.data_ptr(), k)
+            lanes = zip(rows, self.lanes, strict=True)
+            self._store(off, tuple(r.data_ptr() + done * rb for r, (_, rb) in lanes), k)
             done += k
             st.length = max(st.length, pos + done)
 
@@ -395,7 +398,7 @@ class Engine(WriteWindow, DurablePoints):
             del st.blocks[k:]
         st.length = min(st.length, length)
 
-    def append_blocks(self, sources: list[str], tail: torch.Tensor) -> None:
+    def append_blocks(self, sources: list[str], tail: list[torch.Tensor]) -> None:
         """Append whole foreign block files, then ``tail`` rows (extend without order).
 
         The blob's own partial last block, if any, moves after the copied
@@ -428,7 +431,7 @@ class Engine(WriteWindow, DurablePoints):
             t.changed.add(len(st.blocks))
             st.blocks.append(tail_bid)
             st.length += rem
-        if tail.shape[0]:
+        if tail[0].shape[0]:
             self.write(st.length, tail)
 
     def close(self) -> None:

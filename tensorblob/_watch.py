@@ -31,9 +31,7 @@ import select
 import struct
 import time
 from collections.abc import Iterator
-from typing import Protocol
-
-import torch
+from typing import Any, Protocol
 
 from . import _snapshot
 from ._journal import JOURNAL
@@ -51,18 +49,17 @@ from .errors import (
 
 
 class Followed(Protocol):
-    """What waiting and following need of a reader (a ``TensorBlob``, or another front end)."""
+    """What waiting and following need of a reader (a ``TensorBlob`` or a ``TensorDB``)."""
 
     path: str
     mode: str
     closed: bool
-    dtype: torch.dtype
-    shape: tuple[int, ...]
 
     def refresh(self) -> int: ...
     def tell(self) -> int: ...
     def seek(self, pos: int) -> int: ...
-    def read(self, size: int | None = None) -> torch.Tensor: ...
+    def read(self, size: int | None = None) -> Any: ...
+    def _unbatch(self, batch: Any) -> Any: ...
 
 
 _IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO = 0x2, 0x8, 0x80
@@ -231,7 +228,7 @@ def wait_for(blob: Followed, n: int, timeout: float | None = None) -> int:
 
 def follow(
     blob: Followed, batch: int | None, timeout: float | None, until_closed: bool
-) -> Iterator[torch.Tensor]:
+) -> Iterator[Any]:
     """The logic of ``TensorBlob.follow`` (see there); checks its arguments at once."""
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)):
         raise BlobTypeError(f"follow(batch=) must be an int or None, got {type(batch).__name__}")
@@ -244,11 +241,10 @@ def follow(
 
 def _follow(
     blob: Followed, batch: int | None, limit: float | None, until_closed: bool
-) -> Iterator[torch.Tensor]:
+) -> Iterator[Any]:
     root = blob.path
     meta = read_meta(root)
-    row_bytes = blob.dtype.itemsize * math.prod(blob.shape)
-    step = batch or max(1, _ROW_CHUNK_BYTES // max(1, row_bytes))
+    step = batch or max(1, _ROW_CHUNK_BYTES // meta.row_bytes)
     with Watcher(root) as watcher:
         idle_since = time.monotonic()
         while True:
@@ -260,9 +256,9 @@ def _follow(
                     if batch:
                         yield rows
                         continue
-                    for i in range(rows.shape[0]):
+                    for i, row in enumerate(blob._unbatch(rows)):
                         blob.seek(start + i + 1)  # the cursor is just past each row yielded
-                        yield rows[i]
+                        yield row
                 idle_since = time.monotonic()
                 continue
             wait = None

@@ -12,7 +12,12 @@ alive by ``w_bytes`` even if the block cache evicts it. An empty range
 the mapping, the page gets its disk space (``_make_ready``), so that a full
 disk is an error, not a SIGBUS.
 
-Uses the engine's ``meta``, ``state``, ``blocks`` and ``row_bytes``.
+A row is one row of each field (a blob has one field): every copy takes one
+source address per field, and field ``f``'s rows go to its own stretch of
+the block file, at ``offset + row * row_bytes`` (``lanes[f]``). The disk
+space ahead of the rows is tracked per field.
+
+Uses the engine's ``meta``, ``state``, ``blocks`` and ``lanes``.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class WriteWindow:
     meta: Meta
     state: State
     blocks: BlockStore
-    row_bytes: int
+    lanes: tuple[tuple[int, int], ...]  # (offset, row bytes) of each field
     w_fd: int
     w_bid: int
     w_bytes: np.ndarray | None
@@ -71,10 +76,12 @@ class WriteWindow:
         self.w_bytes = None
         self.w_path = ""
         self.w_marked = False  # the open transaction has recorded its use of the window
-        self.w_ready = 0  # bytes of the block below this offset have disk space
-        self.w_chunk = PREFILL_MIN  # bytes the next prefill zeroes
-        self.w_taken = 0  # bytes reserved before the first prefill
-        self.w_flushed = 0  # writeback was started for the bytes below this offset
+        # Per field: its bytes below this offset have disk space
+        self.w_ready = [off for off, _ in self.lanes]
+        self.w_chunk = [PREFILL_MIN] * len(self.lanes)  # bytes the next prefill zeroes
+        self.w_taken = [0] * len(self.lanes)  # bytes reserved before the first prefill
+        # writeback was started for the bytes below this offset
+        self.w_flushed = [off & ~4095 for off, _ in self.lanes]
 
     def _set_window(self, slot: int, bid: int, private: bool) -> None:
         if bid != self.w_bid:
@@ -105,13 +112,14 @@ class WriteWindow:
     def _map_window(self) -> int:
         # The uint8 array view of the mapping, not the tensor: torch asserts if
         # a garbage collection clears a tensor that another object shares.
-        self.w_bytes = self.blocks.get_bytes(self.w_bid)
+        self.w_bytes = self.blocks.whole(self.w_bid)
         _blocks.advise(self.w_bytes, _blocks.MADV_RANDOM)  # until the window leaves the block
         self.w_addr = self.w_bytes.ctypes.data
         return self.w_addr
 
-    def _make_ready(self, need: int) -> None:
-        """Give the window block disk space from the end of its rows to at least byte ``need``.
+    def _make_ready(self, f: int, need: int) -> None:
+        """Give field ``f`` of the window block disk space from the end of its rows to at
+        least byte ``need`` of the file.
 
         Rows are stored into a block through a shared mapping, and a store
         into a page of a full disk that has no space yet is a SIGBUS, not an
@@ -126,22 +134,24 @@ class WriteWindow:
         PREFILL_MAX, which also fills the page cache in bulk. Only bytes past
         the blob's length are touched, and the callers have checked that the
         window (which starts at or past the block's high-water mark) holds that
-        length, so no row that this transaction or any reader can see changes.
+        length, so no row that this transaction or any reader can see changes;
+        nor does another field's byte.
         """
-        done = (self.state.length - self.w_base) * self.row_bytes
+        off, rb = self.lanes[f]
+        done = off + (self.state.length - self.w_base) * rb
         if need <= done:  # rows written already: they have their space
-            self.w_ready = max(self.w_ready, done)
+            self.w_ready[f] = max(self.w_ready[f], done)
             return
-        start = max(self.w_ready, done)
-        end = self.meta.block_size * self.row_bytes
+        start = max(self.w_ready[f], done)
+        end = off + self.meta.block_size * rb
         exact = min(-(-need // 4096) * 4096, end)  # the pages these rows need
-        if self.w_taken < PREFILL_AFTER:  # see PREFILL_AFTER
+        if self.w_taken[f] < PREFILL_AFTER:  # see PREFILL_AFTER
             stop = exact
-            self.w_taken += stop - start
+            self.w_taken[f] += stop - start
         else:
-            P = self.w_chunk
+            P = self.w_chunk[f]
             stop = min((max(need, start + P) + P - 1) // P * P, end)
-            self.w_chunk = min(2 * P, PREFILL_MAX)
+            self.w_chunk[f] = min(2 * P, PREFILL_MAX)
         try:
             _durable.prefill(self.w_fd, start, stop - start, self.w_path)
         except OSError as exc:
@@ -151,32 +161,39 @@ class WriteWindow:
             # collector can use the last of the space.
             stop = exact
             _durable.prefill(self.w_fd, start, stop - start, self.w_path)
-        self.w_ready = stop
-        if self.w_taken >= PREFILL_AFTER:
+        self.w_ready[f] = stop
+        if self.w_taken[f] >= PREFILL_AFTER:
             # The whole pages below the rows written so far will not be written
             # again by appends: start their writeback now, so that the next
             # durable point or checkpoint finds them on disk already.
             done &= ~4095
-            if done > self.w_flushed:
-                _durable.start_writeback(self.w_fd, self.w_flushed, done - self.w_flushed)
-                self.w_flushed = done
+            flushed = self.w_flushed[f]
+            if done > flushed:
+                _durable.start_writeback(self.w_fd, flushed, done - flushed)
+                self.w_flushed[f] = done
 
-    def _copy_in(self, pos: int, src: int, n: int) -> None:
-        """Copy ``n`` rows from address ``src`` to row ``pos`` of the window's block."""
-        rb = self.row_bytes
-        off = (pos - self.w_base) * rb
-        if off + n * rb > self.w_ready:
-            self._make_ready(off + n * rb)
+    def _copy_in(self, pos: int, srcs: tuple[int, ...], n: int) -> None:
+        """Copy ``n`` rows from the addresses ``srcs`` (one per field) to row ``pos`` of the
+        window's block."""
+        row = pos - self.w_base
         addr = self.w_addr or self._map_window()
-        _durable.store_mapped(addr + off, src, n * rb, off, self.w_path)
+        ready = self.w_ready
+        for f, (off, rb) in enumerate(self.lanes):
+            at = off + row * rb
+            if at + n * rb > ready[f]:
+                self._make_ready(f, at + n * rb)
+            _durable.store_mapped(addr + at, srcs[f], n * rb, at, self.w_path)
 
-    def _store(self, off: int, src: int, k: int) -> None:
-        """Write ``k`` rows from address ``src`` at row ``off`` of the window's block: through
-        the mapping if it exists and the rows are few, else by ``pwrite``."""
-        rb = self.row_bytes
-        if self.w_addr and k * rb <= PWRITE_BYTES:  # mapped already: no system call
-            if (off + k) * rb > self.w_ready:
-                self._make_ready((off + k) * rb)
-            _durable.store_mapped(self.w_addr + off * rb, src, k * rb, off * rb, self.w_path)
-        else:  # see PWRITE_BYTES
-            _durable.store(self.w_fd, src, k * rb, off * rb, self.w_path)
+    def _store(self, row: int, srcs: tuple[int, ...], k: int) -> None:
+        """Write ``k`` rows from the addresses ``srcs`` (one per field) at row ``row`` of the
+        window's block: through the mapping if it exists and the rows are few, else by
+        ``pwrite``."""
+        mapped = self.w_addr and k * self.meta.row_bytes <= PWRITE_BYTES  # see PWRITE_BYTES
+        for f, (off, rb) in enumerate(self.lanes):
+            at = off + row * rb
+            if mapped:  # mapped already: no system call
+                if at + k * rb > self.w_ready[f]:
+                    self._make_ready(f, at + k * rb)
+                _durable.store_mapped(self.w_addr + at, srcs[f], k * rb, at, self.w_path)
+            else:
+                _durable.store(self.w_fd, srcs[f], k * rb, at, self.w_path)

@@ -39,19 +39,20 @@ __all__ = [
 
 
 def collate(batch: Any) -> Any:
-    """``collate_fn`` for readers: a ``__getitems__`` batch as its one gathered tensor.
+    """``collate_fn`` for readers: a ``__getitems__`` batch as its one gathered batch.
 
     A reader's ``__getitems__`` returns the batch's rows as views of one
-    tensor it gathered in one call (the list's ``collated`` attribute); this
-    returns that tensor, copying nothing. ``default_collate`` would stack the
-    rows into a second copy. Any other list (from a dataset without
-    ``__getitems__``) goes to ``default_collate``; anything else is returned
-    as it is. In a DataLoader worker the batch then moves to shared memory
-    to reach the main process, as every worker's batch does.
+    tensor (a dict of tensors for a TensorDB) it gathered in one call (the
+    list's ``collated`` attribute); this returns that batch, copying nothing.
+    ``default_collate`` would stack the rows into a second copy. Any other
+    list (from a dataset without ``__getitems__``) goes to
+    ``default_collate``; anything else is returned as it is. In a DataLoader
+    worker the batch then moves to shared memory to reach the main process,
+    as every worker's batch does.
     """
     if isinstance(batch, list):
         collated = getattr(batch, "collated", None)
-        if collated is not None and len(collated) == len(batch):
+        if collated is not None and getattr(batch, "n", -1) == len(batch):
             return collated
         return default_collate(batch)
     return batch

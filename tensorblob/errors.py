@@ -127,8 +127,11 @@ class LockTimeoutError(TensorBlobError, TimeoutError):
     """
 
 
-class BlobClosedError(TensorBlobError, ValueError):
-    """An operation was attempted on a closed blob."""
+class BlobClosedError(TensorBlobError, OSError, ValueError):
+    """An operation was attempted on a closed blob.
+
+    A ``ValueError``, as for a closed Python file, and an ``OSError`` (``IOError``),
+    as in the original tensorblob."""
 
 
 class BlobOSError(TensorBlobError, OSError):
@@ -233,7 +236,7 @@ class BlobTypeError(TensorBlobError, TypeError):
     """An argument has the wrong type (e.g. a string index, a non-tensor write)."""
 
 
-class DTypeMismatchError(BlobTypeError):
+class DTypeMismatchError(BlobTypeError, ValueError):
     """A written tensor's dtype differs from the blob's; tensorblob never casts silently."""
 
 

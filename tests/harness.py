@@ -11,7 +11,8 @@ in flight, and nothing else.
 Ops::
 
     ["open", mode, sync, {"dtype":..., "shape":..., "block_size":...}]
-    ["write", n, seed]          # n rows with values seed*1000 + i
+    ["open", mode, sync, {"schema": SCHEMA, "block_size":...}]  # a TensorDB
+    ["write", n, seed]          # n rows with values seed*1000 + i (records: see records())
     ["seek", pos, whence]
     ["truncate", pos]           # pos may be None: at the cursor
     ["extend", other, ordered]  # other: path of a prepared blob
@@ -22,11 +23,18 @@ Ops::
     ["checkpoint_every", nbytes]  # lower the journal bound (and ROTATE_BYTES) in the child
 
 ``WORKLOADS`` is the shared catalogue (tests/test_crash.py and fuzz/ use it).
+
+Records: a workload whose first open creates with a ``schema`` drives a
+``TensorDB`` of four fields of different dtypes and row sizes (SCHEMA). Its
+model holds each record as its fields' bytes side by side (``pack``), so
+that a state is one tensor either way and a mix of two versions of a record
+is caught byte for byte. A reopen with ``{}`` opens whatever is there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -36,7 +44,8 @@ from typing import Any
 
 import torch
 
-from tensorblob import TensorBlob, _durability, _durable
+from tensorblob import TensorBlob, TensorDB, _durability, _durable
+from tensorblob._meta import read_meta
 
 ABSENT = None  # the blob does not exist
 ROW_SHAPE = (3,)
@@ -49,10 +58,55 @@ def rows(n: int, seed: int) -> torch.Tensor:
     return base + seed * 1000
 
 
+# A record of four fields of different dtypes and row sizes (JSON-able, for op lists).
+SCHEMA = {
+    "obs": ["uint8", [2, 3]],
+    "action": ["int64", []],
+    "reward": ["float32", []],
+    "done": ["bool", []],
+}
+
+
+def records(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """``n`` records for seed ``seed``: every field differs between seeds and rows."""
+    i = torch.arange(n, dtype=torch.int64) + seed * 1000
+    obs = (i.reshape(n, 1, 1) * 7 + torch.arange(6).reshape(1, 2, 3)) % 251
+    return {
+        "obs": obs.to(torch.uint8),
+        "action": i * 3 + 1,
+        "reward": i.to(torch.float32) / 4,
+        "done": (i % 3) == 0,
+    }
+
+
+_BYTES = {"obs": (1, [2, 3]), "action": (8, []), "reward": (4, []), "done": (1, [])}
+
+
+def pack(recs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Records as one uint8 tensor ``(n, bytes of a record)``: the fields' bytes side by side."""
+    n = recs["action"].shape[0]
+    parts = [
+        recs[name].contiguous().view(torch.uint8).reshape(n, math.prod(shape) * (size or 1))
+        for name, (size, shape) in _BYTES.items()
+    ]
+    return torch.cat(parts, dim=1)
+
+
+def is_db(ops: list[list[Any]]) -> bool:
+    """Does the workload drive a TensorDB (its first creating open has a schema)?"""
+    return any(op[0] == "open" and "schema" in op[3] for op in ops)
+
+
+def kind_of(path: str) -> type[TensorBlob] | type[TensorDB]:
+    """The class of what is at ``path`` (which exists)."""
+    return TensorDB if read_meta(path).db else TensorBlob
+
+
 # -- the shared workload catalogue ------------------------------------------
 
 B = 4  # rows per block: small, so workloads cross many block boundaries
 NEW = {"dtype": "float32", "shape": [3], "block_size": B}
+NEW_DB = {"schema": SCHEMA, "block_size": B}
 
 
 def create(n: int, seed: int = 1, sync: str = "normal") -> list[list[Any]]:
@@ -174,6 +228,59 @@ WORKLOADS: dict[str, list[list[Any]]] = {
         ["truncate", 4],
         ["close"],
     ],
+    # Records (TensorDB): every field must keep the same length, and every row
+    # one committed version of all its fields.
+    "records_append": [
+        ["open", "w", "normal", NEW_DB],
+        ["write", 3, 1],
+        ["write", 6, 2],
+        ["write", 1, 3],
+        ["close"],
+        ["open", "a", "normal", {}],
+        ["write", 2, 4],
+        ["flush"],
+        ["write", 5, 5],
+        ["close"],
+    ],
+    "records_overwrite": [
+        # Overwrites in r+ spanning blocks (copy-on-write of every field), a
+        # truncate, a rolled-back transaction and one that commits.
+        ["open", "w", "normal", NEW_DB],
+        ["write", 10, 1],
+        ["close"],
+        ["open", "r+", "normal", {}],
+        ["seek", 2, 0],
+        ["write", 7, 2],
+        ["truncate", 7],
+        ["rollback", [["seek", 0, 0], ["write", 5, 3], ["truncate", 2]]],
+        ["txn", [["seek", 1, 0], ["write", 2, 4], ["seek", 0, 2], ["write", 3, 5]]],
+        ["close"],
+    ],
+    "records_extend": [
+        ["open", "w", "normal", NEW_DB],
+        ["write", 5, 1],
+        ["close"],
+        ["open", "a", "normal", {}],
+        ["extend", "OTHER", False],
+        ["extend", "OTHER", True],
+        ["write", 1, 7],
+        ["close"],
+    ],
+    "records_full_sync": [
+        ["open", "w", "full", NEW_DB],
+        ["write", 3, 1],
+        ["close"],
+        ["open", "r+", "full", {}],
+        ["seek", 1, 0],
+        ["write", 4, 2],
+        ["write", 2, 3],
+        ["truncate", 4],
+        ["close"],
+        ["unlink"],
+        ["open", "w", "normal", NEW_DB],
+        ["write", 2, 6],
+        ["close"],
+    ],
     "flush_points": [
         ["open", "w", "normal", NEW],
         ["write", 3, 1],
@@ -188,6 +295,23 @@ WORKLOADS: dict[str, list[list[Any]]] = {
 }
 
 OTHER_ROWS = rows(9, 50)  # 2 full blocks and a partial one
+OTHER_RECORDS = records(9, 50)
+
+
+def make_other(path: str, db: bool, block_size: int = B) -> torch.Tensor:
+    """Create the blob (``db``: database) that "extend" ops take rows from; return its model
+    state."""
+    if db:
+        with TensorDB.open(path, "w", schema=_schema(SCHEMA), block_size=block_size) as o:
+            o.write(OTHER_RECORDS)
+        return pack(OTHER_RECORDS)
+    with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=block_size) as o:
+        o.write(OTHER_ROWS)
+    return OTHER_ROWS
+
+
+def _schema(schema: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {name: (dtype, tuple(shape)) for name, (dtype, shape) in schema.items()}
 
 
 # -- the model -------------------------------------------------------------
@@ -200,6 +324,7 @@ class Model:
     mode: str = ""
     block_size: int = 0
     others: dict[str, torch.Tensor] = field(default_factory=dict)
+    db: bool = False
 
     def apply(self, op: list[Any]) -> None:
         kind = op[0]
@@ -207,14 +332,15 @@ class Model:
             mode, _sync, extra = op[1], op[2], op[3]
             if self.data is None:
                 self.block_size = extra.get("block_size", 8192)
-                self.data = torch.empty((0, *ROW_SHAPE), dtype=DTYPE)
+                self.db = "schema" in extra
+                self.data = self.new(0, 0)
             if mode[0] == "w":
                 self.data = self.data[:0]
             self.mode = mode
             self.pos = len(self.data) if mode[0] == "a" else 0
         elif kind == "write":
             assert self.data is not None
-            new = rows(op[1], op[2])
+            new = self.new(op[1], op[2])
             at = len(self.data) if self.mode[0] == "a" else self.pos
             end = at + len(new)
             tail = self.data[end:]
@@ -250,6 +376,9 @@ class Model:
         else:  # pragma: no cover - a typo in a workload
             raise ValueError(op)
 
+    def new(self, n: int, seed: int) -> torch.Tensor:
+        return pack(records(n, seed)) if self.db else rows(n, seed)
+
 
 def expected_states(ops: list[list[Any]], others: dict[str, torch.Tensor]) -> list[Any]:
     """State 0 is before the workload; state i follows the i-th acknowledged op."""
@@ -269,25 +398,30 @@ class Rollback(Exception):
     """Raised inside ``with blob.transaction()`` by the "rollback" op."""
 
 
-def open_op(path: str, op: list[Any]) -> TensorBlob:
+def open_op(path: str, op: list[Any]) -> Any:
     """Do an ``["open", mode, sync, extra]`` op; the caller acknowledges ``w``/``a`` opens."""
     extra = dict(op[3])
     if "shape" in extra:
         extra["shape"] = tuple(extra["shape"])
+    if "schema" in extra:
+        extra["schema"] = _schema(extra["schema"])
+        return TensorDB.open(path, op[1], sync=op[2], **extra)
+    if not extra and os.path.exists(path):
+        return kind_of(path).open(path, op[1], sync=op[2])
     return TensorBlob.open(path, op[1], sync=op[2], **extra)
 
 
-def apply_op(blob: TensorBlob, op: list[Any]) -> None:
+def apply_op(blob: Any, op: list[Any]) -> None:
     """Do one data op (write, seek, truncate, extend, txn, rollback) on a real blob."""
     kind = op[0]
     if kind == "write":
-        blob.write(rows(op[1], op[2]))
+        blob.write(records(op[1], op[2]) if isinstance(blob, TensorDB) else rows(op[1], op[2]))
     elif kind == "seek":
         blob.seek(op[1], op[2])
     elif kind == "truncate":
         blob.truncate(op[1])
     elif kind == "extend":
-        with TensorBlob.open(op[1], "r") as other:
+        with type(blob).open(op[1], "r") as other:
             blob.extend(other, maintain_order=op[2])
     elif kind == "txn":
         with blob.transaction():
@@ -329,7 +463,7 @@ def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
             blob.close()
             os.write(ack_fd, b"D%d\n" % acks)  # a durable point: all acks so far survive power loss
         elif kind == "unlink":
-            TensorBlob.unlink(path)
+            kind_of(path).unlink(path)
             ack()
             os.write(ack_fd, b"D%d\n" % acks)  # durable when it returns
         elif kind == "checkpoint_every":
@@ -435,11 +569,12 @@ def snapshot_files(root: str) -> dict[str, tuple[bytes, int]]:
 
 
 def read_all(path: str) -> torch.Tensor | None:
-
+    """Every row at ``path`` (records packed, see ``pack``), or ABSENT."""
     if not os.path.exists(path):
         return ABSENT
-    with TensorBlob.open(path, "r") as b:
-        return b[:]
+    with kind_of(path).open(path, "r") as b:
+        got = b[:]
+    return pack(got) if isinstance(got, dict) else got
 
 
 def same(a: Any, b: Any) -> bool:
@@ -513,9 +648,14 @@ def drop_unsynced(log: list[tuple[str, str, str]], root: str, *, keep_journal: b
 def exercise(path: str) -> None:
     """A recovered blob must keep working: append, reopen, read back."""
 
-    with TensorBlob.open(path, "a") as b:
+    cls = kind_of(path)
+    new = records(2, 99) if cls is TensorDB else rows(2, 99)
+    with cls.open(path, "a") as b:
         n = len(b)
-        b.write(rows(2, 99))
-    with TensorBlob.open(path, "r") as b:
+        b.write(new)
+    with cls.open(path, "r") as b:
         assert len(b) == n + 2
-        assert torch.equal(b[n:], rows(2, 99))
+        got = b[n:]
+    if cls is TensorDB:
+        got, new = pack(got), pack(new)
+    assert torch.equal(got, new)

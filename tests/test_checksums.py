@@ -35,8 +35,9 @@ def _checkpointed_blob(path, monkeypatch, rows=10):
             b.write(torch.tensor(_rows(i), dtype=torch.int32))
 
 
-def _expected(first: int, n: int) -> tuple[int, int]:
-    return n, _crc([v for i in range(first, first + n) for v in _rows(i)])
+def _expected(first: int, n: int) -> tuple[int, tuple[int]]:
+    """A blob's checksum of ``n`` rows: one crc, of its one field."""
+    return n, (_crc([v for i in range(first, first + n) for v in _rows(i)]),)
 
 
 def test_a_checkpoint_records_a_checksum_of_every_blocks_rows(tmp_path, monkeypatch):
@@ -99,6 +100,6 @@ def test_a_block_replaced_by_copy_on_write_loses_its_old_checksum(tmp_path, monk
     assert 0 not in st.sums
     assert not os.path.exists(BlockStore(path, meta, writable=False, max_cached=1).path(0))
     new = st.blocks[0]
-    assert st.sums[new] == (4, _crc([0, 0, 7, 7, 2, -2, 3, -3]))
+    assert st.sums[new] == (4, (_crc([0, 0, 7, 7, 2, -2, 3, -3]),))
     checked, damaged = verify_checksums(st, BlockStore(path, meta, writable=False, max_cached=4))
     assert (checked, damaged) == (3, [])

@@ -672,12 +672,12 @@ def test_meta_of_a_newer_format_version_is_refused_by_every_command(run: Run, bl
     path, _data = blob
     with open(os.path.join(path, "meta"), "r+b") as f:
         f.seek(8)
-        f.write((4).to_bytes(2, "little"))  # the CRC covers only the body: still valid
+        f.write((5).to_bytes(2, "little"))  # the CRC covers only the body: still valid
     with no_disk_change(path):
         for args in (("info", path), ("check", path), ("recover", path)):
             code, out = run(*args)
             assert code == 2
-            assert "format version 4 is newer than this library reads (3)" in out
+            assert "format version 5 is newer than this library reads (4)" in out
             assert "upgrade tensorblob" in out
             assert run.json(*args)[1]["verdict"] == "unsupported-version"
 

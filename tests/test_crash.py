@@ -22,7 +22,6 @@ import harness
 import pytest
 import torch
 
-from tensorblob import TensorBlob
 from tensorblob._blockfiles import parse_block_name
 from tensorblob._meta import read_meta
 from tensorblob._snapshot import load
@@ -34,12 +33,13 @@ OTHER_ROWS = harness.OTHER_ROWS
 
 
 def _prepare(tmp_path: Any, name: str) -> tuple[str, list[list[Any]], list[Any]]:
-    other = str(tmp_path / "other")
-    if not os.path.exists(other):
-        with TensorBlob.open(other, "w", dtype="float32", shape=3, block_size=B) as o:
-            o.write(OTHER_ROWS)
+    db = harness.is_db(WORKLOADS[name])
+    other = str(tmp_path / ("other-db" if db else "other"))
+    want = harness.make_other(other, db) if not os.path.exists(other) else None
+    if want is None:
+        want = harness.pack(harness.OTHER_RECORDS) if db else OTHER_ROWS
     ops = [[o if o != "OTHER" else other for o in op] for op in WORKLOADS[name]]
-    states = harness.expected_states(ops, {other: OTHER_ROWS})
+    states = harness.expected_states(ops, {other: want})
     return str(tmp_path / "blob"), ops, states
 
 
@@ -64,7 +64,7 @@ def _check_reopen(path: str, allowed: list[Any], where: str) -> None:
     )
     if not exists:
         return
-    with TensorBlob.open(path, "a"):
+    with harness.kind_of(path).open(path, "a"):
         pass
     assert harness.same(harness.read_all(path), got), f"{where}: recovery changed the state"
     _assert_clean_store(path)
@@ -74,7 +74,14 @@ def _check_reopen(path: str, allowed: list[Any], where: str) -> None:
 # The default run kills a real child at every step of these; tests/test_fuzz_ci.py
 # covers every workload (directory images at each step, checked against real
 # SIGKILLs), and `pytest -m slow` runs the rest here too.
-DEFAULT_KILL = {"append_sessions", "overwrite", "extend_blocks", "recreate", "checkpoint"}
+DEFAULT_KILL = {
+    "append_sessions",
+    "overwrite",
+    "extend_blocks",
+    "recreate",
+    "checkpoint",
+    "records_overwrite",
+}
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ def test_getitems_checks_its_indices_like_indexing(tmp_path):
     path = str(tmp_path / "blob")
     make(path, 5)
     with TensorBlob.open(path, "r") as blob:
-        with pytest.raises(InvalidIndexError, match="index 5 is out of range"):
+        with pytest.raises(InvalidIndexError, match="index 5 is out of bounds"):
             blob.__getitems__([0, 5])
         with pytest.raises(BlobTypeError, match="only ints"):
             blob.__getitems__([0, 1.0])

@@ -243,8 +243,8 @@ def test_a_damaged_original_blob_is_refused_before_anything_is_written(tmp_path,
     assert not (tmp_path / "dst").exists()
 
 
-def test_an_original_tensordb_is_refused_with_its_fields_named(tmp_path):
-    with pytest.raises(UnsupportedFormatError, match=r"TensorDB.*done, obs.*first 6 rows"):
+def test_import_blob_sends_an_original_tensordb_to_import_db(tmp_path):
+    with pytest.raises(UnsupportedFormatError, match=r"TensorDB.*done, obs.*import_db"):
         import_blob(ORIG / "db", tmp_path / "dst")
     assert not (tmp_path / "dst").exists()
     import_blob(ORIG / "db" / "obs", tmp_path / "obs")  # a field is an original blob

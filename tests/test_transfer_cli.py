@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from tensorblob import TensorBlob
+from tensorblob import TensorBlob, TensorDB
 from tensorblob._cli import main
 
 FIELDS = {"command", "path", "ok", "exit_code", "verdict", "problems", "actions", "file"}
-FIELDS |= {"format", "rows", "dtype", "shape", "bytes", "seconds"}
+FIELDS |= {"format", "rows", "dtype", "shape", "fields", "bytes", "seconds"}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -154,7 +154,8 @@ def test_import_takes_the_original_format_and_a_block_size(tmp_path, capsys):
     assert (doc["verdict"], doc["format"], doc["rows"]) == ("imported", "tensorblob-0.3", 10)
     with TensorBlob.open(tmp_path / "d.blob") as blob:
         assert blob.block_size == 3
-    code, out = run(capsys, "import", str(orig.parent / "db"), str(tmp_path / "db.blob"))
-    assert code == 2
-    assert "TensorDB" in out
-    assert "[unsupported-format]" in out
+    # An original TensorDB becomes a TensorDB, its committed records whole.
+    doc = run_json(capsys, "import", str(orig.parent / "db"), str(tmp_path / "db"))
+    assert (doc["verdict"], doc["rows"], doc["fields"]) == ("imported", 6, ["done", "obs"])
+    with TensorDB.open(tmp_path / "db") as db:
+        assert torch.equal(db.column("obs")[:], torch.ones(6, 3))
