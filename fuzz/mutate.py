@@ -371,7 +371,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "create-meta-no-fsync",
         "creation",
         "meta is not fsynced",
-        (Edit("_dirs.py", "create", "meta.encode(), sync=True)", "meta.encode(), sync=False)"),),
+        (Edit("_dirs.py", "build", "meta.encode(), sync=True)", "meta.encode(), sync=False)"),),
     ),
     Mutation(
         "create-manifest-no-fsync",
@@ -380,7 +380,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "_dirs.py",
-                "create",
+                "build",
                 "encode_manifest(state, meta.block_size), sync=True",
                 "encode_manifest(state, meta.block_size), sync=False",
             ),
@@ -390,19 +390,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         "create-journal-no-fsync",
         "creation",
         "the first journal is not fsynced",
-        (Edit("_dirs.py", "create", "journal, sync=True)", "journal, sync=False)"),),
+        (Edit("_dirs.py", "build", "journal, sync=True)", "journal, sync=False)"),),
     ),
     Mutation(
         "create-no-tmpdir-fsync",
         "creation",
         "the hidden directory is not fsynced before it is renamed into place",
-        (_drop("_dirs.py", "create", "_durable.fsync_dir(tmp)"),),
+        (_drop("_dirs.py", "build", "_durable.fsync_dir(tmp)"),),
     ),
     Mutation(
         "create-no-parent-fsync",
         "creation",
         "the parent directory is not fsynced after the rename (creation not durable)",
-        (_drop("_dirs.py", "create", "_durable.fsync_dir(parent)"),),
+        (_drop("_dirs.py", "create", "_durable.fsync_dir(os.path.dirname(path))"),),
     ),
     # -- unlink (TensorBlob.unlink) -------------------------------------------------
     Mutation(
@@ -412,7 +412,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "_dirs.py",
-                "unlink",
+                "_unlink",
                 "# the commit point: the blob is gone\n        _durable.fsync_dir(parent)",
                 "# the commit point: the blob is gone",
             ),
@@ -425,7 +425,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "_dirs.py",
-                "unlink",
+                "_unlink",
                 "_durable.rename(root, tomb)  # the commit point: the blob is gone",
                 "remove_tree(root)\n        _durable.mkdir(tomb)",
             ),

@@ -25,6 +25,7 @@ from .errors import (
     ShapeMismatchError,
     SnapshotGoneError,
     TensorBlobError,
+    UnknownFieldError,
     UnsupportedFormatError,
     UnsupportedOperationError,
     UnsupportedVersionError,
@@ -32,12 +33,14 @@ from .errors import (
     WaitTimeoutError,
 )
 
-# The public names that need torch are imported on first use (PEP 562), so
-# that ``import tensorblob`` and the metadata commands (``tensorblob info``,
-# ``check``, ``recover``) do not pay for importing torch.
+# The public names that need torch (or tqdm) are imported on first use (PEP
+# 562), so that ``import tensorblob`` and the metadata commands (``tensorblob
+# info``, ``check``, ``recover``) do not pay for importing torch.
 _LAZY = {
     "TensorBlob": "._blob",
     "TensorDB": "._db",
+    "check": "._report",
+    "copy_blob": "._copy",
     "export_blob": "._transfer",
     "import_blob": "._import",
     "import_db": "._import",
@@ -45,8 +48,10 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from ._blob import TensorBlob
+    from ._copy import copy_blob
     from ._db import TensorDB
     from ._import import import_blob, import_db
+    from ._report import check
     from ._transfer import export_blob
 
 
@@ -88,12 +93,15 @@ __all__ = [
     "TensorBlob",
     "TensorBlobError",
     "TensorDB",
+    "UnknownFieldError",
     "UnsupportedFormatError",
     "UnsupportedOperationError",
     "UnsupportedVersionError",
     "UntrustedFilesystemError",
     "WaitTimeoutError",
     "__version__",
+    "check",
+    "copy_blob",
     "export_blob",
     "import_blob",
     "import_db",

@@ -302,8 +302,8 @@ class TensorBlob(Handle):
             )
         return self._extend(engine, other, maintain_order)
 
-    def _take(self, p: _rows.Plan) -> torch.Tensor:
-        return _rows.take(self._blocks, self._state.blocks, 0, p)
+    def _take(self, p: _rows.Plan, out: torch.Tensor | None = None) -> torch.Tensor:
+        return _rows.take(self._blocks, self._state.blocks, 0, p, out)
 
     def _unbatch(self, batch: torch.Tensor) -> Any:
         return batch.unbind(0)

@@ -19,7 +19,7 @@ import shlex
 import sys
 from typing import Any
 
-from . import _check, _cli_transfer, _deep, _repair
+from . import _check, _cli_transfer, _repair, _report
 from ._cli_output import (
     Progress,
     conclusion_of,
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "recover": _recover,
         "export": _cli_transfer.run_export,
         "import": _cli_transfer.run_import,
+        "copy": _cli_transfer.run_copy,
     }[args.command]
     try:
         return handler(args)
@@ -168,15 +169,15 @@ def _info(args: argparse.Namespace) -> int:
         rows += [
             (
                 "" if i else "fields",
-                f"{f.name}: {f.dtype_name} {_shape(f.shape)} ({f.row_bytes} bytes per row)",
+                f"{f.name}: {f.dtype_name} {_shape(f.shape)} ({_bytes(f.row_bytes)} per row)",
             )
             for i, f in enumerate(meta.fields)
         ]
-        rows.append(("row", f"{meta.row_bytes} bytes, all {len(meta.fields)} fields"))
+        rows.append(("row", f"{_bytes(meta.row_bytes)}, all {len(meta.fields)} fields"))
     elif meta is not None:
         rows += [
             ("dtype", meta.dtype_name),
-            ("row shape", f"{_shape(meta.shape)} ({meta.row_bytes} bytes per row)"),
+            ("row shape", f"{_shape(meta.shape)} ({_bytes(meta.row_bytes)} per row)"),
         ]
     if meta is not None:
         rows.append(
@@ -233,6 +234,10 @@ def _info(args: argparse.Namespace) -> int:
     return code
 
 
+def _bytes(n: int) -> str:
+    return "1 byte" if n == 1 else f"{n} bytes"
+
+
 def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
@@ -253,33 +258,13 @@ def _status(sc: Scan, verdict: str) -> str:
 
 def _check_cmd(args: argparse.Namespace) -> int:
     progress = Progress("check --deep", quiet=args.json)
-    verifier = None
-    with _check.scan(args.path) as sc:
-        if args.deep and sc.kind == "blob":
-            try:
-                verifier = _deep.deep_read(sc, progress)
-            finally:
-                progress.close()
-    code, verdict = verdict_of(sc)
-    deep: dict[str, Any] = {}
-    if verifier is not None:
-        deep = {
-            "rows_read": sc.rows_read,
-            "blocks_read": sc.blocks_read,
-            "data_checksums": verifier.summary(),
-        }
+    try:
+        sc, verifier, report = _report.run_check(args.path, args.deep, progress)
+    finally:
+        progress.close()
+    code, verdict = report["exit_code"], report["verdict"]
     if args.json:
-        result = json_result(code, verdict, sc.problems, sc.root)
-        print_json(
-            {
-                "command": "check",
-                "path": sc.root,
-                **result,
-                "actions": [],
-                "deep": args.deep,
-                **deep,
-            }
-        )
+        print_json(report)
         return code
     print(f"check {sc.root}")
     if sc.kind == "blob":

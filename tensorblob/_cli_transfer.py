@@ -1,4 +1,4 @@
-"""The ``tensorblob export`` and ``tensorblob import`` commands (docs/cli.md).
+"""The ``tensorblob export``, ``import`` and ``copy`` commands (docs/cli.md).
 
 Exit codes, as for the other commands: 0 done; 1 the work failed (a damaged
 input or blob, an I/O error such as a full disk); 2 usage error, not a blob,
@@ -43,6 +43,12 @@ def _transfer() -> ModuleType:
     from . import _transfer  # noqa: PLC0415 - torch only when a transfer runs
 
     return _transfer
+
+
+def _copy() -> ModuleType:
+    from . import _copy  # noqa: PLC0415 - torch only when a copy runs
+
+    return _copy
 
 
 def _import() -> ModuleType:
@@ -136,6 +142,23 @@ def add_parsers(sub: Any, timeout: Any) -> None:
         help="seconds to wait for DST's writer lock (default 30)",
     )
     i.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c = sub.add_parser(
+        "copy",
+        help="copy one committed snapshot of a blob or TensorDB, even while a writer works",
+        description="Copy the newest committed snapshot of SRC (a blob or TensorDB, which a "
+        "writer may keep changing) to DST, which must not exist. DST appears whole or not at "
+        "all and is durable when the command returns. Exit 0 done, 1 failed, 2 usage error, "
+        "not a blob, or DST exists.",
+    )
+    c.add_argument("src", metavar="SRC", help="the blob or TensorDB to copy")
+    c.add_argument("dst", metavar="DST", help="where the copy goes (must not exist)")
+    c.add_argument(
+        "--compact",
+        action="store_true",
+        help="rewrite the rows in order instead of copying block files (can change the block size)",
+    )
+    c.add_argument("--block-size", type=int, metavar="N", help="rows per block (--compact)")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -180,13 +203,30 @@ def run_import(args: argparse.Namespace) -> int:
     )
 
 
+def run_copy(args: argparse.Namespace) -> int:
+    """The ``copy`` command; return its exit code."""
+    dst, src = os.path.abspath(args.dst), os.path.abspath(args.src)
+    return _run(
+        args,
+        "copy",
+        dst,
+        src,
+        lambda progress: _copy().run_copy(
+            args.src, args.dst, compact=args.compact, block_size=args.block_size, progress=progress
+        ),
+    )
+
+
+_VERDICTS = {"export": "exported", "import": "imported", "copy": "copied"}
+
+
 def _run(args: argparse.Namespace, command: str, blob: str, file: str, work: Any) -> int:
     progress = Progress(command, quiet=args.json)
     done: Transfer | None = None
     problems: list[Problem] = []
     try:
         done = work(progress)
-        code, verdict = 0, "exported" if command == "export" else "imported"
+        code, verdict = 0, _VERDICTS[command]
     except Exception as exc:
         outcome = next((o for o in _OUTCOMES if isinstance(exc, o[0])), None)
         if outcome is None:
@@ -205,14 +245,18 @@ def _run(args: argparse.Namespace, command: str, blob: str, file: str, work: Any
     if command == "export":
         print(f"export {blob} -> {file}")
     else:
-        print(f"import {file} -> {blob}")
+        print(f"{command} {file} -> {blob}")
     print_problems(problems, blob)
     for action in actions:
         say(sys.stdout, action, "  ", 4)
     if done is not None:
         say(sys.stdout, f"result: {verdict}")
     else:
-        what = "no file was written" if command == "export" else "the blob was not changed"
+        what = {
+            "export": "no file was written",
+            "import": "the blob was not changed",
+            "copy": "no copy was left",
+        }[command]
         say(sys.stdout, f"result: failed ({verdict}); {what}")
     return code
 
@@ -230,6 +274,8 @@ def _action(command: str, t: Transfer) -> str:
     size = f"{t.nbytes} bytes in {t.seconds:.2f} s{rate}"
     if command == "export":
         return f"wrote {shlex.quote(t.file)} ({t.format}): {layout}, {size}"
+    if command == "copy":
+        return f"copied {layout}: one committed snapshot, durable, {size}"
     return f"copied {layout} from {t.format} in one transaction, {size}"
 
 

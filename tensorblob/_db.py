@@ -25,6 +25,7 @@ from .errors import (
     InvalidArgumentError,
     ShapeMismatchError,
     TensorBlobError,
+    UnknownFieldError,
     from_os_error,
 )
 
@@ -110,7 +111,8 @@ class TensorDB(Handle):
                 or one that conflicts with the existing database.
             BlobTypeError: ``path`` is not a str or ``os.PathLike``, or a dtype of
                 the schema is neither a str nor a ``torch.dtype``.
-            The other errors of ``TensorBlob.open``.
+            TensorBlobError: the other errors of ``TensorBlob.open`` (a lock held past
+                ``timeout``, damage, a newer format, a read-only filesystem, ...).
         """
         check_open(mode, sync, max_cached_blocks, block_size, timeout, verify, trust_fs)
         specs = parse_schema(schema) if schema is not None else None
@@ -135,9 +137,10 @@ class TensorDB(Handle):
     def _fast_ok(self) -> bool:
         """write() copies rows as raw bytes on its fast path: right for every dtype but
         complex ones (a conjugate view holds other bytes than it shows)."""
-        self._dtypes = tuple(f.dtype for f in self._meta.fields)
+        fields = self._meta.fields
+        self._lanes = tuple(zip(self._names, (f.dtype for f in fields), self._shapes, strict=True))
         self._fast_rows = max(1, _FAST_BYTES // self._meta.row_bytes)
-        return not any(d.is_complex for d in self._dtypes)
+        return not any(f.dtype.is_complex for f in fields)
 
     @classmethod
     def unlink(
@@ -178,11 +181,13 @@ class TensorDB(Handle):
         only that field's bytes.
 
         Raises:
-            KeyError: no field ``name``.
+            UnknownFieldError: no field ``name`` (a ``KeyError``).
         """
         self._check_open()
         if name not in self._names:
-            raise KeyError(f"database {self._path!r} has no field {name!r} (it has {self._names})")
+            raise UnknownFieldError(
+                f"database {self._path!r} has no field {name!r} (it has {list(self._names)})"
+            )
         return Column(self, self._names.index(name))
 
     @property
@@ -215,7 +220,8 @@ class TensorDB(Handle):
             DTypeMismatchError: a field's dtype is wrong (nothing is cast silently).
             ShapeMismatchError: a field's shape is wrong, or the fields have
                 different row counts.
-            The other errors of ``TensorBlob.write``.
+            TensorBlobError: the other errors of ``TensorBlob.write`` (not writable,
+                closed, a full disk, a failed commit step).
         """
         try:
             fast = self._fast
@@ -235,7 +241,7 @@ class TensorDB(Handle):
     def _fast_srcs(self, rows: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], int]:
         """The fields' addresses and row count if the fast path applies, else ``((), 0)``."""
         srcs, n = [], -1
-        for name, dtype, shape in zip(self._names, self._dtypes, self._shapes, strict=True):
+        for name, dtype, shape in self._lanes:
             t = rows.get(name)
             if type(t) is not torch.Tensor or t.dtype is not dtype:
                 return (), 0
@@ -246,7 +252,9 @@ class TensorDB(Handle):
                 k = ts[0]
             else:
                 return (), 0
-            if (n >= 0 and k != n) or not t.is_contiguous() or not t.is_cpu or t.is_neg():
+            if k != n and n >= 0:
+                return (), 0
+            if not t.is_contiguous() or not t.is_cpu or t.is_neg():
                 return (), 0
             n = k
             srcs.append(t.data_ptr())
@@ -316,9 +324,21 @@ class TensorDB(Handle):
 
     # -- reading ----------------------------------------------------------
 
-    def _take(self, p: _rows.Plan) -> dict[str, torch.Tensor]:
-        blocks, slots = self._blocks, self._state.blocks
-        return {name: _rows.take(blocks, slots, f, p) for f, name in enumerate(self._names)}
+    def _take(
+        self, p: _rows.Plan, out: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        blocks, slots, names = self._blocks, self._state.blocks, self._names
+        if out is None:
+            return {name: _rows.take(blocks, slots, f, p) for f, name in enumerate(names)}
+        if not isinstance(out, dict) or set(out) != set(names):
+            raise InvalidArgumentError(
+                f"out= must be a dict of one tensor per field {list(names)}, got "
+                f"{sorted(out) if isinstance(out, dict) else type(out).__name__}"
+            )
+        n = _rows.count(p)
+        for f, name in enumerate(names):  # every field checked before any is read
+            _rows.into(out[name], self._meta.fields[f], n if not isinstance(p, int) else None)
+        return {name: _rows.take(blocks, slots, f, p, out[name]) for f, name in enumerate(names)}
 
     def _unbatch(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         cols = [batch[name].unbind(0) for name in self._names]
@@ -371,9 +391,16 @@ class Column:
     def __repr__(self) -> str:
         return f"Column({self._db.path!r}, {self.name!r}, dtype={self.dtype}, shape={self.shape})"
 
-    def _take(self, p: _rows.Plan) -> torch.Tensor:
+    def _take(self, p: _rows.Plan, out: torch.Tensor | None = None) -> torch.Tensor:
         db = self._db
-        return _rows.take(db._blocks, db._state.blocks, self._f, p)
+        return _rows.take(db._blocks, db._state.blocks, self._f, p, out)
+
+    def take(self, index: Any, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``col[index]``, copied into ``out`` (see ``TensorBlob.take``)."""
+        db = self._db
+        db._check_open()
+        what = f"field {self.name!r} of database {db.path!r}"
+        return self._take(_rows.plan(index, db._state.length, what), out)
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         """``col[i]``, ``col[a:b:c]``, ``col[list | tuple | tensor | ndarray]``: as a blob's."""

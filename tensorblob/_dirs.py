@@ -21,7 +21,7 @@ from ._locking import LOCK, READERS, WriterLock, hold_dir
 from ._manifest import MANIFEST, encode_manifest
 from ._meta import META, Meta, read_meta
 from ._state import State
-from .errors import BlobIOError, BlobNotFoundError, NotABlobError
+from .errors import BlobIOError, BlobNotFoundError, NotABlobError, TensorBlobError, from_os_error
 
 
 def _make_parents(parent: str, path: str) -> None:
@@ -57,31 +57,9 @@ def create(path: str, meta: Meta) -> bool:
     directories are created first, top down, each made durable (its own
     parent fsynced) before anything is created inside it.
     """
-    parent, name = os.path.split(path)
-    _make_parents(parent, path)
-    sweep_leftovers(parent, name)
-    for _ in range(5):
-        tmp = os.path.join(parent, f".{name}.creating-{secrets.token_hex(4)}")
-        _durable.mkdir(tmp)
-        # Locked while building: a sweeper removes a hidden directory only when
-        # it can lock it (its builder died). If one took it first, start over.
-        held = hold_dir(tmp)
-        if held is not None:
-            break
-    else:  # pragma: no cover - five sweepers in a row
-        raise BlobIOError(f"cannot create blob {path!r}: its build directory kept vanishing")
+    tmp, held = build_dir(path)
     try:
-        _durable.create_file(os.path.join(tmp, LOCK), b"", sync=False)
-        state = State(meta.uuid, arity=len(meta.fields))
-        _durable.create_file(os.path.join(tmp, META), meta.encode(), sync=True)
-        _durable.create_file(
-            os.path.join(tmp, MANIFEST), encode_manifest(state, meta.block_size), sync=True
-        )
-        journal = encode_journal(meta.uuid, state.gen, secrets.randbits(32), closed=True)
-        _durable.create_file(os.path.join(tmp, JOURNAL), journal, sync=True)
-        _durable.create_file(os.path.join(tmp, READERS), b"", sync=False)
-        _durable.mkdir(os.path.join(tmp, BLOCKS))
-        _durable.fsync_dir(tmp)
+        build(tmp, meta)
         try:
             _durable.rename(tmp, path)
         except OSError as exc:
@@ -95,8 +73,43 @@ def create(path: str, meta: Meta) -> bool:
         raise
     finally:
         os.close(held)
-    _durable.fsync_dir(parent)
+    _durable.fsync_dir(os.path.dirname(path))
     return True
+
+
+def build_dir(path: str) -> tuple[str, int]:
+    """Make the hidden sibling directory a blob for ``path`` is built in, locked; return it
+    and the lock's descriptor (close it when done). Missing parents are created first,
+    and what dead builders of ``path`` left behind is swept."""
+    parent, name = os.path.split(path)
+    _make_parents(parent, path)
+    sweep_leftovers(parent, name)
+    for _ in range(5):
+        tmp = os.path.join(parent, f".{name}.creating-{secrets.token_hex(4)}")
+        _durable.mkdir(tmp)
+        # Locked while building: a sweeper removes a hidden directory only when
+        # it can lock it (its builder died). If one took it first, start over.
+        held = hold_dir(tmp)
+        if held is not None:
+            return tmp, held
+    raise BlobIOError(  # pragma: no cover - five sweepers in a row
+        f"cannot create blob {path!r}: its build directory kept vanishing"
+    )
+
+
+def build(tmp: str, meta: Meta) -> None:
+    """Write an empty blob of ``meta`` into the empty directory ``tmp``, durably."""
+    _durable.create_file(os.path.join(tmp, LOCK), b"", sync=False)
+    state = State(meta.uuid, arity=len(meta.fields))
+    _durable.create_file(os.path.join(tmp, META), meta.encode(), sync=True)
+    _durable.create_file(
+        os.path.join(tmp, MANIFEST), encode_manifest(state, meta.block_size), sync=True
+    )
+    journal = encode_journal(meta.uuid, state.gen, secrets.randbits(32), closed=True)
+    _durable.create_file(os.path.join(tmp, JOURNAL), journal, sync=True)
+    _durable.create_file(os.path.join(tmp, READERS), b"", sync=False)
+    _durable.mkdir(os.path.join(tmp, BLOCKS))
+    _durable.fsync_dir(tmp)
 
 
 def sweep_leftovers(parent: str, name: str) -> None:
@@ -148,6 +161,18 @@ def remove_tree(root: str) -> None:
 
 
 def unlink(root: str, *, db: bool, missing_ok: bool, timeout: float) -> bool:
+    """``_unlink``, with an OSError of the disk work raised as a tensorblob error."""
+    try:
+        return _unlink(root, db=db, missing_ok=missing_ok, timeout=timeout)
+    except OSError as exc:
+        if isinstance(exc, TensorBlobError):
+            raise
+        raise from_os_error(
+            exc, root, "deleting it", "", kind="TensorDB" if db else "blob"
+        ) from exc
+
+
+def _unlink(root: str, *, db: bool, missing_ok: bool, timeout: float) -> bool:
     """Delete the blob (``db``: the TensorDB) at ``root``, atomically: after a crash it is
     either whole or gone. Return True, or False if nothing was there and ``missing_ok``.
 

@@ -419,13 +419,13 @@ class Handle(Transactions, Reader):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise BlobClosedError(f"I/O operation on closed blob {self._path!r}")
+            raise BlobClosedError(f"I/O operation on closed {self._KIND} {self._path!r}")
 
     def _check_readable(self) -> None:
         self._check_open()
         if not self._readable:
             raise UnsupportedOperationError(
-                f"blob {self._path!r} is not open for reading (mode {self._mode!r})"
+                f"{self._KIND} {self._path!r} is not open for reading (mode {self._mode!r})"
             )
 
     def _check_writable(self) -> Engine:
@@ -437,7 +437,7 @@ class Handle(Transactions, Reader):
             )
         if self._engine is None:
             raise UnsupportedOperationError(
-                f"blob {self._path!r} is not open for writing (mode {self._mode!r})"
+                f"{self._KIND} {self._path!r} is not open for writing (mode {self._mode!r})"
             )
         return self._engine
 
@@ -460,7 +460,7 @@ class Handle(Transactions, Reader):
                     self._abandon()
                 raise
 
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+    def seek(self, pos: int = 0, whence: int = io.SEEK_SET) -> int:
         """Move the cursor; return the new position, clamped to ``[0, len(blob)]``.
 
         Unlike a Python file's, the cursor never goes past the end. Changes

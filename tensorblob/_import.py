@@ -182,7 +182,7 @@ def import_db(
     Raises:
         UnsupportedFormatError: ``src`` is not an original TensorDB (an original
             blob goes to ``import_blob``).
-        The errors of ``import_blob``.
+        TensorBlobError: the errors of ``import_blob``.
     """
     return run_import(
         src,

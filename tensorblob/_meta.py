@@ -122,7 +122,8 @@ def parse_shape(shape: object) -> tuple[int, ...]:
 
 
 # A TensorDB's field names: what a user would call a column (F2). Not a path
-# component, but kept safe to be one (export writes one file per field).
+# component, but kept safe to be one (the original tensorblob made each a
+# directory, and a field may well become a file name of an export).
 MAX_FIELD_NAME = 255
 # Each field's rows start at a multiple of this many bytes in a block file
 # (F8): aligned for every dtype, and a field never shares a cache line.

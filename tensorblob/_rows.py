@@ -17,7 +17,13 @@ import torch
 from ._args import as_int, index_tensor
 from ._blocks import BlockStore
 from ._meta import Field
-from .errors import BlobTypeError, InvalidArgumentError, InvalidIndexError
+from .errors import (
+    BlobTypeError,
+    DTypeMismatchError,
+    InvalidArgumentError,
+    InvalidIndexError,
+    ShapeMismatchError,
+)
 
 # What to read: one row (an int), a run of rows (start, stop), or rows at
 # positions (an int64 ndarray, in bounds, any order, repeats allowed).
@@ -85,54 +91,125 @@ def count(p: Plan) -> int:
     return len(p)
 
 
-def take(store: BlockStore, slots: list[int], f: int, p: Plan) -> torch.Tensor:
-    """Read plan ``p`` from field ``f`` of the snapshot whose slot list is ``slots``."""
+def take(
+    store: BlockStore, slots: list[int], f: int, p: Plan, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Read plan ``p`` from field ``f`` of the snapshot whose slot list is ``slots``: into a
+    new tensor, or into the first rows of ``out`` (checked, see ``into``), returned."""
     if isinstance(p, int):
         slot, off = divmod(p, store.meta.block_size)
-        return store.get(slots[slot], f)[off].clone()
+        if out is None:
+            return store.row(slots[slot], off, f)
+        return into(out, store.meta.fields[f], None).copy_(store.get(slots[slot], f)[off])
     if isinstance(p, tuple):
-        return span(store, slots, f, p[0], p[1])
-    return gather(store, slots, f, p)
+        return span(store, slots, f, p[0], p[1], out=out)
+    return gather(store, slots, f, p, out)
 
 
-def span(store: BlockStore, slots: list[int], f: int, start: int, stop: int) -> torch.Tensor:
-    """Copy rows ``start:stop`` (within bounds) of field ``f`` into a new tensor."""
+def into(out: object, fld: Field, n: int | None) -> torch.Tensor:
+    """``out``, checked to take ``n`` rows of ``fld`` (None: one row, without the batch
+    dimension); return the part of it that does: ``out[:n]``.
+
+    Raises:
+        BlobTypeError: ``out`` is not a tensor.
+        DTypeMismatchError: it has another dtype.
+        ShapeMismatchError: its rows have another shape, or it has too few.
+        InvalidArgumentError: it is not a contiguous CPU tensor (pinned or not).
+    """
+    which = f" for field {fld.name!r}" if fld.name else ""
+    if not isinstance(out, torch.Tensor):
+        raise BlobTypeError(f"out={type(out).__name__}{which}: must be a torch.Tensor")
+    if out.dtype != fld.dtype:
+        raise DTypeMismatchError(f"out{which} has dtype {out.dtype}, the rows {fld.dtype}")
+    if not out.is_cpu or not out.is_contiguous():
+        raise InvalidArgumentError(f"out{which} must be a contiguous CPU tensor (pinned or not)")
+    if n is None:
+        if tuple(out.shape) != fld.shape:
+            raise ShapeMismatchError(f"out{which} has shape {tuple(out.shape)}; a row {fld.shape}")
+        return out
+    if out.dim() != len(fld.shape) + 1 or tuple(out.shape[1:]) != fld.shape:
+        raise ShapeMismatchError(
+            f"out{which} has shape {tuple(out.shape)}; rows need (n, *{fld.shape})"
+        )
+    if out.shape[0] < n:
+        raise ShapeMismatchError(f"out{which} has room for {out.shape[0]} rows, {n} are read")
+    return out[:n]
+
+
+def span(
+    store: BlockStore,
+    slots: list[int],
+    f: int,
+    start: int,
+    stop: int,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Copy rows ``start:stop`` (within bounds) of field ``f`` into a new tensor (or into
+    ``out``, see ``take``)."""
     fld = store.meta.fields[f]
-    if stop <= start:
+    n = max(0, stop - start)
+    if out is not None:
+        dst = into(out, fld, n)
+        if n:
+            _span_into(store, slots, f, start, stop, dst.view(torch.uint8).numpy())
+        return dst
+    if n == 0:
         return _empty(fld)
     # Copied as bytes with numpy: one plain memcpy per block, like a raw
     # np.memmap copy (torch's threaded copy stalls on a busy machine).
     B = store.meta.block_size
     s0, o0 = divmod(start, B)
-    n = stop - start
     if n <= B - o0:
-        out = store.get_bytes(slots[s0], f)[o0 : o0 + n].copy()
+        raw = store.get_bytes(slots[s0], f)[o0 : o0 + n].copy()
     else:
-        out = np.empty((n, fld.row_bytes), dtype=np.uint8)
-        pos = start
-        while pos < stop:
-            slot, off = divmod(pos, B)
-            k = min(B - off, stop - pos)
-            out[pos - start : pos - start + k] = store.get_bytes(slots[slot], f)[off : off + k]
-            pos += k
-    return torch.from_numpy(out).view(fld.dtype).reshape(n, *fld.shape)
+        raw = np.empty((n, fld.row_bytes), dtype=np.uint8)
+        _span_into(store, slots, f, start, stop, raw)
+    return torch.from_numpy(raw).view(fld.dtype).reshape(n, *fld.shape)
 
 
-def gather(store: BlockStore, slots: list[int], f: int, ia: np.ndarray) -> torch.Tensor:
-    """Rows of field ``f`` at the positions ``ia`` (in bounds, any order, repeats allowed)."""
+def _span_into(  # noqa: PLR0917 - span()'s arguments
+    store: BlockStore, slots: list[int], f: int, start: int, stop: int, raw: np.ndarray
+) -> None:
+    """Copy rows ``start:stop`` of field ``f`` into the bytes ``raw`` (any shape, C order)."""
+    raw = raw.reshape(stop - start, -1)
+    B, pos = store.meta.block_size, start
+    while pos < stop:
+        slot, off = divmod(pos, B)
+        k = min(B - off, stop - pos)
+        raw[pos - start : pos - start + k] = store.get_bytes(slots[slot], f)[off : off + k]
+        pos += k
+
+
+def gather(
+    store: BlockStore,
+    slots: list[int],
+    f: int,
+    ia: np.ndarray,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rows of field ``f`` at the positions ``ia`` (in bounds, any order, repeats allowed),
+    in a new tensor (or in ``out``, see ``take``)."""
     fld = store.meta.fields[f]
-    if not len(ia):
-        return _empty(fld)
+    n = len(ia)
+    dst = None if out is None else into(out, fld, n)
+    if n == 0:
+        return _empty(fld) if dst is None else dst
     # Rows are gathered as raw bytes, so any dtype works.
+    raw = None if dst is None else dst.view(torch.uint8).reshape(n, fld.row_bytes)
     B = store.meta.block_size
     lo, hi = int(ia.min()), int(ia.max())
     if lo // B == hi // B:  # one block: its mapping, indexed directly
         rows = torch.from_numpy(store.get_bytes(slots[lo // B], f))
-        out = torch.index_select(rows, 0, torch.from_numpy(ia - (lo // B) * B))
+        at = torch.from_numpy(ia - (lo // B) * B)
+        if raw is None:
+            got = torch.index_select(rows, 0, at)
+        else:
+            got = torch.index_select(rows, 0, at, out=raw)
     else:
         s = ia // B
-        out = store.gather(slots, s, ia - s * B, f)
-    return out.view(fld.dtype).reshape(len(ia), *fld.shape)
+        got = store.gather(slots, s, ia - s * B, f, raw)
+    return dst if dst is not None else got.view(fld.dtype).reshape(n, *fld.shape)
 
 
 def _empty(fld: Field) -> torch.Tensor:
@@ -151,36 +228,61 @@ class Reader:
     _state: Any
     _pos: int
     _path: str
+    _closed: bool
     block_size: int
     _KIND = "blob"
 
     def _check_open(self) -> None: ...
     def _check_readable(self) -> None: ...
 
-    def _take(self, p: Plan) -> Any:
+    def _take(self, p: Plan, out: Any = None) -> Any:
         raise NotImplementedError
 
     def _unbatch(self, batch: Any) -> Any:
         raise NotImplementedError
 
-    def read(self, size: int | None = None) -> Any:
+    def read(self, size: int | None = None, *, out: Any = None) -> Any:
         """Read up to ``size`` rows from the cursor (all the rest if None or negative).
 
         Returns new tensors ``(k, *shape)`` (a dict of them for a TensorDB) that
         do not alias the files; ``k == 0`` at the end. Advances the cursor by ``k``.
+        With ``out`` (a contiguous CPU tensor of the dtype, with room for the
+        rows: ``(m, *shape)``, ``m >= k``; pinned for a GPU copy, or not; for a
+        TensorDB a dict of them, one per field), the rows are copied straight
+        into it and ``out[:k]`` is returned: no other copy is made.
 
         Raises:
             UnsupportedOperationError: open write-only (``"w"``, ``"a"``).
-            BlobTypeError: ``size`` is not an int or None.
+            BlobTypeError: ``size`` is not an int or None, or ``out`` not a tensor.
+            DTypeMismatchError: ``out`` has another dtype (nothing is read then).
+            ShapeMismatchError: ``out``'s rows have another shape, or it has too few.
+            InvalidArgumentError: ``out`` is not a contiguous CPU tensor.
             BlobClosedError: closed.
         """
         self._check_readable()
         n = self._state.length
         size = -1 if size is None else as_int(size, "read(size)")
         end = n if size < 0 else min(n, self._pos + size)
-        out = self._take((self._pos, max(self._pos, end)))
+        rows = self._take((self._pos, max(self._pos, end)), out)
         self._pos = max(self._pos, end)
-        return out
+        return rows
+
+    def take(self, index: Any, *, out: Any = None) -> Any:
+        """``self[index]``, copied into ``out`` (see ``read``): a batch for a slice or a
+        sequence of indices (``out`` has room for at least its rows; ``out[:k]`` is
+        returned), one row for an int (``out`` has the row's shape).
+
+        Raises:
+            InvalidIndexError: an index is out of bounds.
+            BlobTypeError: the index, or ``out``, is of an unsupported type.
+            DTypeMismatchError: ``out`` has another dtype (nothing is read then).
+            ShapeMismatchError: ``out`` does not have the rows' shape, or room for them.
+            InvalidArgumentError: ``out`` is not a contiguous CPU tensor.
+            BlobClosedError: closed.
+        """
+        self._check_open()
+        p = plan(index, self._state.length, f"{self._KIND} {self._path!r}")
+        return self._take(p, out)
 
     def __iter__(self) -> Any:
         """Yield rows from the cursor to the end, advancing the cursor.
@@ -217,6 +319,10 @@ class Reader:
             InvalidArgumentError: a slice step is 0, or a tensor index is not 1-D.
             BlobClosedError: closed.
         """
+        if type(index) is int and not self._closed:  # blob[i]: the hot path of random reads
+            n = self._state.length
+            if -n <= index < n:
+                return self._take(index + n if index < 0 else index)
         self._check_open()
         return self._take(plan(index, self._state.length, f"{self._KIND} {self._path!r}"))
 

@@ -226,23 +226,44 @@ class Transactions:
                 self._pos = min(self._pos, pos)
         return self._state.length
 
-    def _extend(self, engine: Engine, other: Any, maintain_order: bool) -> int:
+    def _extend(
+        self,
+        engine: Engine,
+        other: Any,
+        maintain_order: bool,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
         """Append every row of ``other`` (an open handle whose rows the caller has checked
-        fit) as one transaction; return how many. See ``TensorBlob.extend``."""
+        fit) as one transaction; return how many. See ``TensorBlob.extend``.
+        ``progress(rows_done, rows_total)`` is called after each piece."""
         total = len(other)
         if total == 0:
             self._pos = self._state.length
             return 0
         B = self._meta.block_size
         same = other._meta.fields == self._meta.fields and other._meta.block_size == B
+        step = max(1, (64 << 20) // (B * self._meta.row_bytes)) * B  # rows per piece
         with self._mutation("extending"):
             if not maintain_order and same and total >= B:
                 nfull = total // B
-                sources = [other._blocks.path(b) for b in other._state.blocks[:nfull]]
-                engine.append_blocks(sources, self._as_list(other._take((nfull * B, total))))
+                paths = [other._blocks.path(b) for b in other._state.blocks[:nfull]]
+                none = self._as_list(other._take((total, total)))
+                # A piece of whole files at a time; this blob's partial last
+                # block, if any, moves after each piece, so it ends up after all.
+                for i in range(0, nfull, step // B):
+                    engine.append_blocks(paths[i : i + step // B], none)
+                    if progress is not None:
+                        progress(min(nfull, i + step // B) * B, total)
+                if total > nfull * B:
+                    tail = self._as_list(other._take((nfull * B, total)))
+                    engine.write(self._state.length, tail)
             else:
                 for start in range(0, total, B):
                     rows = self._as_list(other._take((start, min(start + B, total))))
                     engine.write(self._state.length, rows)
+                    if progress is not None and (start // B) % (step // B) == 0:
+                        progress(min(start + B, total), total)
             self._pos = self._state.length
+        if progress is not None:
+            progress(total, total)
         return total

@@ -28,6 +28,7 @@ __all__ = [
     "DiskFullError",
     "InvalidArgumentError",
     "InvalidIndexError",
+    "UnknownFieldError",
     "LockTimeoutError",
     "MissingDependencyError",
     "NotABlobError",
@@ -242,6 +243,13 @@ class DTypeMismatchError(BlobTypeError, ValueError):
 
 class ShapeMismatchError(TensorBlobError, ValueError):
     """A written tensor's shape is not a row, a batch of rows, or a flat run of rows."""
+
+
+class UnknownFieldError(TensorBlobError, KeyError):
+    """A TensorDB has no field of that name."""
+
+    def __str__(self) -> str:  # KeyError's would show the message's repr
+        return str(self.args[0]) if self.args else ""
 
 
 class InvalidIndexError(TensorBlobError, IndexError):

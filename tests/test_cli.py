@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import torch
 
+import tensorblob
 from tensorblob import TensorBlob, _durable, _format
 from tensorblob._cli import main
 from tensorblob._cli_output import Progress
@@ -902,3 +903,20 @@ def test_check_and_info_work_without_write_permission() -> None:
         assert codes == [0, 0, 0]
     finally:
         shutil.rmtree(top)
+
+
+def test_the_check_function_returns_the_report_the_command_prints(run: Run, blob: Any) -> None:
+    path, _data = blob
+    for deep in (False, True):
+        args = ("check", "--deep", path) if deep else ("check", path)
+        assert tensorblob.check(path, deep=deep) == run.json(*args)[1]
+    # A damaged block: the same problems, found without raising.
+    block = os.path.join(path, "blocks", sorted(os.listdir(os.path.join(path, "blocks")))[0])
+    with open(block, "r+b") as f:
+        f.write(b"\xff\xff")
+    report = tensorblob.check(path, deep=True)
+    assert report == run.json("check", "--deep", path)[1]
+    assert (report["ok"], report["verdict"]) == (False, "damaged")
+    assert [p["code"] for p in report["problems"]] == ["checksum"]
+    with pytest.raises(tensorblob.BlobTypeError):
+        tensorblob.check(123)  # type: ignore[arg-type]

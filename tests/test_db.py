@@ -135,7 +135,7 @@ def test_a_column_reads_one_field_with_the_whole_indexing_of_a_blob(tmp_path):
         assert torch.equal(col[[12, 0]], want["reward"][[12, 0]])
         assert torch.equal(torch.stack(list(col)), want["reward"])
         assert torch.equal(db._cols["obs"][:], want["obs"])
-        with pytest.raises(KeyError, match="no field 'nope'"):
+        with pytest.raises(tensorblob.UnknownFieldError, match="no field 'nope'"):
             db.column("nope")
         with pytest.raises(InvalidIndexError, match="out of bounds"):
             col[13]

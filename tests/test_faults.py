@@ -321,6 +321,11 @@ def _as_nobody(path: str, conn: Any) -> None:
         out.append((type(exc).__name__, getattr(exc, "errno", None), str(exc)))
     with TensorBlob.open(path, "r") as blob:
         out.append(len(blob))
+    try:
+        TensorBlob.unlink(path, timeout=0)
+        out.append("deleted")
+    except TensorBlobError as exc:
+        out.append(type(exc).__name__)
     conn.send(out)
 
 
@@ -337,9 +342,12 @@ def test_no_permission_to_write_is_a_clear_error_and_reading_still_works() -> No
         proc = ctx.Process(target=_as_nobody, args=(path, child))
         proc.start()
         assert parent.poll(60)
-        (cls, code, message), length = parent.recv()
+        (cls, code, message), length, unlinked = parent.recv()
         proc.join(30)
         assert (cls, code, length) == ("BlobPermissionError", errno.EACCES, 4)
+        assert unlinked == "BlobPermissionError"  # and the blob is still there
+        with TensorBlob.open(path, "r") as blob:
+            assert len(blob) == 4
         assert repr(path) in message
         assert issubclass(BlobPermissionError, PermissionError)
     finally:

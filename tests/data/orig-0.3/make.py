@@ -16,6 +16,17 @@ import torch
 from tensorblob import TensorBlob, TensorDB  # the original library, 0.3.0
 
 
+def expected_db() -> dict[str, torch.Tensor]:
+    """The committed records of the fixture database ``rl.db`` (10, in blocks of 4)."""
+    i = torch.arange(10)
+    return {
+        "obs": (i.reshape(10, 1, 1) * 3 + torch.arange(6).reshape(1, 2, 3)).to(torch.uint8),
+        "action": i * 10 - 3,
+        "reward": i.to(torch.float32) / 8,
+        "done": i % 4 == 3,
+    }
+
+
 def expected() -> dict[str, torch.Tensor]:
     """The rows each fixture blob holds."""
     return {
@@ -29,7 +40,7 @@ def expected() -> dict[str, torch.Tensor]:
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     rows = expected()
-    for name in [*rows, "db"]:
+    for name in [*rows, "db", "rl.db"]:
         shutil.rmtree(os.path.join(here, name), ignore_errors=True)
     with TensorBlob.open(
         os.path.join(here, "f32.blob"), "w", dtype="float32", shape=(2, 3), block_size=4
@@ -53,6 +64,19 @@ def main() -> None:
         block_size=4,
     ) as db:
         db.write({"obs": torch.ones(6, 3), "done": torch.zeros(6, dtype=torch.bool)})
+    rl = os.path.join(here, "rl.db")
+    schema = {
+        "obs": ("uint8", (2, 3)),
+        "action": ("int64", ()),
+        "reward": ("float32", ()),
+        "done": ("bool", ()),
+    }
+    with TensorDB.open(rl, "w", schema=schema, block_size=4) as db:
+        db.write(expected_db())
+    # A crash of the original between two fields' writes: "reward" is two rows
+    # longer than the database's committed length.
+    with TensorBlob.open(os.path.join(rl, "reward"), "a") as col:
+        col.write(torch.tensor([99.0, 98.0]))
 
 
 if __name__ == "__main__":
