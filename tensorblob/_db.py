@@ -240,7 +240,9 @@ class TensorDB(Handle):
 
     def _fast_srcs(self, rows: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], int]:
         """The fields' addresses and row count if the fast path applies, else ``((), 0)``."""
-        srcs, n = [], -1
+        srcs = []
+        n = 0
+        most = self._fast_rows
         for name, dtype, shape in self._lanes:
             t = rows.get(name)
             if type(t) is not torch.Tensor or t.dtype is not dtype:
@@ -248,13 +250,11 @@ class TensorDB(Handle):
             ts = t.shape
             if ts == shape:
                 k = 1
-            elif ts[1:] == shape and 0 < ts[0] <= self._fast_rows:
+            elif ts[1:] == shape and 0 < ts[0] <= most:
                 k = ts[0]
             else:
                 return (), 0
-            if k != n and n >= 0:
-                return (), 0
-            if not t.is_contiguous() or not t.is_cpu or t.is_neg():
+            if (n and k != n) or not t.is_contiguous() or not t.is_cpu or t.is_neg():
                 return (), 0
             n = k
             srcs.append(t.data_ptr())

@@ -177,12 +177,15 @@ class WriteWindow:
         window's block."""
         row = pos - self.w_base
         addr = self.w_addr or self._map_window()
-        ready = self.w_ready
-        for f, (off, rb) in enumerate(self.lanes):
+        ready, path, store = self.w_ready, self.w_path, _durable.store_mapped
+        f = 0
+        for off, rb in self.lanes:
             at = off + row * rb
-            if at + n * rb > ready[f]:
-                self._make_ready(f, at + n * rb)
-            _durable.store_mapped(addr + at, srcs[f], n * rb, at, self.w_path)
+            nbytes = n * rb
+            if at + nbytes > ready[f]:
+                self._make_ready(f, at + nbytes)
+            store(addr + at, srcs[f], nbytes, at, path)
+            f += 1  # noqa: SIM113 - enumerate() costs more in this loop
 
     def _store(self, row: int, srcs: tuple[int, ...], k: int) -> None:
         """Write ``k`` rows from the addresses ``srcs`` (one per field) at row ``row`` of the
