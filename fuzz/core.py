@@ -60,7 +60,7 @@ for _p in (HERE, os.path.join(ROOT, "tests")):
 import harness  # noqa: E402
 import torch  # noqa: E402
 
-from tensorblob import TensorBlob, _durability, _durable  # noqa: E402
+from tensorblob import TensorBlob, _durable  # noqa: E402
 from tensorblob._blockfiles import parse_block_name  # noqa: E402
 from tensorblob._meta import read_meta  # noqa: E402
 from tensorblob._snapshot import load  # noqa: E402
@@ -332,9 +332,8 @@ def run_ops(path: str, ops: list[list[Any]], st: _Acks) -> None:
             harness.kind_of(path).unlink(path)
             ack()
             st.durable = st.acks  # durable when it returns
-        elif kind == "checkpoint_every":
-            _durability.CHECKPOINT_BYTES = op[1]
-            _durability.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
+        elif kind in harness.BOUNDS:
+            harness.set_bound(op)
         else:
             do(op)
             if kind in harness.MUTATING:

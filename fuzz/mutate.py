@@ -66,7 +66,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "commit-full-no-block-fsync",
         "commit (full)",
         "step 1 removed: the written blocks are not fsynced before the commit record",
-        (_drop("_txn.py", "commit", "self.blocks.sync(written, new_files=bool(kept_private))"),),
+        (_drop("_txn.py", "commit", "self.blocks.sync(synced, new_files=bool(kept_private))"),),
     ),
     Mutation(
         "commit-full-no-blocks-dir-fsync",
@@ -86,7 +86,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "order: the commit record is appended before the blocks are fsynced "
         "(they are fsynced after it, before the journal's fdatasync)",
         (
-            _drop("_txn.py", "commit", "self.blocks.sync(written, new_files=bool(kept_private))"),
+            _drop("_txn.py", "commit", "self.blocks.sync(synced, new_files=bool(kept_private))"),
             Edit(
                 "_txn.py",
                 "_committed",
@@ -403,6 +403,46 @@ MUTATIONS: tuple[Mutation, ...] = (
         "creation",
         "the parent directory is not fsynced after the rename (creation not durable)",
         (_drop("_dirs.py", "create", "_durable.fsync_dir(os.path.dirname(path))"),),
+    ),
+    # -- rows logged in the journal (sync="full", docs/design.md item 21) -----------
+    Mutation(
+        "logged-blocks-not-synced",
+        "commit (full)",
+        "step 1: a general commit fsyncs only its own blocks, not those holding rows "
+        "logged earlier, yet its record says every row is in the block files",
+        (
+            Edit(
+                "_txn.py",
+                "commit",
+                "synced = sorted(self.marks.dirty.union(written))",
+                "synced = sorted(written)",
+            ),
+        ),
+    ),
+    Mutation(
+        "logged-no-journal-sync",
+        "commit (full)",
+        "the fast append under full does not fdatasync the journal (no commit point)",
+        (_drop("_fast.py", "put_commit", "j.sync()"),),
+    ),
+    Mutation(
+        "logged-not-rewritten",
+        "recovery",
+        "recovery does not write the logged rows back into their blocks",
+        (_drop("_recovery.py", "recover", "_durable.overwrite(fd, data, off, path)"),),
+    ),
+    Mutation(
+        "logged-not-laid-over",
+        "snapshot",
+        "a reader after a reboot reads logged rows from the block file, not the journal",
+        (
+            Edit(
+                "_blocks.py",
+                "_entry",
+                "if bid in self.logged and not self.writable:",
+                "if False:",
+            ),
+        ),
     ),
     # -- unlink (TensorBlob.unlink) -------------------------------------------------
     Mutation(

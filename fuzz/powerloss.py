@@ -179,7 +179,7 @@ class DiskModel:
             old = len(node.cache)
             node.cache = files[rel]
             node.dirty.append((TAIL, old, len(node.cache) - old))
-        elif kind in ("write_rows", "punch"):
+        elif kind in ("write_rows", "punch", "overwrite"):
             node = self._lookup(rel)
             assert node is not None, (kind, rel)
             node.cache = files[rel]

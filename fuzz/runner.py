@@ -73,6 +73,8 @@ def random_task(seed: int, examples: int) -> Task:
 # The power-loss workloads of the CI run: between them every durability step.
 CI_POWER = (
     "full_sync",
+    "full_logged",
+    "records_logged",
     "full_new_block",
     "full_overwrite",
     "rollback_full",

@@ -89,6 +89,26 @@ class BlockStore(BlockFiles):
         # Checksums to verify each block against when it is first mapped
         # (``TensorBlob.open(verify=True)``); None: no verification.
         self.verify: dict[int, tuple[int, tuple[int, ...]]] | None = None
+        # A reader's rows logged in the journal that the block files may lack
+        # after a power cut (State.logged): block id -> [(byte offset, bytes)],
+        # laid over the block's private mapping when it is mapped.
+        self.logged: dict[int, list[tuple[int, bytes]]] = {}
+
+    def set_logged(self, chunks: list[tuple[int, int, bytes]]) -> None:
+        """Lay ``chunks`` (``State.logged``) over this reader's mappings from now on.
+
+        Blocks mapped with the chunks of an earlier snapshot, or without
+        those of this one, are mapped again: a page a chunk was written into
+        is this process's copy, and no longer shows the file.
+        """
+        if not chunks and not self.logged:
+            return
+        new: dict[int, list[tuple[int, bytes]]] = {}
+        for bid, off, data in chunks:
+            new.setdefault(bid, []).append((off, data))
+        for bid in set(new) | set(self.logged):
+            self._cache.pop(bid, None)
+        self.logged = new
 
     def get(self, bid: int, f: int = 0) -> torch.Tensor:
         """Field ``f`` of block ``bid`` as a tensor ``(block_size, *shape)`` over the mapping."""
@@ -192,6 +212,9 @@ class BlockStore(BlockFiles):
             cache.move_to_end(bid)
             return e
         raw = self._map(bid)
+        if bid in self.logged and not self.writable:
+            for off, data in self.logged[bid]:
+                raw[off : off + len(data)] = _frombuffer(bytearray(data), dtype=torch.uint8)
         B = self.meta.block_size
         tensors, arrays = [], []
         for fld in self.meta.fields:

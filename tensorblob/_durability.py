@@ -42,6 +42,9 @@ CHECKPOINT_RECORDS = 2048  # journal records that trigger one: bounds replay tim
 # ROTATE_BYTES, the bound checkpoints, which makes them durable: a power cut
 # never loses more than that (or what the last durable point left).
 ROTATE_BYTES = 64 << 20
+# Rows logged in records (F6 ``r``) are read at every open but cost little to
+# replay: they count towards this bound instead of CHECKPOINT_BYTES.
+LOGGED_JOURNAL_BYTES = 1 << 20
 # close() checkpoints, rather than appending a close marker, past this many
 # records: the next open then replays nothing. Collectors that open, append
 # and close all day would otherwise make every open replay their sessions.
@@ -85,6 +88,7 @@ class Marks:
     new_files: bool = False  # block files created since the last durable point
     deleted: bool = False  # block files deleted since blocks/ was last fsynced
     since: int = 0  # commits since the last durable point
+    logged: int = 0  # row bytes logged in records (F6 ``r``) since blocks were last fsynced
     last_closed: bool = False  # the journal ends with a close marker
     # An open marker starts the session's records in the journal and gives
     # them its boot id. It is written before the session's first record, and
@@ -113,8 +117,9 @@ class Marks:
         self.last_closed = False
         if not append:
             self.rotatable = False
-        if full:
-            self.since = 0
+        if full:  # every block was fsynced before the record (Engine.commit)
+            self.since = self.logged = 0
+            self.dirty.clear()
         else:
             self.dirty.update(written)
             self.new_files |= new_files
@@ -123,7 +128,7 @@ class Marks:
     def made_durable(self, closing: bool, length: int) -> None:
         self.deleted = self.new_files = False
         self.dirty.clear()
-        self.since = 0
+        self.since = self.logged = 0
         self.last_closed = closing
         if length != self.base_length:  # the manifest is no longer the durable state
             self.rotatable = False
@@ -131,7 +136,7 @@ class Marks:
     def checkpointed(self, closing: bool, gen: int, length: int, *, full: bool) -> None:
         self.deleted = self.new_files = False
         self.dirty.clear()
-        self.since = 0
+        self.since = self.logged = 0
         self.opened = self.marker_durable = False  # the next record starts with a new marker
         self.last_closed = closing
         self.base, self.base_length = gen, length
@@ -161,7 +166,11 @@ class DurablePoints:
     def past_bound(self) -> bool:
         """The journal has passed its bound: the next transaction rotates or checkpoints it."""
         j = self.journal
-        return j.size > CHECKPOINT_BYTES or j.seq > CHECKPOINT_RECORDS
+        return (
+            j.size - j.logged > CHECKPOINT_BYTES
+            or j.seq > CHECKPOINT_RECORDS
+            or j.size > LOGGED_JOURNAL_BYTES
+        )
 
     def durable_point(self, *, closing: bool) -> None:
         """Make every commit so far survive power loss (``flush()`` / ``close()``).
@@ -180,8 +189,15 @@ class DurablePoints:
         j = self.journal
         # Not while the interpreter shuts down (a close from __del__): torch
         # may be half torn down by then.
-        long = j.size > CHECKPOINT_BYTES or (
-            closing and (j.seq > CLOSE_CHECKPOINT_RECORDS or len(m.dirty) > CLOSE_CHECKPOINT_BLOCKS)
+        # A journal padded for logged rows is checkpointed at close, so that
+        # readers do not read its padding at every open.
+        long = j.size - j.logged > CHECKPOINT_BYTES or (
+            closing
+            and (
+                j.seq > CLOSE_CHECKPOINT_RECORDS
+                or len(m.dirty) > CLOSE_CHECKPOINT_BLOCKS
+                or j.padded
+            )
         )
         checkpointed = (
             long and not sys.is_finalizing() and self._checkpoint(closing=closing, optional=True)
@@ -254,7 +270,7 @@ class DurablePoints:
             m.deleted = m.new_files = False
         try:
             gen, salt = _recovery.stage_checkpoint(
-                self.root, st, self.meta.block_size, closed=closing, sums=sums
+                self.root, st, self.meta.block_size, closed=closing, sums=sums, logged=self.full
             )
         except OSError:
             if optional:

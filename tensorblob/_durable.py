@@ -31,6 +31,7 @@ __all__ = [
     "fsync_paths",
     "install",
     "mkdir",
+    "overwrite",
     "prefill",
     "rename",
     "reserve_tail",
@@ -88,11 +89,12 @@ def boot_id() -> str:
 _boot: str | None = None
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
     view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
+    while view:  # a short write is rare, but allowed to happen
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
         view = view[n:]
+        offset = None if offset is None else offset + n
 
 
 def create_file(path: str, data: bytes, *, sync: bool) -> None:
@@ -111,13 +113,9 @@ def create_file(path: str, data: bytes, *, sync: bool) -> None:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` all-or-nothing, durably: ``stage``, then ``install``.
-
-    A crash leaves either the old file (and maybe a stray ``.tmp``, which
-    recovery removes) or the new one, never a mix. Every byte of disk space
-    it needs is taken before the rename, so a full disk fails it with the
-    old file in place.
-    """
+    """Replace ``path`` with ``data`` all-or-nothing, durably: ``stage``, then ``install``
+    (a crash leaves the old file, maybe with a stray ``.tmp``, or the new one; a full disk
+    fails it before the rename, with the old file in place)."""
     stage(path, data)
     install(path)
 
@@ -148,13 +146,20 @@ def install(path: str) -> None:
     fsync_dir(os.path.dirname(path))
 
 
-def append(fd: int, data: bytes, path: str) -> None:
-    """Append ``data`` to the ``O_APPEND`` file ``fd``. Not durable until ``fdatasync``."""
+def append(fd: int, data: bytes, path: str, offset: int | None = None) -> None:
+    """Append ``data`` to the ``O_APPEND`` file ``fd``, or write it at ``offset``, the end
+    of file ``fd`` (the journal's zero padding: ``bytes(n)``, F5). Not durable."""
     if _hook is not None:
         _hook("append", path, None)
-    n = os.write(fd, data)
-    if n != len(data):  # a short write: rare, but allowed to happen
-        _write_all(fd, memoryview(data)[n:])
+    _write_all(fd, data, offset)
+
+
+def overwrite(fd: int, data: bytes, offset: int, path: str) -> None:
+    """Write ``data`` at ``offset`` of file ``fd``, over bytes it has (a journal frame over
+    its padding, F5; logged rows put back into a block by recovery). Not durable."""
+    if _hook is not None:
+        _hook("overwrite", path, (offset, len(data)))
+    _write_all(fd, data, offset)
 
 
 def truncate(fd: int, size: int, path: str) -> None:
@@ -209,9 +214,8 @@ def reserve_tail(fd: int, offset: int, nbytes: int, path: str) -> bool:
     """Give ``nbytes`` past ``offset`` of the append-only file ``fd`` disk space, keeping its
     size (the journal's room for its next records); False if the filesystem cannot.
 
-    Changes no content. Not for blocks: ext4 may still need a block when a
-    page of a reserved extent is first written through a mapping.
-    """
+    Changes no content. Not for blocks: ext4 may still need a block when a page
+    of a reserved extent is first written through a mapping."""
     _step("reserve", path)
     return _falloc(fd, _FALLOC_FL_KEEP_SIZE, offset, nbytes, path)
 

@@ -33,11 +33,15 @@ from .errors import CorruptBlobError, NotABlobError, UnsupportedVersionError
 # 2: append records, boot ids in open records only; 3: a rotated journal, whose
 # header names the manifest generation it applies to ("base"), which a reader
 # of version 2 would take for damage; 4: the meta of a TensorDB (its fields),
-# which a reader of version 3 must refuse (docs/format.md). Every file is
-# written as version 2 except a rotated journal and a TensorDB's meta.
-FORMAT_VERSION = 4  # the newest version this library reads
-WRITE_VERSION = 2  # the version of the files it writes, but these two:
+# which a reader of version 3 must refuse (docs/format.md); 5: a journal that
+# may hold rows logged in its records and zero padding (F5, F6 ``r``), which
+# an older reader would misread after a power cut. Every file is written as
+# version 2 except a rotated journal, a TensorDB's meta and a sync="full"
+# writer's journal.
+FORMAT_VERSION = 5  # the newest version this library reads
+WRITE_VERSION = 2  # the version of the files it writes, but these three:
 DB_VERSION = 4  # a TensorDB's meta
+LOG_VERSION = 5  # a journal with logged rows
 MAGIC_META = b"TBLBMETA"
 MAGIC_MANIFEST = b"TBLBMANI"
 MAGIC_JOURNAL = b"TBLBJRNL"
@@ -205,6 +209,14 @@ def frame_offsets(data: bytes, start: int, count: int) -> list[int]:
 
 
 TAIL_SCAN_BUDGET = 64 << 20  # bytes of CRC work spent looking for intact frames in a tail
+
+
+def content_end(data: bytes, end: int) -> int:
+    """Just past the last byte that is not zero, but at least ``end`` (where the valid
+    frames end): the journal's size without its zero padding (F5)."""
+    if end >= len(data):
+        return len(data)
+    return end + len(data[end:].rstrip(b"\0"))
 
 
 def intact_frames(data: bytes, pos: int, salt: int) -> list[dict[str, Any] | None]:

@@ -205,6 +205,7 @@ class Handle(Transactions, Reader):
                 raise
         elif snapshot is not None:  # unpickling: the lease already holds the state
             self._lease, self._state = snapshot
+            self._blocks.set_logged(self._state.logged)
         else:
             self._lease = ReaderLease(root)
             try:
@@ -227,6 +228,7 @@ class Handle(Transactions, Reader):
         lease.hold_everything()
         state = _snapshot.load(self._path, self._meta).state
         lease.hold(state.seq)
+        self._blocks.set_logged(state.logged)
         return state
 
     def refresh(self) -> int:
@@ -292,7 +294,7 @@ class Handle(Transactions, Reader):
             loaded = _snapshot.load(self._path, self._meta)
         j = loaded.journal
         assert j is not None
-        journal = JournalWriter(self._path, j.salt, len(j.records))
+        journal = JournalWriter(self._path, j.salt, len(j.records), j.end)
         self._engine = Engine(
             self._path,
             self._meta,

@@ -51,6 +51,12 @@ def append_record(n: int, *, carried: bool = False) -> dict[str, Any]:
     return rec
 
 
+def logged_append(n: int, rows: bytes) -> dict[str, Any]:
+    """A ``sync="full"`` append to ``n`` rows whose rows travel in the record (``r``, F6):
+    a durable marker whose rows may not be in the block file yet."""
+    return {"t": REC_APPEND, "n": n, "d": True, "r": rows}
+
+
 def commit_record(  # noqa: PLR0917 - the fields of the record (F6)
     n: int,
     k: int,
@@ -201,6 +207,9 @@ def check_record(r: dict[str, Any], what: str) -> None:
         n = r.get("n")
         require(type(n) is int and n > 0, what, f"append record q={r['q']}: bad n")
         require(r.get("p", True) is True, what, f"append record q={r['q']}: bad p")
+        if "r" in r:  # logged rows: bytes, in a durable marker
+            require(type(r["r"]) is bytes, what, f"append record q={r['q']}: bad r")
+            require(r.get("d") is True, what, f"append record q={r['q']}: r without d")
         if "cs" in r:
             check_sums(r, what)
         return

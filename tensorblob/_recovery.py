@@ -111,6 +111,7 @@ def stage_checkpoint(
     *,
     closed: bool = False,
     sums: list[list[int]] | None = None,
+    logged: bool = False,
 ) -> tuple[int, int]:
     """Stage the next generation's manifest and an empty journal; return (gen, salt).
 
@@ -118,14 +119,15 @@ def stage_checkpoint(
     disk space the checkpoint needs is taken here, before its commit point.
     Nothing a reader sees changes. If staging fails (a full disk), what was
     staged is removed again, best effort, and the error is raised. With
-    ``closed``, the new journal starts with a close marker. ``sums``: checksums
+    ``closed``, the new journal starts with a close marker; with ``logged``, it
+    is version 5 (rows logged in records, F6 ``r``). ``sums``: checksums
     (``new_sums``) the manifest records beyond the state's, which the caller
     applies to the state once the checkpoint is installed.
     """
     gen = state.gen + 1
     stage_manifest(root, state, block_size, gen, sums)
     try:
-        salt = stage_journal(root, state.uuid, gen, closed=closed)
+        salt = stage_journal(root, state.uuid, gen, closed=closed, logged=logged)
     except BaseException:
         with contextlib.suppress(OSError):
             _durable.unlink(os.path.join(root, MANIFEST + ".tmp"), missing_ok=True)
@@ -256,6 +258,10 @@ def plan(
     if j is not None and j.torn:
         n = f"a torn journal tail of {j.size - j.end} bytes"
         steps.append(Step("torn", f"discard {n}", f"discarded {n}"))
+    if state.logged:
+        k = len({bid for bid, _, _ in state.logged})
+        n = f"rows that sync='full' commits logged in the journal into {k} block file(s)"
+        steps.append(Step("redo", f"write {n}", f"wrote {n}"))
     if loaded.dirty:
         n = f"{len(loaded.dirty)} block file(s) written since the last durable point"
         steps.append(Step("fsync", f"fsync {n}", f"fsynced {n}"))
@@ -291,6 +297,18 @@ def recover(root: str, meta: Meta, blocks: BlockFiles, loaded: Loaded) -> list[S
     for bid in state.blocks:  # never checkpoint a state whose rows are gone
         blocks.check_file(bid)
     steps = plan(root, blocks, loaded)
+    # Rows that commits logged in their records, which a power cut may have
+    # kept from the block files, are written there again (the same bytes),
+    # then fsynced with the other blocks written since the last durable point.
+    for bid, off, data in state.logged:
+        path = blocks.path(bid)
+        if os.path.exists(path):  # else freed and deleted since
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                _durable.overwrite(fd, data, off, path)
+            finally:
+                os.close(fd)
+    state.logged.clear()
     # Always fsync blocks/ too: the dead writer may have unlinked block files
     # (a rollback) without making that durable. Recovery cannot see them to
     # delete them again, so after its checkpoint a power cut must not bring

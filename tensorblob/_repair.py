@@ -327,7 +327,7 @@ def _close_journal(root: str, meta: Any) -> None:
     loaded = _snapshot.load(root, meta)
     j = loaded.journal
     assert j is not None
-    writer = JournalWriter(root, j.salt, len(j.records))
+    writer = JournalWriter(root, j.salt, len(j.records), j.end)
     try:
         writer.append(_records.sync_record(True))
         writer.sync()

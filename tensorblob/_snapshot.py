@@ -92,12 +92,32 @@ def load(root: str, meta: Meta) -> Loaded:
     )
 
 
-def _last_durable(records: list[dict[str, Any]], end: int | None = None) -> int:
-    """Index of the last durable marker (a sync or ``d`` record) below ``end``; -1 if none."""
+def _last_durable(
+    records: list[dict[str, Any]], end: int | None = None, *, in_blocks: bool = False
+) -> int:
+    """Index of the last durable marker (a sync or ``d`` record) below ``end``; -1 if none.
+
+    ``in_blocks``: the last one that also says every committed row is in the
+    block files, which a record with logged rows (``r``, F6) does not.
+    """
     for i in range(len(records) if end is None else end)[::-1]:
-        if records[i]["t"] == _records.REC_SYNC or records[i].get("d"):
+        rec = records[i]
+        if rec["t"] == _records.REC_SYNC or (rec.get("d") and not (in_blocks and "r" in rec)):
             return i
     return -1
+
+
+def _boots(records: list[dict[str, Any]]) -> list[str | None]:
+    """The boot each record was written in (F9: its own ``b``, else its session's)."""
+    out, boot = [], None
+    for rec in records:
+        b = rec.get("b")
+        if rec["t"] == _records.REC_OPEN:
+            boot = b
+        elif b is None:
+            b = boot
+        out.append(b)
+    return out
 
 
 def applied(records: list[dict[str, Any]]) -> int:
@@ -111,13 +131,8 @@ def applied(records: list[dict[str, Any]]) -> int:
     last_durable = _last_durable(records)
     if last_durable == len(records) - 1:
         return len(records)
-    boot, now = None, _durable.boot_id()
-    for i, rec in enumerate(records):
-        b = rec.get("b")
-        if rec["t"] == _records.REC_OPEN:
-            boot = b
-        elif b is None:
-            b = boot
+    now = _durable.boot_id()
+    for i, b in enumerate(_boots(records)):
         if i > last_durable and b != now:
             return last_durable + 1
     return len(records)
@@ -131,12 +146,19 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
     keep = applied(records)
     discarded = sum(rec["t"] in _records.COMMITS for rec in records[keep:])
     loaded = Loaded(state, journal, discarded=discarded)
-    last_durable = _last_durable(records, keep)
+    # Rows of commits after this marker may be only in the page cache (or, for
+    # records with logged rows, in those records): recovery fsyncs their blocks.
+    last_durable = _last_durable(records, keep, in_blocks=True)
+    redo = _redo_from(records, keep, last_durable)
     what = f"journal of generation {journal.gen}"
     B, APPEND, i = meta.block_size, _records.REC_APPEND, 0
     while i < keep:
         j = i + 1
-        if records[i]["t"] == APPEND:  # a run of appends (a collector's commits): one pass
+        if i in redo:
+            pos = state.length
+            written = state.apply(records[i], B, what)
+            state.logged.extend(_logged_chunks(state, meta, pos, records[i], what))
+        elif records[i]["t"] == APPEND:  # a run of appends (a collector's commits): one pass
             # The run stops after the last durable marker, which may be an append.
             while j < keep and j != last_durable + 1 and records[j]["t"] == APPEND:
                 j += 1
@@ -151,3 +173,32 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
     if loaded.kept:
         state.validate(meta.block_size, f"{what}: after replay")
     return loaded
+
+
+def _redo_from(records: list[dict[str, Any]], keep: int, last_in_blocks: int) -> set[int]:
+    """Indices of the kept records whose logged rows (``r``, F6) may be missing from the
+    block files: after the last marker that put every row in them, written in another
+    boot (the same boot's rows are in the page cache, if not on disk)."""
+    idx = [i for i in range(last_in_blocks + 1, keep) if "r" in records[i]]
+    if not idx:
+        return set()
+    now, boots = _durable.boot_id(), _boots(records)
+    return {i for i in idx if boots[i] != now}
+
+
+def _logged_chunks(
+    state: State, meta: Meta, pos: int, rec: dict[str, Any], what: str
+) -> list[tuple[int, int, bytes]]:
+    """Where the logged rows of ``rec``, an append from ``pos`` rows, go: one
+    ``(block_id, byte_offset, bytes)`` per field. Raises CorruptBlobError if they do not
+    fit one block, as the writer writes them."""
+    B, rows, n = meta.block_size, rec["r"], rec["n"] - pos
+    slot, row = divmod(pos, B)
+    if row + n > B or len(rows) != n * meta.row_bytes:
+        _records.corrupt(what, f"append q={rec['q']}: logged rows do not fit", "does-not-fit")
+    out, at = [], 0
+    for fld in meta.fields:
+        k = n * fld.row_bytes
+        out.append((state.blocks[slot], fld.offset + row * fld.row_bytes, rows[at : at + k]))
+        at += k
+    return out

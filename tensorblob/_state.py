@@ -41,6 +41,11 @@ class State:
     # extended as the block grows, each time its new rows become durable.
     sums: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     arity: int = 1  # crcs per checksum: the number of fields
+    # In memory only: rows that records logged (F6 ``r``) and the block files
+    # may lack after a power cut, until a writer's recovery rewrites them
+    # there: (block id, byte offset, bytes). Readers lay them over their
+    # private mappings (_blocks.BlockStore.logged). Almost always empty.
+    logged: list[tuple[int, int, bytes]] = field(default_factory=list)
 
     def append_delta(self, n: int, block_size: int) -> dict[str, Any] | None:
         """The commit delta an append record growing this state to ``n`` rows stands for."""

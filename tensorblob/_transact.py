@@ -110,7 +110,12 @@ class Transactions:
             raise from_os_error(exc, self._path, doing) from exc
 
     def _begin(self, engine: Engine) -> None:
-        engine.begin()
+        try:
+            engine.begin()  # may checkpoint first, which can fail past its commit point
+        except BaseException:
+            if engine.broken:
+                self._abandon()
+            raise
         self._saved_pos = self._pos
         self._doomed = False
 
@@ -242,6 +247,8 @@ class Transactions:
             return 0
         B = self._meta.block_size
         same = other._meta.fields == self._meta.fields and other._meta.block_size == B
+        # Whole files only if they hold every row (not rows logged in the journal, F6 ``r``).
+        same = same and not other._state.logged
         step = max(1, (64 << 20) // (B * self._meta.row_bytes)) * B  # rows per piece
         with self._mutation("extending"):
             if not maintain_order and same and total >= B:

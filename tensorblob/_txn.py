@@ -36,7 +36,8 @@ import torch
 from . import _durable, _locking, _records, _recovery
 from ._blocks import BlockStore
 from ._durability import _BEFORE, _COMMITTED, _UNKNOWN, DurablePoints, Marks
-from ._journal import JournalWriter, sync_room
+from ._fast import FastPaths
+from ._journal import JournalWriter
 from ._meta import Meta
 from ._state import State, append_delta
 from ._window import WriteWindow
@@ -54,11 +55,12 @@ class _Txn:
     low: int = 1 << 62  # lowest slot written, swapped or cut: nothing below it changed
 
 
-class Engine(WriteWindow, DurablePoints):
+class Engine(FastPaths, WriteWindow, DurablePoints):
     """Transactions over one writable blob. Not thread-safe: one thread per blob handle.
 
-    The write window (``_window``) and the durable points (``_durability``)
-    are its two mixins; this module is the transaction protocol.
+    The fast paths (``_fast``), the write window (``_window``) and the durable
+    points (``_durability``) are its mixins; this module is the transaction
+    protocol.
     """
 
     def __init__(
@@ -121,81 +123,6 @@ class Engine(WriteWindow, DurablePoints):
                 self.journal.sync()
             m.marker_durable = True
 
-    # -- the fast paths ---------------------------------------------------
-
-    def fast_write(self, srcs: tuple[int, ...], n: int, pos: int | None, *, commit: bool) -> int:
-        """Write ``n`` rows from the addresses ``srcs`` (one per field) at row ``pos`` (None:
-        at the end), the fast way; return the row after them, or -1 having done nothing.
-
-        The fast way applies when the rows fall in the write window. With
-        ``commit`` (no transaction is open) they append at the end as one
-        committed transaction (``put_commit``); otherwise they join the open
-        transaction (``put``). On -1 the caller takes the general path.
-        """
-        if pos is None:
-            pos = self.state.length
-        if commit:
-            ok = pos == self.state.length and self.put_commit(srcs, n)
-        else:
-            ok = self.put(pos, srcs, n)
-        return pos + n if ok else -1
-
-    def put(self, pos: int, srcs: tuple[int, ...], n: int) -> bool:
-        """Copy ``n`` rows from the addresses ``srcs`` to row ``pos``, inside the open
-        transaction.
-
-        Only if they fall in the write window; returns False (and does
-        nothing) otherwise, and the caller takes the general path.
-        """
-        if not (self.w_lo <= pos and pos + n <= self.w_hi):
-            return False
-        st = self.state
-        if pos > st.length:
-            return False
-        self._copy_in(pos, srcs, n)
-        if pos + n > st.length:  # noqa: PLR1730 - an if is cheaper than max() here
-            st.length = pos + n
-        if not self.w_marked:
-            t = self.txn
-            assert t is not None
-            t.touched.add(self.w_bid)
-            t.low = min(t.low, self.w_slot)
-            self.w_marked = True
-        return True
-
-    def put_commit(self, srcs: tuple[int, ...], n: int) -> bool:
-        """Append ``n`` rows from the addresses ``srcs`` as one committed transaction.
-
-        The common case of a collector: the rows fit the last block past its
-        high-water mark, so the transaction is the rows plus one append record
-        (``sync="normal"``). Returns False, having done nothing, when that
-        does not apply; the caller then takes the general path.
-        """
-        st = self.state
-        pos = st.length
-        m = self.marks
-        if not (self.w_lo <= pos and pos + n <= self.w_hi) or self.full or not m.opened:
-            return False
-        if self.past_bound():
-            return False  # the general path rotates or checkpoints first (see begin)
-        j = self.journal
-        self._copy_in(pos, srcs, n)
-        end = pos + n
-        try:
-            j.append_rows(end, sync_room(len(m.dirty) + 1))
-        except BaseException as exc:
-            if j.broken:
-                raise self._give_up("writing the commit record", exc, _UNKNOWN) from exc
-            raise  # nothing was written: not committed, and nothing to undo
-        # Committed: memory follows through the one transition (State.apply,
-        # whose append branch this is), as in _committed.
-        st.apply_append(end, j.seq, self.meta.block_size, "commit")
-        m.dirty.add(self.w_bid)
-        m.since += 1
-        m.last_closed = False
-        self.w_lo = end
-        return True
-
     # -- transaction lifecycle --------------------------------------------
 
     def begin(self) -> None:
@@ -207,7 +134,11 @@ class Engine(WriteWindow, DurablePoints):
         error is raised as it is.
         """
         assert self.txn is None
-        if self.past_bound():
+        if self.full and not self.journal.can_log:
+            # Under "full", a journal that can hold logged rows (version 5)
+            # replaces an older one at the session's first transaction.
+            self._checkpoint()
+        elif self.past_bound():
             self._bound()
         self.txn = _Txn(self.state.length, len(self.state.blocks), self.state.next_id)
         self.w_marked = False
@@ -283,17 +214,21 @@ class Engine(WriteWindow, DurablePoints):
             self._mark_open()
         # Step 1: under "full", the rows reach the disk before the record does,
         # and the record carries their checksums (it is a durable marker).
+        # The blocks holding rows that earlier commits logged in their records
+        # (put_commit) are fsynced too: this record then says that every
+        # committed row is in the block files (a block-durable marker, F9).
         if self.full:
-            self.blocks.sync(written, new_files=bool(kept_private))
+            synced = sorted(self.marks.dirty.union(written))
+            self.blocks.sync(synced, new_files=bool(kept_private))
             rows_after = dict(map(tuple, hwm_updates))
-            sums = _recovery.new_sums(st, self.blocks, written, rows_after)
+            live = [b for b in synced if b not in freed] if freed else synced
+            sums = _recovery.new_sums(st, self.blocks, live, rows_after)
             _records.mark_durable(record, sums)
         # Step 2: the commit point (process death). If the append fails having
         # written nothing, or its bytes were cut off again, the transaction is
         # not committed and the caller rolls it back. If part of the frame may
         # be on disk, only the next open can tell: the handle is given up.
-        keep = sync_room(len(self.marks.dirty) + len(written))
-        self._append(record, "writing the commit record", keep)
+        self._append(record, "writing the commit record", self._keep(len(written)))
         # The transaction is committed: memory follows, whatever fails below.
         self.txn = None
         with self._poison_on_error("completing a committed transaction", _COMMITTED):

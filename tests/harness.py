@@ -21,6 +21,7 @@ Ops::
     ["flush"] | ["close"]
     ["unlink"]                  # TensorBlob.unlink(path), with no handle open
     ["checkpoint_every", nbytes]  # lower the journal bound (and ROTATE_BYTES) in the child
+    ["log_bound", rows, journal]  # lower the bounds on rows logged in the journal (sync="full")
 
 ``WORKLOADS`` is the shared catalogue (tests/test_crash.py and fuzz/ use it).
 
@@ -44,7 +45,7 @@ from typing import Any
 
 import torch
 
-from tensorblob import TensorBlob, TensorDB, _durability, _durable
+from tensorblob import TensorBlob, TensorDB, _durability, _durable, _fast
 from tensorblob._meta import read_meta
 
 ABSENT = None  # the blob does not exist
@@ -228,6 +229,29 @@ WORKLOADS: dict[str, list[list[Any]]] = {
         ["truncate", 4],
         ["close"],
     ],
+    # sync="full" commits of a few rows carry them in the journal (F6 ``r``): the
+    # blocks are fsynced at the next commit that fills a block, truncates or
+    # overwrites, at the log bound, at checkpoints and at close.
+    "full_logged": [
+        ["log_bound", 40, 600],
+        ["open", "w", "full", NEW],
+        ["write", 1, 1],
+        ["write", 1, 2],
+        ["write", 2, 3],
+        ["write", 1, 4],
+        ["write", 1, 5],
+        ["write", 1, 6],
+        ["truncate", 5],
+        ["write", 1, 7],
+        ["write", 1, 8],
+        ["close"],
+        ["open", "a", "full", {}],
+        ["write", 1, 9],
+        ["write", 1, 10],
+        ["write", 1, 11],
+        ["write", 1, 12],
+        ["write", 1, 13],
+    ],
     # Records (TensorDB): every field must keep the same length, and every row
     # one committed version of all its fields.
     "records_append": [
@@ -265,6 +289,14 @@ WORKLOADS: dict[str, list[list[Any]]] = {
         ["extend", "OTHER", True],
         ["write", 1, 7],
         ["close"],
+    ],
+    "records_logged": [
+        ["log_bound", 60, 800],
+        ["open", "w", "full", NEW_DB],
+        *[["write", 1, i] for i in range(7)],
+        ["seek", 2, 0],
+        ["write", 1, 20],
+        ["write", 1, 21],
     ],
     "records_full_sync": [
         ["open", "w", "full", NEW_DB],
@@ -371,7 +403,7 @@ class Model:
             pass  # the transaction raised inside: data and cursor are as before
         elif kind == "unlink":
             self.data, self.pos = ABSENT, 0
-        elif kind in ("flush", "close", "checkpoint_every"):
+        elif kind in ("flush", "close", *BOUNDS):
             pass
         else:  # pragma: no cover - a typo in a workload
             raise ValueError(op)
@@ -436,6 +468,21 @@ def apply_op(blob: Any, op: list[Any]) -> None:
         raise ValueError(op)
 
 
+BOUNDS = ("checkpoint_every", "log_bound")
+
+
+def set_bound(op: list[Any]) -> None:
+    """Lower a bound of the engine in this (child) process, so that a short workload
+    reaches it: ``checkpoint_every`` the journal's (and ROTATE_BYTES), ``log_bound``
+    the bytes of rows logged in the journal (F6 ``r``) before the blocks are fsynced
+    and before the journal is checkpointed."""
+    if op[0] == "checkpoint_every":
+        _durability.CHECKPOINT_BYTES = op[1]
+        _durability.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
+    else:
+        _fast.LOG_BUDGET, _durability.LOGGED_JOURNAL_BYTES = op[1], op[2]
+
+
 def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
 
     blob = None
@@ -466,9 +513,8 @@ def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
             kind_of(path).unlink(path)
             ack()
             os.write(ack_fd, b"D%d\n" % acks)  # durable when it returns
-        elif kind == "checkpoint_every":
-            _durability.CHECKPOINT_BYTES = op[1]
-            _durability.ROTATE_BYTES = op[1]  # rotations, then a checkpoint, in one session
+        elif kind in BOUNDS:
+            set_bound(op)
         else:
             do(op)
             if kind in MUTATING:
@@ -614,9 +660,14 @@ def drop_unsynced(log: list[tuple[str, str, str]], root: str, *, keep_journal: b
     journal = os.path.join(root, "journal")
     durable_size: int | None = None
     dirty: dict[str, list[tuple[int, int]] | None] = {}  # None: the whole file
+    pending: list[tuple[int, int]] = []  # frames written in place over the journal's padding
     for step, p, info in log:
         if p == journal and step in ("fdatasync", "rename"):
             durable_size = int(info)
+            pending = []
+        elif p == journal and step == "overwrite":
+            off, n = map(int, info.split(","))
+            pending.append((off, n))
         elif "/blocks/" in p:
             if step == "write_rows":
                 off, n = map(int, info.split(","))
@@ -631,6 +682,11 @@ def drop_unsynced(log: list[tuple[str, str, str]], root: str, *, keep_journal: b
         if cur > durable_size:
             os.truncate(journal, durable_size)
             done.append(f"journal cut {cur} -> {durable_size}")
+        with open(journal, "r+b") as f:
+            for off, n in pending:  # the padding they overwrote comes back
+                f.seek(off)
+                f.write(bytes(max(0, min(n, durable_size - off))))
+                done.append(f"journal zeroed {off}+{n}")
     g = torch.Generator().manual_seed(7)
     for p, extents in sorted(dirty.items(), key=lambda kv: kv[0]):
         if not os.path.exists(p):

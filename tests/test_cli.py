@@ -48,7 +48,9 @@ def make_blob(path: str) -> torch.Tensor:
     with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=B) as blob:
         blob.write(rows(0, 8))
     with open(os.path.join(path, "journal"), "ab") as f:
-        f.write(b"\0")  # a torn byte: the next writer recovers, which checkpoints the 8 rows
+        # A torn byte (zeros would be padding, F5): the next writer recovers,
+        # which checkpoints the 8 rows.
+        f.write(b"\x01")
     with TensorBlob.open(path, "a") as blob:
         blob.write(rows(8, 11))
     with TensorBlob.open(path, "a") as blob:
@@ -581,11 +583,11 @@ def test_older_manifest_copied_back_is_salvaged_to_that_manifest(run: Run, tmp_p
     path = str(tmp_path / "blob")
     with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=B) as blob:
         blob.write(rows(0, 5))
-    Path(path, "journal").write_bytes(Path(path, "journal").read_bytes() + b"\0")
+    Path(path, "journal").write_bytes(Path(path, "journal").read_bytes() + b"\x01")
     with TensorBlob.open(path, "a") as blob:  # recovery checkpoints generation 2: 5 rows
         old = Path(path, "manifest").read_bytes()
         blob.write(rows(5, 6))
-    Path(path, "journal").write_bytes(Path(path, "journal").read_bytes() + b"\0")
+    Path(path, "journal").write_bytes(Path(path, "journal").read_bytes() + b"\x01")
     with TensorBlob.open(path, "a") as blob:  # generation 3: 6 rows
         blob.write(rows(6, 7))
     Path(path, "manifest").write_bytes(old)  # someone restores an old manifest
@@ -673,12 +675,13 @@ def test_meta_of_a_newer_format_version_is_refused_by_every_command(run: Run, bl
     path, _data = blob
     with open(os.path.join(path, "meta"), "r+b") as f:
         f.seek(8)
-        f.write((5).to_bytes(2, "little"))  # the CRC covers only the body: still valid
+        newer = _format.FORMAT_VERSION + 1
+        f.write(newer.to_bytes(2, "little"))  # the CRC covers only the body: still valid
     with no_disk_change(path):
         for args in (("info", path), ("check", path), ("recover", path)):
             code, out = run(*args)
             assert code == 2
-            assert "format version 5 is newer than this library reads (4)" in out
+            assert f"format version {newer} is newer than this library reads ({newer - 1})" in out
             assert "upgrade tensorblob" in out
             assert run.json(*args)[1]["verdict"] == "unsupported-version"
 

@@ -110,7 +110,15 @@ def test_kill_at_every_disk_step_leaves_last_or_in_flight_commit(tmp_path: Any, 
         _check_reopen(path, allowed, f"{name}: killed at step {n}/{total} ({clean.log[n - 1][:2]})")
 
 
-POWER = ["append", "overwrite", "truncate_regrow", "extend_blocks", "flush_points", "full_sync"]
+POWER = [
+    "append",
+    "overwrite",
+    "truncate_regrow",
+    "extend_blocks",
+    "flush_points",
+    "full_sync",
+    "full_logged",
+]
 
 
 @pytest.mark.slow  # superseded in the default run by the finer model of tests/test_fuzz_ci.py

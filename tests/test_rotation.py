@@ -110,7 +110,9 @@ def test_sync_full_never_rotates(path: Any, small_bound: None) -> None:
     ) as blob:
         _append_rows(blob, data)
         assert _manifest_of(path).length > 0
-        assert _journal_header(path)[0] == _format.WRITE_VERSION
+        version, header = _journal_header(path)
+        assert "base" not in header  # checkpointed, never rotated
+        assert version == _format.LOG_VERSION  # a sync="full" writer's journal (F6 ``r``)
 
 
 def _killed_after_rotation(path: str, work: str) -> harness.Run:

@@ -1,0 +1,210 @@
+"""Rows logged in the journal: a sync="full" commit of a few rows costs one device flush.
+
+The rows travel in the commit's journal frame (F6 ``r``), written in place
+over the journal's zero padding (F5); the block file is fsynced later. These
+tests check the cost (one fdatasync per commit, nothing else fsynced), that a
+power cut that kept the frame but not the block loses nothing (readers lay
+the logged rows over their mappings, a writer's recovery writes them back),
+and what the padding means to readers and tools.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from harness import fake_boot
+
+import tensorblob
+from tensorblob import TensorBlob, TensorDB, _durable, _fast, _records
+from tensorblob._blockfiles import block_name
+from tensorblob._journal import read_journal, scan_journal
+from tensorblob._meta import read_meta
+from tensorblob._snapshot import load
+from tensorblob.errors import CorruptBlobError
+
+B = 16
+ROW = (4,)
+
+
+def rows(start: int, stop: int) -> torch.Tensor:
+    return torch.arange(start * 4, stop * 4, dtype=torch.float32).view(-1, 4)
+
+
+def journal(path: str):
+    return read_journal(path, read_meta(path).uuid)
+
+
+def steps_of(fn) -> list[tuple[str, str]]:
+    """The disk steps ``fn()`` takes: (step, file name)."""
+    log: list[tuple[str, str]] = []
+    old = _durable.set_fault_hook(lambda s, p, e: log.append((s, os.path.basename(p))))
+    try:
+        fn()
+    finally:
+        _durable.set_fault_hook(old)
+    return log
+
+
+def test_a_full_commit_of_one_row_flushes_the_journal_once_and_fsyncs_no_block(tmp_path):
+    path = str(tmp_path / "b")
+    with TensorBlob.open(path, "w", dtype="float32", shape=ROW, block_size=B, sync="full") as b:
+        b.write(rows(0, 1))  # the block's first row: the general path makes the block durable
+        for i in range(1, 6):
+            log = steps_of(lambda i=i: b.write(rows(i, i + 1)))
+            flushes = [s for s in log if s[0] in ("fsync", "fdatasync", "fsync_dir")]
+            assert flushes == [("fdatasync", "journal")], log
+            assert ("overwrite", "journal") in log  # in place, over the padding
+        recs = journal(path).records
+        logged = [r for r in recs if "r" in r]
+        assert [r["n"] for r in logged] == [2, 3, 4, 5, 6]
+        assert all(r["d"] is True for r in logged)
+        assert logged[-1]["r"] == rows(5, 6).numpy().tobytes()
+    with TensorBlob.open(path, "r") as b:
+        assert torch.equal(b[:], rows(0, 6))
+
+
+def test_sync_normal_and_large_commits_do_not_log_rows(tmp_path):
+    path = str(tmp_path / "b")
+    with TensorBlob.open(path, "w", dtype="float32", shape=ROW, block_size=B) as b:
+        for i in range(4):
+            b.write(rows(i, i + 1))
+        assert not any("r" in r for r in journal(path).records)
+    big = str(tmp_path / "big")
+    n = _fast.LOG_ROW_BYTES // 16 + 1  # one row more than a logged commit may carry
+    with TensorBlob.open(big, "w", dtype="float32", shape=ROW, block_size=4 * n, sync="full") as b:
+        b.write(rows(0, 1))
+        log = steps_of(lambda: b.write(rows(1, 1 + n)))
+        assert ("fsync", block_name(0)) in log
+        assert not any("r" in r for r in journal(big).records)
+
+
+def _write_and_die(path: str, n: int, db: bool = False) -> None:
+    """In a child: open with sync="full", commit ``n`` single rows, die without closing."""
+    code = f"""
+import os, sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from tensorblob import TensorBlob, TensorDB
+from test_logged import rows, SCHEMA, record
+if {db}:
+    b = TensorDB.open({path!r}, "w", schema=SCHEMA, block_size={B}, sync="full")
+    for i in range({n}):
+        b.write(record(i))
+else:
+    b = TensorBlob.open({path!r}, "w", dtype="float32", shape={ROW}, block_size={B}, sync="full")
+    for i in range({n}):
+        b.write(rows(i, i + 1))
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _lose_block_rows(path: str, start: int, stop: int, row_bytes: int, offset: int = 0) -> None:
+    """A power cut that kept the journal but not rows [start, stop) of block 0."""
+    with open(os.path.join(path, "blocks", block_name(0)), "r+b") as f:
+        f.seek(offset + start * row_bytes)
+        f.write(b"\xff" * ((stop - start) * row_bytes))
+
+
+def test_after_a_power_cut_readers_see_logged_rows_and_recovery_writes_them_back(tmp_path):
+    path = str(tmp_path / "b")
+    _write_and_die(path, 9)
+    _lose_block_rows(path, 1, 9, 16)
+    # Same boot: the page cache is the truth (here, the damaged file), nothing is laid over.
+    assert load(path, read_meta(path)).state.logged == []
+    with TensorBlob.open(path, "r") as r:
+        assert r[2].isnan().all()
+    with fake_boot("after-the-power-cut"):
+        st = load(path, read_meta(path)).state
+        assert {bid for bid, _, _ in st.logged} == {0}
+        assert len(st.logged) == 8
+        with TensorBlob.open(path, "r") as r:
+            assert torch.equal(r[:], rows(0, 9))
+            assert torch.equal(r[3], rows(3, 4)[0])
+            assert torch.equal(r[[8, 1]], rows(0, 9)[[8, 1]])
+            copy = pickle.loads(pickle.dumps(r))  # a DataLoader worker's copy
+            assert torch.equal(copy[:], rows(0, 9))
+            copy.close()
+            # The tools read through the same loader, and plan the rewrite.
+            assert tensorblob.check(path, deep=True)["verdict"] == "needs-recover"
+            with TensorBlob.open(path, "a") as w:  # the writer's recovery rewrites the rows
+                assert any("logged in the journal" in a for a in w.recovery_actions)
+                assert torch.equal(w[:], rows(0, 9))
+                w.write(rows(9, 10))
+            assert r.refresh() == 10
+            assert torch.equal(r[:], rows(0, 10))  # no longer laid over: the file has them
+    raw = Path(path, "blocks", block_name(0)).read_bytes()[: 10 * 16]
+    assert raw == rows(0, 10).numpy().tobytes()
+    assert tensorblob.check(path, deep=True)["verdict"] == "clean"
+
+
+SCHEMA = {"obs": ("uint8", (3,)), "reward": ("float32", ())}
+
+
+def record(i: int) -> dict[str, torch.Tensor]:
+    return {
+        "obs": torch.tensor([i, i + 1, i + 2], dtype=torch.uint8),
+        "reward": torch.tensor(float(i) / 2),
+    }
+
+
+def test_records_logged_rows_cover_every_field(tmp_path):
+    path = str(tmp_path / "db")
+    _write_and_die(path, 6, db=True)
+    meta = read_meta(path)
+    reward = meta.fields[1]
+    _lose_block_rows(path, 1, 6, 4, offset=reward.offset)  # one field's rows only
+    with fake_boot("after-the-power-cut"), TensorDB.open(path, "r") as db:
+        got = db[:]
+        assert got["reward"].tolist() == [i / 2 for i in range(6)]
+        assert got["obs"][:, 0].tolist() == list(range(6))
+
+
+def test_zero_padding_is_not_a_torn_tail_but_other_bytes_are(tmp_path):
+    path = str(tmp_path / "b")
+    b = TensorBlob.open(path, "w", dtype="float32", shape=ROW, block_size=B, sync="full")
+    for i in range(3):
+        b.write(rows(i, i + 1))
+    size = os.path.getsize(os.path.join(path, "journal"))
+    j = journal(path)
+    assert size > j.end  # padded ahead
+    assert not j.torn
+    assert j.size == j.end
+    assert scan_journal(path, read_meta(path).uuid).size == j.end
+    b.close()  # a padded journal is checkpointed at close: readers do not read the padding
+    assert os.path.getsize(os.path.join(path, "journal")) == journal(path).end
+    with open(os.path.join(path, "journal"), "ab") as f:
+        f.write(bytes(100) + b"\x01" + bytes(10))
+    j = journal(path)
+    assert j.torn
+    assert j.size == j.end + 101
+
+
+def test_logged_journal_is_bounded(tmp_path):
+    path = str(tmp_path / "b")
+    shape = (256,)  # 1 KiB rows
+    opts = {"dtype": "float32", "shape": shape, "block_size": 4096, "sync": "full"}
+    with TensorBlob.open(path, "w", **opts) as b:
+        for i in range(1500):
+            b.write(torch.full(shape, float(i)))
+            assert b._engine.journal.size <= (1 << 20) + 4096
+        assert len(b) == 1500
+    with TensorBlob.open(path, "r") as b:
+        assert b[1499][0].item() == 1499.0
+
+
+@pytest.mark.parametrize(
+    ("rec", "why"),
+    [
+        ({"t": "a", "n": 2, "r": b"\0" * 16, "q": 1}, "r without d"),
+        ({"t": "a", "n": 2, "d": True, "r": "text", "q": 1}, "bad r"),
+    ],
+)
+def test_a_malformed_logged_record_is_damage(rec, why):
+    with pytest.raises(CorruptBlobError, match=why):
+        _records.check_record(rec, "journal")
