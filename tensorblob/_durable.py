@@ -137,29 +137,28 @@ def stage(path: str, data: bytes) -> None:
 
 
 def install(path: str) -> None:
-    """Rename the staged ``path.tmp`` over ``path``, then fsync the directory.
-
-    The rename is the commit point of the replacement; it needs no new disk
-    space.
-    """
+    """Rename the staged ``path.tmp`` over ``path`` (the commit point of the replacement;
+    it needs no new disk space), then fsync the directory."""
     rename(path + ".tmp", path)
     fsync_dir(os.path.dirname(path))
 
 
 def append(fd: int, data: bytes, path: str, offset: int | None = None) -> None:
-    """Append ``data`` to the ``O_APPEND`` file ``fd``, or write it at ``offset``, the end
-    of file ``fd`` (the journal's zero padding: ``bytes(n)``, F5). Not durable."""
+    """Append ``data`` to the ``O_APPEND`` file ``fd``, or at ``offset``, its end."""
     if _hook is not None:
         _hook("append", path, None)
-    _write_all(fd, data, offset)
+    n = os.write(fd, data) if offset is None else os.pwrite(fd, data, offset)
+    if n != len(data):  # a short write: rare, but allowed to happen
+        _write_all(fd, memoryview(data)[n:], None if offset is None else offset + n)
 
 
 def overwrite(fd: int, data: bytes, offset: int, path: str) -> None:
-    """Write ``data`` at ``offset`` of file ``fd``, over bytes it has (a journal frame over
-    its padding, F5; logged rows put back into a block by recovery). Not durable."""
+    """Write ``data`` over bytes at ``offset`` of file ``fd`` (F5 padding). Not durable."""
     if _hook is not None:
         _hook("overwrite", path, (offset, len(data)))
-    _write_all(fd, data, offset)
+    n = os.pwrite(fd, data, offset)
+    if n != len(data):  # a short write: rare, but allowed to happen
+        _write_all(fd, memoryview(data)[n:], offset + n)
 
 
 def truncate(fd: int, size: int, path: str) -> None:

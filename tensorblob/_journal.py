@@ -261,7 +261,7 @@ class JournalWriter:
         overwrite in place, PAD_BYTES at a time.
         """
         need = self.size + nbytes
-        if pad or self.padded:
+        if pad or self.phys > self.size:
             if need > self.phys:
                 more = max(need, self.phys + PAD_BYTES) - self.phys
                 try:
@@ -270,7 +270,7 @@ class JournalWriter:
                     self.phys = os.fstat(self.fd).st_size
                 self.room = max(self.room, self.phys)
             return
-        if self.size + nbytes > self.room and self.reservable:
+        if need > self.room and self.reservable:
             n = max(nbytes, RESERVE_BYTES)
             try:
                 ok = _durable.reserve_tail(self.fd, self.size, n, self.path)
@@ -302,7 +302,7 @@ class JournalWriter:
 
     def _write(self, frame: bytes, keep: int, pad: bool = False) -> None:
         self.make_room(len(frame) + keep, pad)
-        inplace = self.padded
+        inplace = self.phys > self.size
         try:
             if inplace:
                 _durable.overwrite(self.fd, frame, self.size, self.path)

@@ -28,7 +28,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tensorblob import BlobTypeError, InvalidArgumentError, TensorBlob, UnsupportedOperationError
+from tensorblob import (
+    BlobTypeError,
+    InvalidArgumentError,
+    TensorBlob,
+    TensorDB,
+    UnsupportedOperationError,
+)
 from tensorblob.data import (
     BlobLoader,
     DistributedBlobSampler,
@@ -321,6 +327,33 @@ def test_a_shared_reader_holds_its_own_lease_and_refreshes_collectively(world1, 
     assert shared[:].sum() == 0
     shared.close()
     assert shared.closed
+
+
+def test_a_tensordb_is_shared_sampled_batched_and_resumed_as_a_blob_is(world1, tmp_path):
+    path = str(tmp_path / "db")
+    schema = {"obs": ("int64", (3,)), "done": ("bool", ())}
+    with TensorDB.open(path, "w", schema=schema, block_size=4) as w:
+        w.write({"obs": row(torch.arange(30)), "done": torch.arange(30) % 3 == 0})
+    db = TensorDB.open(path, "r")
+    shared = shared_snapshot(db)
+    db.close()
+    with TensorDB.open(path, "a") as w:  # the collector goes on: not in this snapshot
+        w.write({"obs": row(torch.arange(30, 40)), "done": torch.zeros(10, dtype=torch.bool)})
+    sampler = DistributedBlobSampler(shared, batch_size=4, seed=3, window_blocks=2)
+    seen, checkpoint = [], None
+    for step, batch in enumerate(BlobLoader(shared, batch_sampler=sampler)):
+        assert set(batch) == {"obs", "done"}  # a dict batch, fields row-aligned
+        assert torch.equal(batch["done"], batch["obs"][:, 0] % 3 == 0)
+        seen += batch["obs"][:, 0].tolist()
+        if step == 2:
+            checkpoint = sampler.state_dict()
+            break
+    again = DistributedBlobSampler(shared, batch_size=4, seed=3, window_blocks=2)
+    again.load_state_dict(checkpoint)
+    for batch in BlobLoader(shared, batch_sampler=again):
+        seen += batch["obs"][:, 0].tolist()
+    assert sorted(seen) == list(range(30))  # the shared snapshot, each record once
+    shared.close()
 
 
 def test_shared_snapshot_refuses_a_bad_src_or_a_writer_on_every_rank(world1, small):
