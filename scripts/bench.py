@@ -1144,23 +1144,36 @@ def records_figures(bench: Bench) -> None:
                 samples=s,
             )
         )
-    # m3: a field over a range, from a database of n2 records, beside np.memmap of it alone.
-    path = os.path.join(d, "read.db")
-    with tensorblob.TensorDB.open(path, "w", schema=RL_SCHEMA) as db:
-        for i in range(0, n2, batch):
-            db.write({k: v[i : i + batch] for k, v in src.items()})
-    warm_files(path)
-    for key, name in (("m3a", "obs"), ("m3b", "reward")):
+    # m3: one field over a range, beside np.memmap of that field alone. m3a: the
+    # 21 KB obs of the n2 RL records; m3b: the 4-byte reward of a database of
+    # small records (reward, action, done), n3 of them, so that the range is 4 MB
+    # (over 16k RL records it is 64 KB, and one call's fixed cost is the figure).
+    n3 = 100_000 if quick else 1_000_000
+    small_schema = {k: RL_SCHEMA[k] for k in ("action", "reward", "done")}
+    g = torch.Generator().manual_seed(n3)
+    small = {
+        "action": torch.randint(0, 18, (n3,), generator=g),
+        "reward": torch.randn(n3, generator=g),
+        "done": torch.rand(n3, generator=g) < 0.01,
+    }
+    cases = (("m3a", "obs", src, n2, RL_SCHEMA), ("m3b", "reward", small, n3, small_schema))
+    for key, name, data, n, schema in cases:
+        path = os.path.join(d, f"{key}.db")
+        step = batch if key == "m3a" else 65_536
+        with tensorblob.TensorDB.open(path, "w", schema=schema) as db:
+            for i in range(0, n, step):
+                db.write({k: v[i : i + step] for k, v in data.items()})
+        warm_files(path)
         raw = os.path.join(d, f"{name}.raw")
-        src[name].numpy().tofile(raw)
+        data[name].numpy().tofile(raw)
         warm_files(raw)
-        dtype, shape = src[name].numpy().dtype, tuple(src[name].shape)
-        nbytes = src[name].numel() * src[name].element_size()
+        dtype, shape = data[name].numpy().dtype, tuple(data[name].shape)
+        nbytes = data[name].numel() * data[name].element_size()
         db = tensorblob.TensorDB.open(path, "r")
         col = db.column(name)
         m = np.memmap(raw, dtype=dtype, mode="r", shape=shape)
-        # Reads of a small field are repeated within a timing: one read of 64 KB
-        # right after the gc.collect() of interleave() measures a cold CPU cache.
+        # Reads are repeated within a timing (8 MB at least): one read right after
+        # the gc.collect() of interleave() would measure a cold CPU cache.
         k = max(1, (8 << 20) // nbytes)
 
         def tb_read(col: Any = col, nbytes: int = nbytes, k: int = k) -> dict[str, float]:
@@ -1181,7 +1194,7 @@ def records_figures(bench: Bench) -> None:
         bench.add(
             Figure(
                 key,
-                f"one field ({name}, {nbytes // n2} bytes a row) over {n2} records",
+                f"one field ({name}, {nbytes // n} bytes a row) over {n} records",
                 "GB/s",
                 med(s, "tb.v"),
                 med(s, "mm.v"),

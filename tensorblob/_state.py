@@ -47,6 +47,23 @@ class State:
     # private mappings (_blocks.BlockStore.logged). Almost always empty.
     logged: list[tuple[int, int, bytes]] = field(default_factory=list)
 
+    def copy(self) -> State:
+        """A copy that shares nothing mutable with this one (``logged`` is not copied)."""
+        return State(
+            self.uuid,
+            self.gen,
+            self.length,
+            list(self.blocks),
+            dict(self.hwm),
+            list(self.free),
+            self.next_id,
+            self.seq,
+            dict(self.freed_at),
+            dict(self.born),
+            dict(self.sums),
+            self.arity,
+        )
+
     def append_delta(self, n: int, block_size: int) -> dict[str, Any] | None:
         """The commit delta an append record growing this state to ``n`` rows stands for."""
         return append_delta(self.blocks, self.hwm, self.length, self.next_id, n, block_size)

@@ -38,6 +38,8 @@ from tensorblob import (
     TensorDB,
     UnsupportedOperationError,
 )
+from tensorblob._journal import scan_journal
+from tensorblob._meta import read_meta
 from tensorblob.data import collate
 
 SCHEMA = {
@@ -428,6 +430,53 @@ def test_info_and_check_report_every_field_and_a_damaged_one_by_name(tmp_path):
         assert torch.equal(db.column("action")[4:], recs(6)["action"][4:])  # block 1 is fine
         with pytest.raises(CorruptBlobError, match="field\\(s\\) 'reward' of block"):
             db.column("action")[0]  # mapping block 0 verifies all its fields
+
+
+def _same_prefix(path: Path, want: dict[str, torch.Tensor], n: int) -> None:
+    with TensorDB.open(path) as db:
+        assert len(db) == n
+        got = db[:]
+        for name in SCHEMA:  # every field the same length, each row one committed version
+            assert torch.equal(got[name], want[name][:n]), name
+
+
+def test_recover_salvages_a_database_with_a_missing_block_to_the_rows_before_it(tmp_path):
+    path = tmp_path / "db"
+    data = make(path, 10)  # blocks of B rows: 0-3, 4-7, 8-9
+    with TensorDB.open(path) as db:
+        os.unlink(db._blocks.path(db._state.blocks[1]))
+    code, doc = _cli("check", str(path))
+    assert code == 1
+    assert "block-missing" in {p["code"] for p in doc["problems"]}
+    code, doc = _cli("recover", str(path))  # refuses: repairing drops committed rows
+    assert code == 1
+    code, doc = _cli("recover", "--salvage", str(path))
+    assert code == 0, doc
+    assert doc["verdict"] == "salvaged"
+    assert doc["dropped"]["rows"] == 6
+    _same_prefix(path, data, 4)
+    code, doc = _cli("check", "--deep", str(path))
+    assert code == 0, doc["problems"]
+
+
+def test_recover_salvages_a_database_whose_journal_is_damaged_in_the_middle(tmp_path):
+    path = tmp_path / "db"
+    data = recs(12)
+    with TensorDB.open(path, "w", schema=SCHEMA, block_size=B) as db:
+        for i in range(0, 12, 3):  # four transactions, after the creation's close marker
+            db.write({k: v[i : i + 3] for k, v in data.items()})
+        db.flush()
+    j = scan_journal(str(path), read_meta(str(path)).uuid)
+    third = [i for i, r in enumerate(j.records) if r["t"] in ("a", "c")][2]
+    raw = bytearray((path / "journal").read_bytes())
+    raw[j.offsets[third] + 12] ^= 0xFF  # a flipped bit in the third transaction
+    (path / "journal").write_bytes(bytes(raw))
+    with TensorDB.open(path, "r") as db:  # readers stop at the damage
+        assert len(db) == 6
+    code, doc = _cli("recover", "--salvage", str(path))
+    assert code == 0, doc
+    assert doc["verdict"] == "salvaged"
+    _same_prefix(path, data, 6)
 
 
 # -- conversion of the original tensorblob's TensorDB ------------------------------------
