@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import secrets
+import stat
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -122,7 +123,11 @@ class Handle(Transactions, Reader):
         timeout: float,
     ) -> Self:
         kind, creating = cls._KIND, mode[0] in "wa"
-        if not os.path.exists(root) or (creating and os.path.isdir(root) and not os.listdir(root)):
+        try:  # one stat for os.path.exists and os.path.isdir
+            isdir: bool | None = stat.S_ISDIR(os.stat(root).st_mode)
+        except (OSError, ValueError):
+            isdir = None  # as os.path.exists: not there (or not reachable)
+        if isdir is None or (creating and isdir and not os.listdir(root)):
             new = layout(secrets.token_bytes(16), block_size or DEFAULT_BLOCK_SIZE)
             if not creating or (mode[0] == "a" and new is None):
                 needs = f"{cls._LAYOUT} to create one" if creating else "an existing one"
@@ -135,7 +140,7 @@ class Handle(Transactions, Reader):
                     f"creating {kind} {root!r}: {cls._NEEDS} for a new {kind}"
                 )
             _dirs.create(root, new)  # if another process won the race, open theirs below
-        elif not os.path.isdir(root):
+        elif not isdir:
             raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)")
         meta = read_meta(root)
         if meta.kind != cls.__name__:

@@ -101,6 +101,11 @@ def stage_rotation(root: str, uuid: bytes, gen: int, *, base: int, boot: str, le
     return salt
 
 
+# The last journal decoded per path, by its bytes (as _manifest's): a reader that
+# opens a blob again, with no commit since, does not decode and check it again.
+_DECODED: dict[str, tuple[bytes, bytes, JournalImage]] = {}
+
+
 def read_journal(root: str, uuid: bytes) -> JournalImage:
     path = os.path.join(root, JOURNAL)
     what = f"journal {path!r}"
@@ -110,6 +115,18 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
         raise CorruptBlobError(
             f"{what} is missing; run `tensorblob recover`", path=path, reason="missing"
         ) from None
+    hit = _DECODED.get(path)
+    if hit is not None and hit[0] == data and hit[1] == uuid:
+        j = hit[2]  # its records are only ever read
+        return JournalImage(j.gen, j.salt, j.base, list(j.records), j.end, j.size, j.version)
+    image = _decode_journal(data, uuid, what, path)
+    if len(_DECODED) >= 64:
+        _DECODED.clear()
+    _DECODED[path] = (data, uuid, image)
+    return image
+
+
+def _decode_journal(data: bytes, uuid: bytes, what: str, path: str) -> JournalImage:
     header, start = _format.decode_header(_format.MAGIC_JOURNAL, data, what)
     _records.check_journal_header(header, what)
     if header["uuid"] != uuid:
