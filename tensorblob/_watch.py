@@ -23,8 +23,6 @@ released at once.
 from __future__ import annotations
 
 import ctypes
-import errno
-import fcntl
 import math
 import os
 import select
@@ -33,7 +31,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from . import _snapshot
+from . import _locking, _snapshot
 from ._journal import JOURNAL
 from ._locking import LOCK
 from ._manifest import MANIFEST
@@ -290,7 +288,7 @@ def _writer_state(root: str, meta: Meta, length: int) -> str:
     before = _identity(root, meta)
     if before is None or before[0] != length:
         return "open"
-    if _lock_held(root):
+    if _locking.lock_held(root):
         return "clean-held"  # a writer's close releases the lock without a frame
     return "closed" if _identity(root, meta) == before else "open"
 
@@ -306,22 +304,3 @@ def _identity(root: str, meta: Meta) -> tuple[int, int, int, int] | None:
         return None
     s = loaded.state
     return (s.length, s.gen, s.seq, len(j.records))
-
-
-def _lock_held(root: str) -> bool:
-    """Is the writer lock held right now? A non-blocking flock, released at once."""
-    try:
-        fd = os.open(os.path.join(root, LOCK), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return True
-        raise
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
