@@ -91,8 +91,8 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "_txn.py",
                 "_committed",
                 "if self.full:\n            self.journal.sync()",
-                "if self.full:\n            self.blocks.sync(record['w'], new_files=bool("
-                "kept_private))\n            self.journal.sync()",
+                "if self.full:\n            self.blocks.sync(written, new_files=True)"
+                "\n            self.journal.sync()",
             ),
         ),
     ),
