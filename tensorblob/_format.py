@@ -211,6 +211,31 @@ def frame_offsets(data: bytes, start: int, count: int) -> list[int]:
 TAIL_SCAN_BUDGET = 64 << 20  # bytes of CRC work spent looking for intact frames in a tail
 
 
+class Decoded:
+    """The last value decoded from the file at each path, by the file's bytes.
+
+    Decoding and checking a metadata file is a function of its bytes (and of
+    ``key``: what it must match), so a file read again with the same bytes is
+    not decoded again (docs/design.md, item 22): readers reopen the same blob
+    again and again. The bytes are always read, so a changed file is always
+    decoded. At most ``limit`` paths are kept.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self._last: dict[str, tuple[bytes, Any, Any]] = {}
+        self._limit = limit
+
+    def get(self, path: str, data: bytes, key: Any = None) -> Any:
+        """The value decoded from exactly ``data`` at ``path`` (with ``key``), else None."""
+        hit = self._last.get(path)
+        return hit[2] if hit is not None and hit[0] == data and hit[1] == key else None
+
+    def put(self, path: str, data: bytes, value: Any, key: Any = None) -> None:
+        if len(self._last) >= self._limit:
+            self._last.clear()
+        self._last[path] = (data, key, value)
+
+
 def content_end(data: bytes, end: int) -> int:
     """Just past the last byte that is not zero, but at least ``end`` (where the valid
     frames end): the journal's size without its zero padding (F5)."""

@@ -101,9 +101,7 @@ def stage_rotation(root: str, uuid: bytes, gen: int, *, base: int, boot: str, le
     return salt
 
 
-# The last journal decoded per path, by its bytes (as _manifest's): a reader that
-# opens a blob again, with no commit since, does not decode and check it again.
-_DECODED: dict[str, tuple[bytes, bytes, JournalImage]] = {}
+_DECODED = _format.Decoded()  # a reader reopening a blob with no commit since
 
 
 def read_journal(root: str, uuid: bytes) -> JournalImage:
@@ -115,14 +113,11 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
         raise CorruptBlobError(
             f"{what} is missing; run `tensorblob recover`", path=path, reason="missing"
         ) from None
-    hit = _DECODED.get(path)
-    if hit is not None and hit[0] == data and hit[1] == uuid:
-        j = hit[2]  # its records are only ever read
+    j = _DECODED.get(path, data, uuid)
+    if j is not None:  # its records are only ever read
         return JournalImage(j.gen, j.salt, j.base, list(j.records), j.end, j.size, j.version)
     image = _decode_journal(data, uuid, what, path)
-    if len(_DECODED) >= 64:
-        _DECODED.clear()
-    _DECODED[path] = (data, uuid, image)
+    _DECODED.put(path, data, image, uuid)
     return image
 
 
@@ -255,7 +250,8 @@ class JournalWriter:
         self.seq = seq  # frames already in the journal
         self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         # Records with logged rows (F6 ``r``) need a journal of version 5.
-        self.can_log = _format.header_version(os.pread(self.fd, 20, 0)) >= _format.LOG_VERSION
+        header = os.pread(self.fd, _format.HEADER_SIZE, 0)
+        self.can_log = _format.header_version(header) >= _format.LOG_VERSION
         st = os.fstat(self.fd)
         self.phys = st.st_size  # the file's size: past ``size``, zero padding (F5)
         self.size = self.phys if end is None else end  # just past the last frame

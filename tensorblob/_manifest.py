@@ -47,12 +47,7 @@ def encode_manifest(
     return _format.encode_file(_format.MAGIC_MANIFEST, body)
 
 
-# The last manifest decoded per path, by its bytes: readers open the same blob
-# again and again (a DataLoader worker per epoch, a follower per commit), and a
-# file whose bytes are those already decoded and validated is not decoded again
-# (the decode and the checks are a function of the bytes and the arguments).
-_DECODED: dict[str, tuple[bytes, tuple[bytes, int, int], State]] = {}
-_DECODED_MAX = 64
+_DECODED = _format.Decoded()  # readers reopen the same blob again and again
 
 
 def read_manifest(root: str, uuid: bytes, block_size: int, arity: int = 1) -> State:
@@ -66,13 +61,11 @@ def read_manifest(root: str, uuid: bytes, block_size: int, arity: int = 1) -> St
             f"{what} is missing; run `tensorblob check`", path=path, reason="missing"
         ) from None
     args = (uuid, block_size, arity)
-    hit = _DECODED.get(path)
-    if hit is not None and hit[0] == data and hit[1] == args:
-        return hit[2].copy()
+    hit = _DECODED.get(path, data, args)
+    if hit is not None:
+        return hit.copy()
     st = _decode_manifest(data, uuid, block_size, arity, what, path)
-    if len(_DECODED) >= _DECODED_MAX:
-        _DECODED.clear()
-    _DECODED[path] = (data, args, st.copy())
+    _DECODED.put(path, data, st.copy(), args)
     return st
 
 

@@ -270,17 +270,14 @@ def read_meta(root: str) -> Meta:
         raise NotABlobError(f"{root!r} is not a tensorblob: it has no meta file") from None
     except IsADirectoryError:
         raise NotABlobError(f"{root!r} is not a tensorblob: {path!r} is a directory") from None
-    hit = _DECODED.get(path)
-    if hit is not None and hit[0] == data:  # as read_manifest: the same bytes, decoded once
-        return hit[1]
-    meta = _decode_meta(root, data)
-    if len(_DECODED) >= 64:
-        _DECODED.clear()
-    _DECODED[path] = (data, meta)
+    meta = _DECODED.get(path, data)
+    if meta is None:
+        meta = _decode_meta(root, data)
+        _DECODED.put(path, data, meta)
     return meta
 
 
-_DECODED: dict[str, tuple[bytes, Meta]] = {}  # path -> the last meta decoded there, by bytes
+_DECODED = _format.Decoded()  # Meta is frozen: the one decoded value is shared
 
 
 def _decode_meta(root: str, data: bytes) -> Meta:

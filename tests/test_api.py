@@ -31,6 +31,8 @@ from tensorblob import (
     _durable,
     _format,
 )
+from tensorblob._manifest import read_manifest
+from tensorblob._meta import read_meta
 from tensorblob._state import State
 
 # -- helpers ---------------------------------------------------------------
@@ -1487,3 +1489,32 @@ def test_a_boolean_mask_selects_rows_as_in_torch(tmp_path: Path, kind: str) -> N
         blob.write(data)
         assert torch.equal(blob[mask], data[keep])
         assert blob[torch.zeros(9, dtype=torch.bool)].shape == (0, 3)
+
+
+def test_a_reopened_blob_sees_each_change_of_its_files_and_no_shared_state(tmp_path):
+    """Metadata decoded once per set of bytes (design.md item 22) never hides a change."""
+    path = str(tmp_path / "b")
+    with TensorBlob.open(path, "w", dtype="int32", shape=2, block_size=4) as w:
+        w.write(torch.zeros(5, 2, dtype=torch.int32))
+    meta = read_meta(path)
+    first = read_manifest(path, meta.uuid, 4)
+    first.blocks.append(99)  # the caller's copy: the next read must not see this
+    assert 99 not in read_manifest(path, meta.uuid, 4).blocks
+    # Each session changes the journal; every few, close() checkpoints a new manifest.
+    manifests = set()
+    for n in range(6, 60):
+        with TensorBlob.open(path, "a") as w:
+            w.write(torch.full((1, 2), n, dtype=torch.int32))
+        with TensorBlob.open(path, "r") as r:
+            assert len(r) == n
+            assert r[-1].tolist() == [n, n]
+        with open(os.path.join(path, "manifest"), "rb") as f:
+            manifests.add(f.read())
+    assert len(manifests) > 1
+    with open(os.path.join(path, "manifest"), "r+b") as f:  # the same size, one byte off
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    with pytest.raises(tb_errors.CorruptBlobError):
+        read_manifest(path, meta.uuid, 4)
