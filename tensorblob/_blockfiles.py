@@ -24,13 +24,20 @@ BLOCKS = "blocks"
 _CRC_CHUNK = 1 << 20
 
 
-def crc_file(path: str, start: int, stop: int, seed: int = 0) -> int:
-    """CRC-32 of bytes ``[start, stop)`` of the file ``path``, continuing from ``seed``.
+def crc_file(path: str, start: int, stop: int, seed: int = 0, fd: int = -1) -> int:
+    """CRC-32 of bytes ``[start, stop)`` of the file ``path`` (read through ``fd`` if it is
+    open on it for reading), continuing from ``seed``.
 
     Raises CorruptBlobError if the file ends before ``stop``.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    own = fd < 0
+    if own:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if stop - start <= _CRC_CHUNK:  # the common case: one read, no buffer to clear
+            data = os.pread(fd, stop - start, start)
+            if len(data) == stop - start:
+                return zlib.crc32(data, seed)
         buf = memoryview(bytearray(min(max(stop - start, 1), _CRC_CHUNK)))
         crc, pos = seed, start
         while pos < stop:
@@ -46,7 +53,8 @@ def crc_file(path: str, start: int, stop: int, seed: int = 0) -> int:
             pos += n
         return crc
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
 
 
 def sum_mismatch(  # noqa: PLR0917 - the facts of one check, all needed
@@ -101,6 +109,9 @@ class BlockFiles:
         self.nbytes = meta.block_bytes
         # (offset, row bytes) of each field, for checksums
         self._spans = tuple((f.offset, f.row_bytes) for f in meta.fields)
+        # Block files a writer holds open for reading and writing (its write
+        # window): fsynced and read through that descriptor.
+        self.lent: dict[int, int] = {}
 
     def path(self, bid: int) -> str:
         return f"{self.dir}/{bid:016x}"  # block_name(), inlined: this is on the write path
@@ -152,7 +163,13 @@ class BlockFiles:
 
     def sync(self, bids: set[int] | list[int], *, new_files: bool) -> None:
         """Make the listed blocks durable (and their directory entries, if ``new_files``)."""
-        paths = [self.path(bid) for bid in sorted(bids)]
+        paths = []
+        for bid in sorted(bids):
+            fd = self.lent.get(bid)
+            if fd is None:
+                paths.append(self.path(bid))
+            else:
+                _durable.fdatasync(fd, self.path(bid), "fsync")
         _durable.fsync_paths([p for p in paths if os.path.exists(p)])
         if new_files:
             _durable.fsync_dir(self.dir)
@@ -166,9 +183,9 @@ class BlockFiles:
         Read with ``pread``, never through a mapping, so that a block file
         shortened on disk raises CorruptBlobError, not SIGBUS.
         """
-        path, seeds = self.path(bid), seeds or (0,) * len(self._spans)
+        path, seeds, fd = self.path(bid), seeds or (0,) * len(self._spans), self.lent.get(bid, -1)
         return tuple(
-            crc_file(path, off + start * rb, off + stop * rb, seed)
+            crc_file(path, off + start * rb, off + stop * rb, seed, fd)
             for (off, rb), seed in zip(self._spans, seeds, strict=True)
         )
 

@@ -48,6 +48,11 @@ def _make_parents(parent: str, path: str) -> None:
         _durable.fsync_dir(os.path.dirname(d))
 
 
+def is_empty(path: str) -> bool:
+    """True if the directory ``path`` is empty (a blob's meta file says at once it is not)."""
+    return not os.path.exists(os.path.join(path, META)) and not os.listdir(path)
+
+
 def create(path: str, meta: Meta) -> bool:
     """Create a blob at ``path`` atomically; return False if one appeared there meanwhile.
 

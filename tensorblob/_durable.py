@@ -167,9 +167,10 @@ def truncate(fd: int, size: int, path: str) -> None:
     os.ftruncate(fd, size)
 
 
-def fdatasync(fd: int, path: str) -> None:
-    """Make the data already written to ``fd`` durable."""
-    _step("fdatasync", path)
+def fdatasync(fd: int, path: str, step: str = "fdatasync") -> None:
+    """Make the data already written to ``fd`` durable. ``step``: its name for the fault
+    hook (``"fsync"`` for a block file, as ``fsync_paths`` names it)."""
+    _step(step, path)
     os.fdatasync(fd)
 
 
@@ -426,13 +427,11 @@ def _pwrite(fd: int, src: int, nbytes: int, offset: int) -> None:
             n += os.pwrite(fd, view[n:], offset + n)
 
 
-def write_lock_owner(path: str, data: bytes) -> None:
-    """Replace the contents of the (held) lock file with ``data``. Informational, not durable."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
+def write_lock_owner(fd: int, path: str, data: bytes) -> None:
+    """Replace the contents of the held lock file ``path`` (open as ``fd``) with ``data``,
+    unless it holds them already. Informational, not durable."""
+    if os.pread(fd, len(data) + 1, 0) != data:  # the same: this process held it last
         _step("write", path)
         os.pwrite(fd, data, 0)
         _step("ftruncate", path)
         os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)

@@ -98,7 +98,9 @@ class FastPaths:
         st = self.state
         pos = st.length
         m = self.marks
-        if not (self.w_lo <= pos and pos + n <= self.w_hi) or not m.opened:
+        if not (self.w_lo <= pos and pos + n <= self.w_hi) and not self._window_at_end():
+            return False
+        if not (self.w_lo <= pos and pos + n <= self.w_hi):
             return False
         nbytes = n * self.row_bytes
         if self.full and (
@@ -108,6 +110,8 @@ class FastPaths:
         if self.past_bound():
             return False  # the general path rotates or checkpoints first (see begin)
         j = self.journal
+        if not m.opened:  # the session's first commit: its open marker first
+            self._mark_open()
         self._copy_in(pos, srcs, n)
         end = pos + n
         try:

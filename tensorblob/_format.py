@@ -162,15 +162,16 @@ def encode_append_frame(salt: int, n: int, q: int) -> bytes:
 
 
 def decode_frames(
-    data: bytes | memoryview, start: int, salt: int
+    data: bytes | memoryview, start: int, salt: int, q: int = 1
 ) -> tuple[list[dict[str, Any]], int]:
-    """Decode frames from ``start``; stop at the first one that is not valid (F5).
+    """Decode frames from ``start``, the first with sequence number ``q``; stop at the
+    first one that is not valid (F5).
 
     Returns the records and the offset just past the last valid frame. A frame
     is valid iff its length is in ``1..MAX_FRAME``, it lies wholly inside
     ``data``, its CRC (seeded with the journal's salt) matches, its payload is
     a msgpack map with a known ``t`` and its ``q`` is one more than the
-    previous frame's (the first frame has ``q == 1``).
+    previous frame's (the first frame's is ``q``).
     """
     records: list[dict[str, Any]] = []
     append = records.append
@@ -178,7 +179,7 @@ def decode_frames(
     if not isinstance(data, bytes):
         data = bytes(data)
     unpack_from, crc32, unpackb = _FRAME.unpack_from, zlib.crc32, msgpack.unpackb
-    pos, size, q = start, len(data), 1
+    pos, size = start, len(data)
     while pos + FRAME_HEADER_SIZE <= size:
         length, crc = unpack_from(data, pos)
         end = pos + FRAME_HEADER_SIZE + length
@@ -229,6 +230,11 @@ class Decoded:
         """The value decoded from exactly ``data`` at ``path`` (with ``key``), else None."""
         hit = self._last.get(path)
         return hit[2] if hit is not None and hit[0] == data and hit[1] == key else None
+
+    def last(self, path: str, key: Any = None) -> tuple[bytes, Any] | None:
+        """The bytes last decoded at ``path`` (with ``key``) and their value, else None."""
+        hit = self._last.get(path)
+        return (hit[0], hit[2]) if hit is not None and hit[1] == key else None
 
     def put(self, path: str, data: bytes, value: Any, key: Any = None) -> None:
         if len(self._last) >= self._limit:

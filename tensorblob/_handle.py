@@ -9,7 +9,6 @@ reader as its snapshot. The front end says what a row is.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import secrets
@@ -127,7 +126,7 @@ class Handle(Transactions, Reader):
             isdir: bool | None = stat.S_ISDIR(os.stat(root).st_mode)
         except (OSError, ValueError):
             isdir = None  # as os.path.exists: not there (or not reachable)
-        if isdir is None or (creating and isdir and not os.listdir(root)):
+        if isdir is None or (creating and isdir and _dirs.is_empty(root)):
             new = layout(secrets.token_bytes(16), block_size or DEFAULT_BLOCK_SIZE)
             if not creating or (mode[0] == "a" and new is None):
                 needs = f"{cls._LAYOUT} to create one" if creating else "an existing one"
@@ -191,8 +190,7 @@ class Handle(Transactions, Reader):
         self._fast: Engine | None = None
         self._lock: WriterLock | None = None
         self._lease: ReaderLease | None = None
-        self._depth = 0
-        self._doomed = False
+        self._depth, self._doomed = 0, False  # transaction() nesting; its rollback is due
         self._pid = os.getpid()
         self._max_cached = max_cached
         self._saved_pos = 0
@@ -357,8 +355,10 @@ class Handle(Transactions, Reader):
                 self._lease.release()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105 - no contextlib.suppress: globals may be gone at exit
             self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> Self:
         return self

@@ -114,11 +114,28 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
             f"{what} is missing; run `tensorblob recover`", path=path, reason="missing"
         ) from None
     j = _DECODED.get(path, data, uuid)
-    if j is not None:  # its records are only ever read
-        return JournalImage(j.gen, j.salt, j.base, list(j.records), j.end, j.size, j.version)
-    image = _decode_journal(data, uuid, what, path)
-    _DECODED.put(path, data, image, uuid)
-    return image
+    if j is None:
+        j = _decode_grown(path, data, uuid, what) or _decode_journal(data, uuid, what, path)
+        _DECODED.put(path, data, j, uuid)
+    # Records are only ever read: the image may share them, not the list.
+    return JournalImage(j.gen, j.salt, j.base, list(j.records), j.end, j.size, j.version)
+
+
+def _decode_grown(path: str, data: bytes, uuid: bytes, what: str) -> JournalImage | None:
+    """The journal last decoded at ``path`` with the frames written after it since, if
+    ``data`` holds its bytes up to its last valid frame (design.md, item 22): frames
+    are decoded from where the valid ones ended, in order, as a whole decode does."""
+    last = _DECODED.last(path, uuid)
+    if last is None:
+        return None
+    old, j = last
+    if not data.startswith(old[: j.end]):
+        return None
+    records, end = _format.decode_frames(data, j.end, j.salt, len(j.records) + 1)
+    for rec in records:
+        _records.check_record(rec, what)
+    size = _format.content_end(data, end)
+    return JournalImage(j.gen, j.salt, j.base, j.records + records, end, size, j.version)
 
 
 def _decode_journal(data: bytes, uuid: bytes, what: str, path: str) -> JournalImage:

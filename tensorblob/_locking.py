@@ -98,7 +98,12 @@ class WriterLock:
         """
         owner = f"pid {os.getpid()} on {socket.gethostname()}"
         with contextlib.suppress(OSError):
-            _durable.write_lock_owner(self.path, owner.encode())
+            fd = self._fd if self._fd >= 0 else os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                _durable.write_lock_owner(fd, self.path, owner.encode())
+            finally:
+                if fd != self._fd:
+                    os.close(fd)
 
     def acquire(self) -> None:
         """Take the lock, waiting up to ``timeout``; raise LockTimeoutError past it.

@@ -219,7 +219,7 @@ def has_strays(root: str) -> bool:
     the unsynced records that made it unclean, but not the recovery's
     temporary file. The writer's open then recovers anyway, to remove it.
     """
-    return any(os.path.exists(os.path.join(root, name)) for name in TEMPS)
+    return any(os.access(os.path.join(root, name), os.F_OK) for name in TEMPS)
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def load(root: str, meta: Meta) -> Loaded:
     if journal.gen < state.gen:  # checkpoint between manifest and journal renames
         return Loaded(state, None)
     if journal.base == state.gen:  # after a checkpoint or a rotation (F7)
-        return _replay(state, journal, meta)
+        return _replay(state, journal, meta, cache=root)
     copied = "manifest" if journal.base > state.gen else "journal"
     raise CorruptBlobError(
         f"journal of {root!r} follows generation {journal.base} but the manifest is "
@@ -138,20 +138,51 @@ def applied(records: list[dict[str, Any]]) -> int:
     return len(records)
 
 
-def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
-    # Snapshots are numbered in the journal's generation, which a rotation
-    # moved past the manifest's (F7): the state takes it on.
-    state.gen = journal.gen
+@dataclass
+class _Replayed:
+    """Where a replay of one manifest and journal stood after a sync record."""
+
+    manifest: State
+    count: int  # records replayed: the last is a sync record
+    last: dict[str, Any]  # that record, as decoded (the journal's decode shares it)
+    state: State
+    kept: int
+
+
+_REPLAYED: dict[str, _Replayed] = {}
+
+
+def _resume(state: State, records: list[dict[str, Any]], keep: int, cache: str) -> _Replayed | None:
+    """The replay of ``records`` up to a sync record that ``load`` made last time from
+    this manifest (design.md, item 22): every record before a sync record is
+    applied the same way whatever follows it (no logged rows to redo, none dirty)."""
+    hit = _REPLAYED.get(cache)
+    if hit is None or hit.count > keep or records[hit.count - 1] is not hit.last:
+        return None
+    return hit if hit.manifest == state else None
+
+
+def _replay(state: State, journal: JournalImage, meta: Meta, *, cache: str | None = None) -> Loaded:
     records = journal.records
     keep = applied(records)
     discarded = sum(rec["t"] in _records.COMMITS for rec in records[keep:])
-    loaded = Loaded(state, journal, discarded=discarded)
+    B, APPEND, SYNC, i = meta.block_size, _records.REC_APPEND, _records.REC_SYNC, 0
+    hit = _resume(state, records, keep, cache) if cache is not None else None
+    last_sync = next((k for k in range(keep)[::-1] if records[k]["t"] == SYNC), -1)
+    manifest = None  # the manifest, to remember a replay up to the last sync record
+    if cache is not None and (hit is None or hit.count <= last_sync):
+        manifest = state if hit is not None else state.copy()  # a hit leaves it as read
+    if hit is not None:
+        state, i = hit.state.copy(), hit.count
+    # Snapshots are numbered in the journal's generation, which a rotation
+    # moved past the manifest's (F7): the state takes it on.
+    state.gen = journal.gen
+    loaded = Loaded(state, journal, kept=hit.kept if hit else 0, discarded=discarded)
     # Rows of commits after this marker may be only in the page cache (or, for
     # records with logged rows, in those records): recovery fsyncs their blocks.
     last_durable = _last_durable(records, keep, in_blocks=True)
     redo = _redo_from(records, keep, last_durable)
     what = f"journal of generation {journal.gen}"
-    B, APPEND, i = meta.block_size, _records.REC_APPEND, 0
     while i < keep:
         j = i + 1
         if i in redo:
@@ -169,10 +200,18 @@ def _replay(state: State, journal: JournalImage, meta: Meta) -> Loaded:
             loaded.kept += j - i
             if i > last_durable:
                 loaded.dirty.update(written)
+        if i == last_sync and manifest is not None:
+            _remember(cache, _Replayed(manifest, j, records[i], state.copy(), loaded.kept))
         i = j
     if loaded.kept:
         state.validate(meta.block_size, f"{what}: after replay")
     return loaded
+
+
+def _remember(cache: Any, replayed: _Replayed) -> None:
+    if len(_REPLAYED) >= 64:
+        _REPLAYED.clear()
+    _REPLAYED[cache] = replayed
 
 
 def _redo_from(records: list[dict[str, Any]], keep: int, last_in_blocks: int) -> set[int]:

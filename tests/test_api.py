@@ -11,6 +11,7 @@ import io
 import math
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from tensorblob import (
     UnsupportedOperationError,
     _durable,
     _format,
+    _journal,
+    _snapshot,
 )
 from tensorblob._manifest import read_manifest
 from tensorblob._meta import read_meta
@@ -1518,3 +1521,84 @@ def test_a_reopened_blob_sees_each_change_of_its_files_and_no_shared_state(tmp_p
         f.write(bytes([last[0] ^ 0xFF]))
     with pytest.raises(tb_errors.CorruptBlobError):
         read_manifest(path, meta.uuid, 4)
+
+
+def _fresh(path, meta):
+    """``load`` with every decode and replay cache emptied first: the reference."""
+    _journal._DECODED._last.clear()
+    _snapshot._REPLAYED.clear()
+    return _snapshot.load(path, meta)
+
+
+def test_a_grown_journal_decoded_and_replayed_from_where_it_grew_equals_a_whole_one(tmp_path):
+    """The journal decoded from where the last decoding ended, and the replay resumed
+    after its last sync record (design.md item 22), give exactly what decoding and
+    replaying the whole journal gives, for every way a journal changes."""
+    path = str(tmp_path / "b")
+    TensorBlob.open(path, "w", dtype="int32", shape=2, block_size=4).close()
+    meta = read_meta(path)
+
+    def agree():
+        got = _snapshot.load(path, meta)
+        want = _fresh(path, meta)
+        assert got.journal == want.journal
+        assert got.state == want.state
+        assert (got.kept, got.discarded, got.dirty) == (want.kept, want.discarded, want.dirty)
+        return got
+
+    seen = set()
+    for n in range(1, 120):  # sessions, some of several commits, a flush() or a truncate
+        with TensorBlob.open(path, "a") as w:
+            w.write(torch.full((1 + n % 3, 2), n, dtype=torch.int32))
+            if n % 7 == 0:
+                w.flush()
+                w.write(torch.full((1, 2), -n, dtype=torch.int32))
+            if n % 11 == 0:
+                w.truncate(len(w) - 1)
+            seen.add(len(agree().journal.records))
+        agree()
+    assert len(seen) > 10  # the journal grew and was checkpointed many times
+    # A writer killed mid-session (its records and no sync record), then reopened.
+    w = TensorBlob.open(path, "a")
+    w.write(torch.ones(3, 2, dtype=torch.int32))
+    w._abandon()
+    assert not agree().clean
+    with TensorBlob.open(path, "a") as w:
+        assert w[-3:].tolist() == [[1, 1]] * 3
+    agree()
+    # Bytes inside the part decoded before: decoded again, whole.
+    for n in range(2):
+        with TensorBlob.open(path, "a") as w:
+            w.write(torch.full((1, 2), n, dtype=torch.int32))
+    jpath = os.path.join(path, "journal")
+    before = agree()
+    assert len(before.journal.records) > 2
+    with open(jpath, "r+b") as f:
+        f.seek(before.journal.end - 3)
+        last = f.read(1)
+        f.seek(before.journal.end - 3)
+        f.write(bytes([last[0] ^ 0xFF]))
+    after = agree()
+    assert len(after.journal.records) == len(before.journal.records) - 1
+
+
+def test_a_journal_replaced_by_another_history_of_the_same_manifest_is_replayed_whole(tmp_path):
+    """Two copies of one blob, each with sessions of its own after the same checkpoint:
+    the same manifest, journals with the same header and as many records. One journal
+    copied over the other (a restore from a backup) is replayed whole, never resumed
+    from what was replayed of the other."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    with TensorBlob.open(a, "w", dtype="int32", shape=1, block_size=4) as w:
+        w.write(torch.zeros(2, 1, dtype=torch.int32))
+    shutil.copytree(a, b)
+    for path, n in ((a, 1), (b, 3)):
+        for _ in range(2):
+            with TensorBlob.open(path, "a") as w:
+                w.write(torch.full((n, 1), n, dtype=torch.int32))
+    meta = read_meta(a)
+    assert _snapshot.load(a, meta).state.length == 4
+    assert _snapshot.load(b, meta).state.length == 8
+    shutil.copyfile(os.path.join(b, "journal"), os.path.join(a, "journal"))
+    got = _snapshot.load(a, meta)
+    assert got.state.length == 8
+    assert got.state == _fresh(a, meta).state

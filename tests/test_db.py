@@ -541,3 +541,61 @@ def test_golden_files_of_format_versions_2_and_4_keep_opening(tmp_path):
         db.write(recs(2, 1))
     with TensorDB.open(tmp_path / "db-v4") as db:
         assert same(db[:], cat(recs(7), recs(2, 1)))
+
+
+def _allocated_past(path: str, offset: int) -> int:
+    """Bytes of disk space from ``offset`` on before the next hole of the file ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, offset, os.SEEK_HOLE) - offset
+    finally:
+        os.close(fd)
+
+
+def test_sessions_take_disk_space_ahead_and_leave_every_field_and_snapshot_intact(tmp_path):
+    """Each close() writes zeros past the last rows of each field (design.md item 23):
+    never over a row of any field, nor over rows an older snapshot still shows."""
+    schema = {"x": ("float32", (5,)), "y": ("int64", ()), "z": ("uint8", (3,))}
+    path = str(tmp_path / "d")
+    B = 8192
+    want: dict[str, list[torch.Tensor]] = {k: [] for k in schema}
+    readers = []
+    for s in range(12):
+        n = 1 + s % 5
+        rec = {
+            "x": torch.randn(n, 5),
+            "y": torch.arange(n) + 100 * s,
+            "z": torch.full((n, 3), s, dtype=torch.uint8),
+        }
+        mode = "w" if s == 0 else "a"
+        with TensorDB.open(path, mode, schema=schema, block_size=B) as db:
+            db.write(rec)
+            if s == 7:  # rows a reader still sees, then cut: never zeroed
+                db.flush()
+                readers.append(
+                    (
+                        TensorDB.open(path, "r"),
+                        {k: torch.cat([*v, rec[k]]) for k, v in want.items()},
+                    )
+                )
+                db.truncate(len(db) - 2)
+                rec = {k: v[:-2] for k, v in rec.items()}
+        for k in schema:
+            want[k].append(rec[k])
+        with TensorDB.open(path, "r") as db:
+            got = db[:]
+            for k in schema:
+                assert torch.equal(got[k], torch.cat(want[k])), (s, k)
+        for r, snap in readers:
+            got = r[:]
+            for k in schema:
+                assert torch.equal(got[k], snap[k]), (s, k)
+    n = sum(len(v) for v in want["y"])
+    assert n < B  # all in block 0: its fields' space past their rows was taken
+    blk = os.path.join(path, "blocks", "0" * 16)
+    meta = tensorblob._meta.read_meta(path)
+    for fld in meta.fields:  # each field's space is taken to its end (less than 1 MiB)
+        rows_end = fld.offset + n * fld.row_bytes
+        assert _allocated_past(blk, rows_end) >= fld.offset + B * fld.row_bytes - rows_end
+    for r, _ in readers:
+        r.close()
