@@ -205,6 +205,39 @@ class BlockStore(BlockFiles):
             return torch.index_select(rows, 0, torch.from_numpy(at))
         return torch.index_select(rows, 0, torch.from_numpy(at), out=out)
 
+    def span_into(self, blocks: list[int], f: int, start: int, stop: int, dst: np.ndarray) -> None:
+        """Copy rows ``start:stop`` of field ``f`` of the snapshot whose slot list is
+        ``blocks`` into ``dst``, C-contiguous ``(stop - start, row_bytes)`` uint8.
+
+        One ``np.concatenate`` of the blocks' arrays (one C loop of copies, not
+        a call per block: for a small field the per-block calls cost as much as
+        the copies), at most ``max_cached`` blocks at a time, whose entries are
+        held until it is done so that their mappings stay alive.
+        """
+        B, pos, at = self.meta.block_size, start, 0
+        cache, entry = self._cache, self._entry
+        get, touch = cache.get, cache.move_to_end
+        while pos < stop:
+            s0, off = divmod(pos, B)
+            s1 = min((stop - 1) // B + 1, s0 + self.max_cached)
+            parts = []
+            for bid in blocks[s0:s1]:
+                e = get(bid)
+                if e is None:
+                    e = entry(bid)
+                else:
+                    touch(bid)
+                parts.append(e[1][f])
+            end = min(stop, s1 * B)
+            last = end - (s1 - 1) * B  # rows of the last block copied
+            if len(parts) == 1:
+                parts[0] = parts[0][off:last]
+            else:
+                parts[0], parts[-1] = parts[0][off:], parts[-1][:last]
+            np.concatenate(parts, out=dst[at : at + end - pos])
+            at += end - pos
+            pos = end
+
     def _entry(self, bid: int) -> _Entry:
         cache = self._cache
         e = cache.get(bid)

@@ -172,13 +172,7 @@ def _span_into(  # noqa: PLR0917 - span()'s arguments
     store: BlockStore, slots: list[int], f: int, start: int, stop: int, raw: np.ndarray
 ) -> None:
     """Copy rows ``start:stop`` of field ``f`` into the bytes ``raw`` (any shape, C order)."""
-    raw = raw.reshape(stop - start, -1)
-    B, pos = store.meta.block_size, start
-    while pos < stop:
-        slot, off = divmod(pos, B)
-        k = min(B - off, stop - pos)
-        raw[pos - start : pos - start + k] = store.get_bytes(slots[slot], f)[off : off + k]
-        pos += k
+    store.span_into(slots, f, start, stop, raw.reshape(stop - start, -1))
 
 
 def gather(

@@ -101,3 +101,21 @@ def test_a_tensordb_reads_every_field_into_its_buffer(tmp_path):
         with pytest.raises(ShapeMismatchError, match="field 'b'"):
             db.take([0, 1], out=bad)
         assert torch.equal(out["a"], before)  # every field is checked before any is read
+
+
+def test_every_range_of_a_field_reads_right_across_more_blocks_than_are_mapped(tmp_path):
+    """A range is copied a group of at most ``max_cached_blocks`` blocks at a time, one
+    field of a record alone (``BlockStore.span_into``): every start and stop."""
+    recs = {"a": ROWS, "b": torch.arange(20, dtype=torch.int16)}
+    with TensorDB.open(
+        tmp_path / "d", "w", schema={"a": ("float32", 3), "b": ("int16", ())}, block_size=4
+    ) as db:
+        db.write(recs)
+    with TensorDB.open(tmp_path / "d", "r", max_cached_blocks=2) as db:
+        for name, want in recs.items():
+            col = db.column(name)
+            for lo in range(21):
+                for hi in range(lo, 21):
+                    assert torch.equal(col[lo:hi], want[lo:hi]), (name, lo, hi)
+                    out = torch.full_like(want, -1)
+                    assert torch.equal(col.take(slice(lo, hi), out=out), want[lo:hi])
