@@ -242,10 +242,10 @@ class TensorDB(Handle):
         """The fields' addresses and row count if the fast path applies, else ``((), 0)``."""
         srcs = []
         n = 0
-        most = self._fast_rows
+        get, most = rows.get, self._fast_rows
         for name, dtype, shape in self._lanes:
-            t = rows.get(name)
-            if type(t) is not torch.Tensor or t.dtype is not dtype:
+            t = get(name)
+            if type(t) is not torch.Tensor or t.dtype is not dtype or not t.is_cpu:
                 return (), 0
             ts = t.shape
             if ts == shape:
@@ -254,7 +254,8 @@ class TensorDB(Handle):
                 k = ts[0]
             else:
                 return (), 0
-            if (n and k != n) or not t.is_contiguous() or not t.is_cpu or t.is_neg():
+            # (A 0-d tensor is contiguous; a negative view holds other bytes than it shows.)
+            if (n and k != n) or (ts and not t.is_contiguous()) or t.is_neg():
                 return (), 0
             n = k
             srcs.append(t.data_ptr())

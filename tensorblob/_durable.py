@@ -40,7 +40,7 @@ __all__ = [
     "stage",
     "start_writeback",
     "store",
-    "store_mapped",
+    "store_rows",
     "truncate",
     "unlink",
     "write_atomic",
@@ -70,12 +70,8 @@ def _step(step: str, path: str, extent: tuple[int, int] | None = None) -> None:
 
 
 def boot_id() -> str:
-    """Identify the running kernel boot; a change means the page cache was lost.
-
-    Linux exposes a random id per boot. tensorblob supports Linux only; were
-    the file missing, the empty string is returned and every boot would look
-    the same, so the power-loss rule of docs/design.md could not apply.
-    """
+    """The running kernel boot's random id (Linux): a change means the page cache was lost.
+    "" if unknown: every boot then looks the same, and the power-loss rule cannot apply."""
     global _boot  # noqa: PLW0603 - read once: a process does not outlive its boot
     if _boot is None:
         try:
@@ -182,11 +178,8 @@ _SYNC_FILE_RANGE_WRITE = 2  # start writeback of the dirty pages; do not wait
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Start writing the dirty pages of a byte range of ``fd`` to disk; do not wait.
-
-    Changes no content and promises nothing: a later fsync still decides
-    durability, but finds less left to write.
-    """
+    """Start writing the dirty pages of a byte range of ``fd`` to disk; do not wait. Changes
+    no content and promises nothing: a later fsync finds less left to write."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
@@ -224,13 +217,9 @@ _FSYNC_BATCH = 64  # files open at once: stays far below any descriptor limit
 
 
 def fsync_paths(paths: list[str]) -> None:
-    """Make each file of ``paths`` durable, faster together; pages dirtied through a shared
-    mapping included (fdatasync: data, and the metadata needed to read it back).
-
-    Writeback of a batch of files is started first (``sync_file_range``,
-    which neither waits nor promises anything), then each is fdatasync'ed:
-    the device works on all of them at once instead of one after another.
-    """
+    """Make each file of ``paths`` durable (fdatasync: data, and the metadata needed to read
+    it back), pages dirtied through a shared mapping included. Writeback of a batch is
+    started first (``sync_file_range``), so that the device works on all at once."""
     for i in range(0, len(paths), _FSYNC_BATCH):
         _fsync_batch(paths[i : i + _FSYNC_BATCH])
 
@@ -334,17 +323,25 @@ def copy_file(src: str, dst: str, nbytes: int) -> None:
 _buffers: dict[int, type[ctypes.Array[ctypes.c_char]]] = {}
 
 
-def store_mapped(dst: int, src: int, nbytes: int, offset: int, path: str) -> None:
-    """Copy ``nbytes`` from address ``src`` to ``dst``, ``offset`` bytes into the shared
-    mapping of the block file ``path``. Not durable.
-
-    A raw ``memmove``: the callers have checked both ranges, and a single row
-    costs far less this way than a torch copy or a ``pwrite`` (which, on
-    ext4, updates the inode on every call).
-    """
-    if _hook is not None:
-        _hook("write_rows", path, (offset, nbytes))
-    _memmove(dst, src, nbytes)
+def store_rows(  # noqa: PLR0917 - the parts of one copy, all needed
+    addr: int,
+    srcs: tuple[int, ...],
+    lanes: tuple[tuple[int, int], ...],
+    row: int,
+    n: int,
+    path: str,
+) -> None:
+    """Copy ``n`` rows of each field from ``srcs`` to row ``row`` of the shared mapping at
+    ``addr`` of block file ``path`` (field ``f`` at ``lanes[f]``: offset, row bytes). Not
+    durable. Raw ``memmove``s over ranges the callers checked: for a row, far cheaper than
+    a torch copy or a ``pwrite`` (which, on ext4, updates the inode at every call)."""
+    f = 0
+    for off, rb in lanes:
+        at = off + row * rb
+        if _hook is not None:
+            _hook("write_rows", path, (at, n * rb))
+        _memmove(addr + at, srcs[f], n * rb)
+        f += 1  # noqa: SIM113 - enumerate() costs more in this loop
 
 
 _ZEROS = memoryview(bytes(1 << 20))

@@ -232,30 +232,29 @@ class WriteWindow:
             # A few rows so far (a collector's session): pwrite them, as _store
             # does, rather than map the block for them.
             self.w_direct += n * self.meta.row_bytes
-            for (off, rb), src in zip(self.lanes, srcs, strict=True):
-                _durable.store(self.w_fd, src, n * rb, off + row * rb, self.w_path)
+            self._pwrite_rows(row, srcs, n)
             return
-        addr = self.w_addr or self._map_window()
-        ready, path, store = self.w_ready, self.w_path, _durable.store_mapped
-        f = 0
-        for off, rb in self.lanes:
-            at = off + row * rb
-            nbytes = n * rb
-            if at + nbytes > ready[f]:
-                self._make_ready(f, at + nbytes)
-            store(addr + at, srcs[f], nbytes, at, path)
-            f += 1  # noqa: SIM113 - enumerate() costs more in this loop
+        if not self.w_addr:
+            self._map_window()
+        self._store_mapped(row, srcs, n)
 
     def _store(self, row: int, srcs: tuple[int, ...], k: int) -> None:
         """Write ``k`` rows from the addresses ``srcs`` (one per field) at row ``row`` of the
         window's block: through the mapping if it exists and the rows are few, else by
         ``pwrite``."""
-        mapped = self.w_addr and k * self.meta.row_bytes <= PWRITE_BYTES  # see PWRITE_BYTES
-        for f, (off, rb) in enumerate(self.lanes):
-            at = off + row * rb
-            if mapped:  # mapped already: no system call
-                if at + k * rb > self.w_ready[f]:
-                    self._make_ready(f, at + k * rb)
-                _durable.store_mapped(self.w_addr + at, srcs[f], k * rb, at, self.w_path)
-            else:
-                _durable.store(self.w_fd, srcs[f], k * rb, at, self.w_path)
+        if self.w_addr and k * self.meta.row_bytes <= PWRITE_BYTES:  # see PWRITE_BYTES
+            self._store_mapped(row, srcs, k)  # mapped already: no system call
+        else:
+            self._pwrite_rows(row, srcs, k)
+
+    def _store_mapped(self, row: int, srcs: tuple[int, ...], n: int) -> None:
+        ready, end, f = self.w_ready, row + n, 0
+        for off, rb in self.lanes:
+            if off + end * rb > ready[f]:
+                self._make_ready(f, off + end * rb)
+            f += 1  # noqa: SIM113 - enumerate() costs more in this loop
+        _durable.store_rows(self.w_addr, srcs, self.lanes, row, n, self.w_path)
+
+    def _pwrite_rows(self, row: int, srcs: tuple[int, ...], n: int) -> None:
+        for (off, rb), src in zip(self.lanes, srcs, strict=True):
+            _durable.store(self.w_fd, src, n * rb, off + row * rb, self.w_path)
