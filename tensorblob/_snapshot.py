@@ -150,6 +150,7 @@ class _Replayed:
 
 
 _REPLAYED: dict[str, _Replayed] = {}
+_RESUME_MIN = 16  # records: a replay of fewer is not remembered or resumed
 
 
 def _resume(state: State, records: list[dict[str, Any]], keep: int, cache: str) -> _Replayed | None:
@@ -167,6 +168,8 @@ def _replay(state: State, journal: JournalImage, meta: Meta, *, cache: str | Non
     keep = applied(records)
     discarded = sum(rec["t"] in _records.COMMITS for rec in records[keep:])
     B, APPEND, SYNC, i = meta.block_size, _records.REC_APPEND, _records.REC_SYNC, 0
+    if keep < _RESUME_MIN:  # a short journal replays faster than the copies cost
+        cache = None
     hit = _resume(state, records, keep, cache) if cache is not None else None
     last_sync = next((k for k in range(keep)[::-1] if records[k]["t"] == SYNC), -1)
     manifest = None  # the manifest, to remember a replay up to the last sync record
