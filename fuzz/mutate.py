@@ -444,6 +444,30 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
         ),
     ),
+    # -- collector sessions (docs/design.md items 22-23) ------------------------------
+    Mutation(
+        "ahead-over-rows",
+        "durable point",
+        "the zeros taken ahead at a durable point start one row below the high-water "
+        "mark, over a committed row, allocated or not",
+        (
+            Edit(
+                "_window.py",
+                "_allocate_ahead",
+                "if hole >= min(at + ahead // 2, end):  # room for the next rows already\n"
+                "                    continue\n"
+                "                start = max(hole, at)",
+                "start = at - rb",
+            ),
+        ),
+    ),
+    Mutation(
+        "fast-first-write-no-marker",
+        "commit",
+        "a session's first commit on the fast path writes no open marker: its records "
+        "take no boot id of their own session",
+        (_drop("_fast.py", "put_commit", "self._mark_open()"),),
+    ),
     # -- unlink (TensorBlob.unlink) -------------------------------------------------
     Mutation(
         "unlink-no-parent-fsync",

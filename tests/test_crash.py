@@ -76,6 +76,7 @@ def _check_reopen(path: str, allowed: list[Any], where: str) -> None:
 # SIGKILLs), and `pytest -m slow` runs the rest here too.
 DEFAULT_KILL = {
     "append_sessions",
+    "sessions_after_checkpoint",
     "overwrite",
     "extend_blocks",
     "recreate",
