@@ -98,9 +98,9 @@ class FastPaths:
         st = self.state
         pos = st.length
         m = self.marks
-        if not (self.w_lo <= pos and pos + n <= self.w_hi) and not self._window_at_end():
-            return False
-        if not (self.w_lo <= pos and pos + n <= self.w_hi):
+        if not (self.w_lo <= pos and pos + n <= self.w_hi) and (
+            not self._window_at_end() or pos + n > self.w_hi  # it starts at the length
+        ):
             return False
         nbytes = n * self.row_bytes
         if self.full and (
