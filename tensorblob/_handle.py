@@ -1,15 +1,15 @@
-"""What every handle on a blob does: open and close, leases, recovery, transactions, cursor.
+"""What every handle on a blob does: open and close, leases, recovery, transactions.
 
 ``Handle`` is the base of ``TensorBlob`` (and of every other front end on
 the same engine): it opens a blob's directory for reading (a lease on a
 committed snapshot) or writing (the writer lock, recovery, an ``Engine``),
-runs transactions, keeps the cursor, makes durable points and pickles a
+runs transactions (``Transactions``), reads (``Reader``), keeps the cursor
+(``Cursor``), makes durable points and pickles a
 reader as its snapshot. The front end says what a row is.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import stat
@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _dirs, _format, _recovery, _snapshot, _watch
-from ._args import DEFAULT_BLOCK_SIZE, DEFAULT_TIMEOUT, abspath, as_int
+from ._args import DEFAULT_BLOCK_SIZE, DEFAULT_TIMEOUT, abspath
 from ._blocks import BlockStore, default_max_cached
+from ._cursor import Cursor
 from ._fstype import refuse_untrusted
 from ._journal import JournalWriter
 from ._locking import ReaderLease, WriterLock
@@ -29,7 +30,6 @@ from ._state import State
 from ._transact import Transactions
 from ._txn import Engine
 from .errors import (
-    BlobClosedError,
     BlobNotFoundError,
     BlobTypeError,
     InvalidArgumentError,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 H = TypeVar("H", bound="Handle")
 
 
-class Handle(Transactions, Reader):
+class Handle(Cursor, Transactions, Reader):
     """An open blob (see the module docstring). Not for direct use: ``TensorBlob.open``."""
 
     _closed = True
@@ -384,70 +384,6 @@ class Handle(Transactions, Reader):
         args = (type(self), self._path, self._state, self._pos, self._max_cached)
         return (_unpickle_reader, args)
 
-    @property
-    def path(self) -> str:
-        """Absolute path of the blob directory."""
-        return self._path
-
-    @property
-    def filename(self) -> str:
-        """Absolute path of the directory (``path``; the original tensorblob's name)."""
-        return self._path
-
-    @property
-    def max_cached_blocks(self) -> int:
-        """Block files this handle keeps mapped at most (see ``open``)."""
-        return self._max_cached
-
-    # The original tensorblob's mode flags: readable, writable, append-only.
-    _m_rd = property(lambda self: self._readable)
-    _m_wr = property(lambda self: self._writable)
-    _m_ap = property(lambda self: self._append)
-
-    @property
-    def mode(self) -> str:
-        """The mode the blob was opened with (``"r"``, ``"a+"``, ...)."""
-        return self._mode
-
-    @property
-    def block_size(self) -> int:
-        """Rows per block file, fixed at creation."""
-        return self._meta.block_size
-
-    @property
-    def sync(self) -> str:
-        """This handle's durability level, ``"normal"`` or ``"full"`` (see ``open``)."""
-        return self._sync
-
-    @property
-    def closed(self) -> bool:
-        """True once the blob is closed, by ``close()`` or by a failed commit step."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BlobClosedError(f"I/O operation on closed {self._KIND} {self._path!r}")
-
-    def _check_readable(self) -> None:
-        self._check_open()
-        if not self._readable:
-            raise UnsupportedOperationError(
-                f"{self._KIND} {self._path!r} is not open for reading (mode {self._mode!r})"
-            )
-
-    def _check_writable(self) -> Engine:
-        self._check_open()
-        if self._engine is not None and os.getpid() != self._pid:
-            raise UnsupportedOperationError(
-                f"blob {self._path!r} was opened for writing by process {self._pid}; "
-                "a forked child cannot write through it (open it again in the child)"
-            )
-        if self._engine is None:
-            raise UnsupportedOperationError(
-                f"{self._KIND} {self._path!r} is not open for writing (mode {self._mode!r})"
-            )
-        return self._engine
-
     def flush(self) -> None:
         """Make every committed transaction survive power loss (a durable point).
 
@@ -466,53 +402,6 @@ class Handle(Transactions, Reader):
                 if self._engine.broken:
                     self._abandon()
                 raise
-
-    def seek(self, pos: int = 0, whence: int = io.SEEK_SET) -> int:
-        """Move the cursor; return the new position, clamped to ``[0, len(blob)]``.
-
-        Unlike a Python file's, the cursor never goes past the end. Changes
-        nothing on disk.
-
-        Raises:
-            BlobTypeError: ``pos`` is not an int.
-            InvalidArgumentError: ``whence`` is not SEEK_SET, SEEK_CUR or SEEK_END.
-            BlobClosedError: the blob is closed.
-        """
-        self._check_open()
-        pos = as_int(pos, "seek(pos)")
-        if not isinstance(whence, int) or isinstance(whence, bool):
-            raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2")
-        if whence == io.SEEK_SET:
-            new = pos
-        elif whence == io.SEEK_CUR:
-            new = self._pos + pos
-        elif whence == io.SEEK_END:
-            new = self._state.length + pos
-        else:
-            raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2")
-        self._pos = max(0, min(new, self._state.length))
-        return self._pos
-
-    def tell(self) -> int:
-        """Return the cursor position (a row number).
-
-        Raises:
-            BlobClosedError: the blob is closed.
-        """
-        self._check_open()
-        return self._pos
-
-    def __len__(self) -> int:
-        """Return the number of rows.
-
-        A reader counts the rows of its snapshot; a writer counts its current
-        rows, including those of its open transaction.
-
-        Raises:
-            BlobClosedError: the blob is closed.
-        """
-        self._check_open()
-        return self._state.length
 
 
 def _unpickle_reader(cls: type[H], path: str, state: State, pos: int, max_cached: int) -> H:
