@@ -31,6 +31,7 @@ from .errors import (
     LockTimeoutError,
     MissingDependencyError,
     NotABlobError,
+    UnknownFieldError,
     UnsupportedFormatError,
     UnsupportedVersionError,
 )
@@ -82,6 +83,7 @@ _OUTCOMES: list[tuple[type[BaseException], int, str, str]] = [
         "pip install 'tensorblob[safetensors]'",
     ),
     (InvalidArgumentError, EXIT_USAGE, "usage", "see --help"),
+    (UnknownFieldError, EXIT_USAGE, "usage", "check the field's name (tensorblob info SRC)"),
     (BlobTypeError, EXIT_USAGE, "usage", "see --help"),
     (
         CorruptInputError,
@@ -106,17 +108,19 @@ def add_parsers(sub: Any, timeout: Any) -> None:
     """
     e = sub.add_parser(
         "export",
-        help="write a blob's rows to a .npy or .safetensors file",
-        description="Write every committed row of the blob SRC into the file OUT, bit for "
-        "bit, streamed in bounded pieces. OUT appears whole or not at all. Exit 0 done, "
-        "1 failed, 2 usage error, not a blob, unsupported format or OUT exists.",
+        help="write a blob's or TensorDB's rows to a .npy or .safetensors file",
+        description="Write every committed row of the blob or TensorDB SRC into the file OUT, "
+        "bit for bit, streamed in bounded pieces (a TensorDB: each field a tensor named after "
+        "it in .safetensors; one field, --field, in .npy). OUT appears whole or not at all. "
+        "Exit 0 done, 1 failed, 2 usage error, not a blob, unsupported format or OUT exists.",
     )
-    e.add_argument("src", metavar="SRC", help="the blob directory")
+    e.add_argument("src", metavar="SRC", help="the blob or TensorDB directory")
     e.add_argument("out", metavar="OUT", help="the file to write (*.npy or *.safetensors)")
     e.add_argument("--format", choices=EXPORT_FORMATS, help="default: OUT's suffix")
     e.add_argument(
-        "--name", default=DEFAULT_NAME, help=f"the tensor's name in .safetensors ({DEFAULT_NAME})"
+        "--name", help=f"a blob's tensor's name in .safetensors (default: {DEFAULT_NAME})"
     )
+    e.add_argument("--field", help="export only this field of a TensorDB (needed for .npy)")
     e.add_argument("--replace", action="store_true", help="replace an existing OUT atomically")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     i = sub.add_parser(
@@ -174,6 +178,7 @@ def run_export(args: argparse.Namespace) -> int:
             args.out,
             format=args.format,
             name=args.name,
+            field=args.field,
             if_exists="replace" if args.replace else "error",
             progress=progress,
         ),

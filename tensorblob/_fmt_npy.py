@@ -43,8 +43,9 @@ _DESCR = {
 _TORCH = {np.dtype(descr): dtype for dtype, descr in _DESCR.items()}
 
 
-def header(dtype: torch.dtype, shape: tuple[int, ...], length: int, src: str) -> bytes:
+def header(dtype: torch.dtype, shape: tuple[int, ...], length: int, what: str) -> bytes:
     """The ``.npy`` header for ``length`` rows of ``shape`` and ``dtype``; the rows follow it.
+    ``what`` names the source in messages (``"blob '/data/x.blob'"``, ...).
 
     Raises:
         UnsupportedFormatError: NumPy has no dtype for ``dtype`` (``bfloat16``, ...).
@@ -57,7 +58,7 @@ def header(dtype: torch.dtype, shape: tuple[int, ...], length: int, src: str) ->
             else "export to .safetensors if it holds this dtype, or convert the rows yourself"
         )
         raise UnsupportedFormatError(
-            f"cannot export blob {src!r} to .npy: NumPy has no {dtype_name(dtype)} dtype; {hint}"
+            f"cannot export {what} to .npy: NumPy has no {dtype_name(dtype)} dtype; {hint}"
         )
     fields = {"descr": descr, "fortran_order": False, "shape": (length, *shape)}
     buf = io.BytesIO()

@@ -1,10 +1,11 @@
-"""The ``.safetensors`` format for export and import: one named tensor, rows along its first axis.
+"""The ``.safetensors`` format for export and import: named tensors, rows along their first axis.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header
 (padded with spaces to a multiple of 8 bytes), then the tensors' bytes,
 C-ordered and little-endian. Export writes that header for one tensor
-(named ``"data"`` unless told otherwise) and streams the rows after it, so it
-needs no third-party package and never holds the blob in memory. Import
+(named ``"data"`` unless told otherwise), or one per field of a TensorDB
+(named after the fields), and streams the rows after it, so it needs no
+third-party package and never holds the blob in memory. Import
 checks the header itself (for clear errors), then reads a range of rows at a
 time with the ``safetensors`` package's ``safe_open``, an optional dependency
 (``pip install 'tensorblob[safetensors]'``).
@@ -69,26 +70,30 @@ def check_name(name: object) -> str:
 
 
 def header(
-    dtype: torch.dtype, shape: tuple[int, ...], length: int, src: str, name: str = DEFAULT_NAME
+    tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], length: int, what: str
 ) -> bytes:
-    """The safetensors header for one tensor ``name`` of ``length`` rows; the rows follow it.
+    """The safetensors header for ``length`` rows of each ``(name, dtype, shape)`` in
+    ``tensors``, stored one after the other in that order; their rows follow it.
+    ``what`` names the source in messages (``"blob '/data/x.blob'"``, ...).
 
     Raises:
-        UnsupportedFormatError: safetensors has no code for ``dtype`` (``complex128``, ...).
+        UnsupportedFormatError: safetensors has no code for a dtype (``complex128``, ...).
     """
-    code = _CODES.get(dtype)
-    if code is None:
-        raise UnsupportedFormatError(
-            f"cannot export blob {src!r} to .safetensors: it has no {dtype_name(dtype)} dtype"
-            + ("; export to .npy, which holds it" if dtype == torch.complex128 else "")
-        )
-    nbytes = length * dtype.itemsize
-    for d in shape:
-        nbytes *= d
-    entry = {"dtype": code, "shape": [length, *shape], "data_offsets": [0, nbytes]}
-    text = json.dumps(
-        {"__metadata__": {"format": "pt"}, name: entry}, separators=(",", ":")
-    ).encode()
+    table: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    at = 0
+    for name, dtype, shape in tensors:
+        code = _CODES.get(dtype)
+        if code is None:
+            raise UnsupportedFormatError(
+                f"cannot export {what} to .safetensors: it has no {dtype_name(dtype)} dtype"
+                + ("; export to .npy, which holds it" if dtype == torch.complex128 else "")
+            )
+        nbytes = length * dtype.itemsize
+        for d in shape:
+            nbytes *= d
+        table[name] = {"dtype": code, "shape": [length, *shape], "data_offsets": [at, at + nbytes]}
+        at += nbytes
+    text = json.dumps(table, separators=(",", ":")).encode()
     text += b" " * (-(8 + len(text)) % 8)  # the data starts 8-byte aligned
     return struct.pack("<Q", len(text)) + text
 

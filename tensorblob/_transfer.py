@@ -1,4 +1,4 @@
-"""Data out: ``export_blob`` writes a blob's rows to ``.npy`` or ``.safetensors``.
+"""Data out: ``export_blob`` writes a blob's (or a TensorDB's) rows to ``.npy`` or ``.safetensors``.
 
 Export and import (``_import``) are written against the public
 ``TensorBlob`` API and move rows in bounded pieces
@@ -24,12 +24,15 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from . import _durable, _fmt_npy, _fmt_safetensors
 from ._blob import TensorBlob
-from ._formats import EXPORT_FORMATS, SUFFIXES
+from ._db import TensorDB
+from ._formats import DEFAULT_NAME, EXPORT_FORMATS, SUFFIXES
+from ._meta import read_meta
 from ._source import spans
 from .errors import (
     BlobNotFoundError,
@@ -94,41 +97,59 @@ def export_blob(
     out: str | os.PathLike[str],
     *,
     format: str | None = None,
-    name: str = _fmt_safetensors.DEFAULT_NAME,
+    name: str | None = None,
+    field: str | None = None,
     if_exists: str = "error",
     progress: Progress | None = None,
 ) -> int:
-    """Write every row of the blob at ``src`` into one array file at ``out``; return the rows.
+    """Write every row of the blob (or TensorDB) at ``src`` into one file at ``out``;
+    return the rows.
 
-    ``.npy``: one C-ordered little-endian array ``(len, *shape)``.
-    ``.safetensors``: one tensor of that shape, named ``name``. The rows are
-    copied bit for bit. The export reads one snapshot (the rows committed when
-    it starts) and holds at most a few tens of MiB of them in memory at once.
-    ``out`` appears whole or not at all, even after a crash or a power cut.
+    A blob: ``.npy`` holds one C-ordered little-endian array ``(len, *shape)``;
+    ``.safetensors`` one tensor of that shape, named ``name`` (``"data"``). A
+    TensorDB: ``.safetensors`` holds one tensor per field, named after it, in
+    the schema's order (only ``field`` if given); ``.npy`` holds one array, so
+    ``field`` must name the field to export. The rows are copied bit for bit.
+    The export reads one snapshot (the rows committed when it starts: the
+    same records of every field) and holds at most a few tens of MiB of them
+    in memory at once. ``out`` appears whole or not at all, even after a
+    crash or a power cut.
 
     Args:
-        src: The blob to export. Only read: a writer may keep appending.
+        src: The blob or TensorDB to export. Only read: a writer may keep appending.
         out: The file to write. Its directory must exist.
         format: ``"npy"`` or ``"safetensors"``; by default, from ``out``'s suffix.
-        name: The tensor's name in a ``.safetensors`` file.
+        name: The tensor's name in a ``.safetensors`` file of a blob.
+        field: The field of a TensorDB to export alone.
         if_exists: ``"error"`` (default) refuses an existing ``out``;
             ``"replace"`` replaces it atomically.
-        progress: Called as ``progress(rows_done, rows_total)`` after each piece.
+        progress: Called as ``progress(rows_done, rows_total)`` after each piece
+            (for a TensorDB of several fields, rows of the fields written so far
+            in proportion to their bytes).
 
     Raises:
         BlobNotFoundError: no blob at ``src``, or ``out``'s directory is missing.
-        NotABlobError: ``src`` is not a blob.
-        UnsupportedFormatError: the format cannot hold the blob's dtype (``bfloat16``
+        NotABlobError: ``src`` is not a blob or a TensorDB.
+        UnsupportedFormatError: the format cannot hold a dtype (``bfloat16``
             in ``.npy``; ``complex128`` in ``.safetensors``), or cannot be told
-            from ``out``. Nothing is written.
+            from ``out``, or ``.npy`` for a TensorDB without ``field``. Nothing
+            is written.
         DestinationExistsError: ``out`` exists (or is a directory) and
             ``if_exists`` is not ``"replace"``.
-        InvalidArgumentError: a bad ``format``, ``name`` or ``if_exists``.
+        InvalidArgumentError: a bad ``format``, ``name`` or ``if_exists``;
+            ``field`` given for a blob, ``name`` for a TensorDB.
+        UnknownFieldError: the TensorDB has no field ``field``.
         DiskFullError: writing ``out`` ran out of space; no ``out`` was left.
         BlobOSError: another error writing ``out``; no ``out`` was left.
     """
     return run_export(
-        src, out, format=format, name=name, if_exists=if_exists, progress=progress
+        src,
+        out,
+        format=format,
+        name=name,
+        field=field,
+        if_exists=if_exists,
+        progress=progress,
     ).rows
 
 
@@ -137,7 +158,8 @@ def run_export(
     out: str | os.PathLike[str],
     *,
     format: str | None = None,
-    name: str = _fmt_safetensors.DEFAULT_NAME,
+    name: str | None = None,
+    field: str | None = None,
     if_exists: str = "error",
     progress: Progress | None = None,
 ) -> Transfer:
@@ -146,32 +168,80 @@ def run_export(
     out_path = abspath(out, "out")
     fmt = export_format(out_path, format)
     choice(if_exists, "if_exists", ("error", "replace"))
-    name = _fmt_safetensors.check_name(name)
+    if name is not None:
+        name = _fmt_safetensors.check_name(name)
+    if field is not None and not isinstance(field, str):
+        raise BlobTypeError(f"field must be a str, got {type(field).__name__}")
     parent = os.path.dirname(out_path)
     if not os.path.isdir(parent):
         raise BlobNotFoundError(
             f"cannot export to {out_path!r}: directory {parent!r} does not exist"
         )
     _check_free(out_path, if_exists)
-    with TensorBlob.open(abspath(src, "src"), "r") as blob:
+    root = abspath(src, "src")
+    replace = if_exists == "replace"
+    if _kind(root) == "TensorDB":
+        if name is not None:
+            raise InvalidArgumentError(
+                f"name={name!r}: the tensors exported from a TensorDB are named after its "
+                "fields (pass field= to export one of them)"
+            )
+        with TensorDB.open(root, "r") as db:
+            cols = [db.column(f) for f in (db.fields if field is None else (field,))]
+            what = f"database {db.path!r}"
+            if fmt == "npy" and len(cols) > 1:
+                raise UnsupportedFormatError(
+                    f"cannot export {what} to .npy, which holds one array: pass field= "
+                    "(--field) to export one of its fields, or export to .safetensors, which "
+                    "holds every field"
+                )
+            n = len(db)
+            if fmt == "npy":
+                head = _fmt_npy.header(cols[0].dtype, cols[0].shape, n, what)
+            else:
+                head = _fmt_safetensors.header([(c.name, c.dtype, c.shape) for c in cols], n, what)
+            nbytes = _write_whole(out_path, head, _pieces(cols, n, progress), replace=replace)
+            names = tuple(c.name for c in cols)
+            secs = time.monotonic() - t0
+            return Transfer(db.path, out_path, fmt, None, (), n, nbytes, secs, names)
+    if field is not None:
+        raise InvalidArgumentError(
+            f"field={field!r}: {root!r} is not a TensorDB (field= picks a field of one)"
+        )
+    with TensorBlob.open(root, "r") as blob:
         n, dtype, shape = len(blob), blob.dtype, blob.shape
+        what = f"blob {blob.path!r}"
         if fmt == "npy":
-            head = _fmt_npy.header(dtype, shape, n, blob.path)
+            head = _fmt_npy.header(dtype, shape, n, what)
         else:
-            head = _fmt_safetensors.header(dtype, shape, n, blob.path, name)
-
-        def pieces() -> Iterator[memoryview]:
-            for start, stop in spans(n, dtype.itemsize * _numel(shape)):
-                # A new contiguous tensor: its bytes, as stored. Only the view
-                # keeps it alive, so one piece at a time is in memory.
-                view = memoryview(blob[start:stop].reshape(-1).view(torch.uint8).numpy())
-                yield view
-                del view
-                if progress is not None:
-                    progress(stop, n)
-
-        nbytes = _write_whole(out_path, head, pieces(), replace=if_exists == "replace")
+            head = _fmt_safetensors.header([(name or DEFAULT_NAME, dtype, shape)], n, what)
+        nbytes = _write_whole(out_path, head, _pieces([blob], n, progress), replace=replace)
         return Transfer(blob.path, out_path, fmt, dtype, shape, n, nbytes, time.monotonic() - t0)
+
+
+def _kind(root: str) -> str | None:
+    """``meta``'s kind of the blob at ``root``; None if it has none (``open`` then says why)."""
+    try:
+        return read_meta(root).kind
+    except (TensorBlobError, OSError):
+        return None
+
+
+def _pieces(sources: list[Any], n: int, progress: Progress | None) -> Iterator[memoryview]:
+    """The rows ``0:n`` of each source (a blob, or a TensorDB's columns) in turn, as the
+    bytes stored, a bounded piece at a time."""
+    sizes = [s.dtype.itemsize * _numel(s.shape) for s in sources]
+    total, done = sum(sizes) * n, 0
+    for src, row_bytes in zip(sources, sizes, strict=True):
+        for start, stop in spans(n, row_bytes):
+            # A new contiguous tensor: its bytes, as stored. Only the view keeps
+            # it alive, so one piece at a time is in memory.
+            view = memoryview(src[start:stop].reshape(-1).view(torch.uint8).numpy())
+            yield view
+            del view
+            done += (stop - start) * row_bytes
+            if progress is not None:
+                progress(n * done // total if total else n, n)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

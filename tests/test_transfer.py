@@ -22,11 +22,14 @@ import torch
 
 from tensorblob import (
     BlobNotFoundError,
+    BlobTypeError,
     CorruptInputError,
     DestinationExistsError,
     InvalidArgumentError,
     MissingDependencyError,
     TensorBlob,
+    TensorDB,
+    UnknownFieldError,
     UnsupportedFormatError,
     WaitTimeoutError,
     _source,
@@ -355,6 +358,99 @@ def test_export_refuses_an_existing_file_a_missing_directory_and_an_unknown_suff
     assert np.load(tmp_path / "old.npy").shape == (3, 2)
     export_blob(src, tmp_path / "x.pt", format="safetensors")
     assert safetensors.torch.load_file(tmp_path / "x.pt")["data"].shape == (3, 2)
+
+
+# -- TensorDB export ---------------------------------------------------------------
+
+DB_SCHEMA = {
+    "obs": (torch.uint8, (3, 4)),
+    "action": (torch.int64, ()),
+    "reward": (torch.bfloat16, ()),
+    "done": (torch.bool, ()),
+}
+
+
+def make_db(path: Path, n: int = N) -> tuple[str, dict[str, torch.Tensor]]:
+    """A TensorDB of ``n`` random records over several blocks of 4; its fields by name."""
+    data = {k: random_rows(dt, sh, n, seed=i) for i, (k, (dt, sh)) in enumerate(DB_SCHEMA.items())}
+    with TensorDB.open(path, "w", schema=DB_SCHEMA, block_size=4) as db:
+        db.write(data)
+    return str(path), data
+
+
+def test_a_tensordb_exports_each_field_as_a_tensor_or_one_field_alone(tmp_path):
+    src, data = make_db(tmp_path / "s.db")
+    assert export_blob(src, tmp_path / "all.safetensors") == N
+    got = safetensors.torch.load_file(tmp_path / "all.safetensors")
+    assert set(got) == set(DB_SCHEMA)
+    assert all(same_bits(got[k], data[k]) for k in DB_SCHEMA)
+    with open(tmp_path / "all.safetensors", "rb") as f:  # stored in the schema's order
+        table = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    starts = {k: v["data_offsets"][0] for k, v in table.items() if k != "__metadata__"}
+    assert sorted(starts, key=starts.get) == list(DB_SCHEMA)
+    export_blob(src, tmp_path / "action.npy", field="action")
+    assert np.array_equal(np.load(tmp_path / "action.npy"), data["action"].numpy())
+    export_blob(src, tmp_path / "obs.safetensors", field="obs")
+    got = safetensors.torch.load_file(tmp_path / "obs.safetensors")
+    assert list(got) == ["obs"]
+    assert same_bits(got["obs"], data["obs"])
+    assert not [e for e in listing(tmp_path) if e.startswith(".")]  # no temporary left
+
+
+def test_a_tensordb_export_reads_one_snapshot_while_a_writer_appends(tmp_path):
+    src, data = make_db(tmp_path / "s.db", n=40)
+    more = {k: v[:5] for k, v in data.items()}
+    with TensorDB.open(src, "a") as writer:
+        calls = []
+
+        def progress(done: int, total: int) -> None:
+            calls.append((done, total))
+            writer.write(more)  # commits while the export reads
+
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr(_source, "CHUNK_BYTES", 64)  # several pieces a field
+        try:
+            assert export_blob(src, tmp_path / "s.safetensors", progress=progress) == 40
+        finally:
+            monkey.undo()
+        assert len(writer) > 40
+    got = safetensors.torch.load_file(tmp_path / "s.safetensors")
+    assert all(same_bits(got[k], data[k]) for k in DB_SCHEMA)
+    assert calls[-1] == (40, 40)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("npy-without-field", UnsupportedFormatError),
+        ("bfloat16-field-to-npy", UnsupportedFormatError),
+        ("unknown-field", UnknownFieldError),
+        ("field-not-a-str", BlobTypeError),
+        ("name-for-a-db", InvalidArgumentError),
+        ("field-for-a-blob", InvalidArgumentError),
+    ],
+)
+def test_a_bad_tensordb_export_is_refused_and_writes_nothing(tmp_path, case, error):
+    src, _ = make_db(tmp_path / "s.db")
+    out, kw = tmp_path / "x.safetensors", {}
+    if case == "npy-without-field":
+        out = tmp_path / "x.npy"
+    elif case == "bfloat16-field-to-npy":
+        out, kw = tmp_path / "x.npy", {"field": "reward"}
+    elif case == "unknown-field":
+        kw = {"field": "rewards"}
+    elif case == "field-not-a-str":
+        kw = {"field": 3}
+    elif case == "name-for-a-db":
+        kw = {"name": "emb"}
+    else:
+        src = make(tmp_path / "b.blob", torch.zeros(3, 2))
+        kw = {"field": "obs"}
+    before = listing(tmp_path)
+    with pytest.raises(error):
+        export_blob(src, out, **kw)
+    assert listing(tmp_path) == before
 
 
 def test_import_into_a_blob_with_rows_needs_replace_or_append(tmp_path):

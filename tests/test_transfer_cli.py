@@ -72,6 +72,32 @@ def test_export_json_reports_the_file_format_and_bytes(tmp_path, capsys):
     assert doc["path"] == src
 
 
+def test_export_of_a_tensordb_names_its_fields_and_refuses_an_unknown_one(tmp_path, capsys):
+    with TensorDB.open(tmp_path / "s.db", "w", schema={"x": ("int32", 2), "y": ("bool", ())}) as db:
+        db.write(
+            {
+                "x": torch.arange(6, dtype=torch.int32).reshape(3, 2),
+                "y": torch.ones(3, dtype=torch.bool),
+            }
+        )
+    src = str(tmp_path / "s.db")
+    doc = run_json(capsys, "export", src, str(tmp_path / "s.safetensors"))
+    assert (doc["verdict"], doc["rows"], doc["fields"], doc["dtype"]) == (
+        "exported",
+        3,
+        ["x", "y"],
+        None,
+    )
+    code, out = run(capsys, "export", src, str(tmp_path / "x.npy"), "--field", "x")
+    assert code == 0
+    assert "3 record(s) of fields x" in " ".join(out.split())
+    assert np.load(tmp_path / "x.npy").tolist() == [[0, 1], [2, 3], [4, 5]]
+    for extra, verdict in (([], "unsupported-format"), (["--field", "z"], "usage")):
+        doc = run_json(capsys, "export", src, str(tmp_path / "y.npy"), *extra)
+        assert (doc["exit_code"], doc["verdict"]) == (2, verdict)
+        assert not (tmp_path / "y.npy").exists()
+
+
 @pytest.mark.parametrize(
     ("case", "code", "verdict"),
     [
