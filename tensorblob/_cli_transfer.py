@@ -125,9 +125,11 @@ def add_parsers(sub: Any, timeout: Any) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     i = sub.add_parser(
         "import",
-        help="copy a .npy, .safetensors or original tensorblob into a blob",
+        help="copy a .npy, .safetensors or original tensorblob into a blob or TensorDB",
         description="Copy the rows of IN (a .npy file, a .safetensors file, or a blob of the "
-        "original tensorblob 0.3) into the blob DST, creating it, in one transaction. Exit 0 "
+        "original tensorblob 0.3) into the blob DST, creating it, in one transaction. An "
+        "original TensorDB, or a .safetensors file of several tensors (without --name), goes "
+        "into the TensorDB DST, one field per field or tensor. Exit 0 "
         "done, 1 failed, 2 usage error, unsupported or DST holds rows, 3 DST's lock is busy.",
     )
     i.add_argument("src", metavar="IN", help="the file or original blob directory to read")

@@ -134,6 +134,18 @@ def _read_header(path: str) -> dict[str, Any]:
     return table
 
 
+def tensor_names(path: str) -> list[str]:
+    """The tensors of the ``.safetensors`` file at ``path``, in the order of their bytes
+    (for a TensorDB's export, the order of its fields).
+
+    Raises:
+        CorruptInputError: the header is damaged or points past the end of the file.
+    """
+    table = _read_header(path)
+    names = [k for k in table if k != "__metadata__"]
+    return sorted(names, key=lambda k: (table[k]["data_offsets"][0], k))
+
+
 def open_source(path: str, name: str | None) -> Source:
     """Check the ``.safetensors`` file at ``path`` and return the rows of one of its tensors.
 

@@ -1,5 +1,6 @@
 """Data in: ``import_blob`` copies a ``.npy``, ``.safetensors`` or original blob into a blob;
-``import_db`` copies an original ``TensorDB`` into a ``TensorDB``.
+``import_db`` copies an original ``TensorDB``, or a ``.safetensors`` file of several
+tensors, into a ``TensorDB``.
 
 The input is checked completely first (``_fmt_*.open_source``,
 ``_fmt_orig.open_db``), so every refusal comes before anything is written;
@@ -169,19 +170,25 @@ def import_db(
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress | None = None,
 ) -> int:
-    """Copy the committed records of the original tensorblob's TensorDB at ``src`` into the
-    TensorDB ``dst`` in one transaction; return the records copied.
+    """Copy the records of ``src`` into the TensorDB ``dst`` in one transaction; return the
+    records copied.
 
-    ``src`` is a directory of the original's format (docs/migration.md): its
-    committed records are its ``.stat``'s ``len`` rows of every field (fewer
-    if a field is shorter, as the original's own open took them). The new
-    database gets the same fields in the same order, and the original's block
-    size unless ``block_size`` is given. Everything else is as ``import_blob``:
-    every record or none, ``if_exists``, ``progress``, and its errors.
+    ``src`` is a TensorDB of the original tensorblob, a directory of its format
+    (docs/migration.md): its committed records are its ``.stat``'s ``len``
+    rows of every field (fewer if a field is shorter, as the original's own
+    open took them), and the new database gets the same fields in the same
+    order and the original's block size. Or ``src`` is a ``.safetensors``
+    file (a TensorDB's export): each tensor is a field, named after it, in
+    the order of their bytes, and every tensor must have the same number of
+    rows. ``block_size`` sets another block size. Everything else is as
+    ``import_blob``: every record or none, ``if_exists``, ``progress``, and
+    its errors.
 
     Raises:
-        UnsupportedFormatError: ``src`` is not an original TensorDB (an original
-            blob goes to ``import_blob``).
+        UnsupportedFormatError: ``src`` is neither (an original blob, a
+            ``.npy`` file: ``import_blob``), or its tensors have different
+            numbers of rows.
+        InvalidArgumentError: a tensor's name cannot name a field.
         TensorBlobError: the errors of ``import_blob``.
     """
     return run_import(
@@ -213,12 +220,7 @@ def run_import(
     src_path, dst_path = abspath(src, "src"), abspath(dst, "dst")
     choice(if_exists, "if_exists", ("error", "replace", "append"))
     if db is None:
-        db = (
-            format in (None, "tensorblob-0.3")
-            and os.path.isdir(src_path)
-            and _fmt_orig.is_original(src_path)
-            and _fmt_orig.is_database(src_path)
-        )
+        db = _holds_records(src_path, format, name)
     if db:
         fields, length, suggested = _open_db(src_path)
         sources = [s for _, s in fields]
@@ -268,13 +270,29 @@ def run_import(
     )
 
 
+def _holds_records(path: str, format: str | None, name: str | None) -> bool:
+    """Does the command line's ``import`` of ``path`` make a TensorDB? For an original
+    TensorDB, and for a ``.safetensors`` file of several tensors when no ``--name``
+    picks one (a blob's import would refuse it)."""
+    if format in (None, "tensorblob-0.3") and os.path.isdir(path):
+        return _fmt_orig.is_original(path) and _fmt_orig.is_database(path)
+    if format not in (None, "safetensors") or name is not None or not os.path.isfile(path):
+        return False
+    try:
+        return sniff(path) == "safetensors" and len(_fmt_safetensors.tensor_names(path)) > 1
+    except (TensorBlobError, OSError):
+        return False  # import_blob says what is wrong with it
+
+
 def _open_db(path: str) -> tuple[list[tuple[str, Source]], int, int | None]:
     if not os.path.lexists(path):
         raise BlobNotFoundError(f"nothing to import at {path!r}: no such file or directory")
+    if os.path.isfile(path) and sniff(path) == "safetensors":
+        return _open_tensors(path)
     if not (os.path.isdir(path) and _fmt_orig.is_original(path) and _fmt_orig.is_database(path)):
         raise UnsupportedFormatError(
             f"{path!r} is not a TensorDB of the original tensorblob (a directory with .conf, "
-            ".stat and a schema); an original blob goes to import_blob"
+            ".stat and a schema) or a .safetensors file; an original blob goes to import_blob"
         )
     try:
         return _fmt_orig.open_db(path)
@@ -282,6 +300,26 @@ def _open_db(path: str) -> tuple[list[tuple[str, Source]], int, int | None]:
         if isinstance(exc, TensorBlobError):
             raise
         raise from_os_error(exc, path, "reading it", "Nothing was written.", kind="input") from exc
+
+
+def _open_tensors(path: str) -> tuple[list[tuple[str, Source]], int, None]:
+    """Every tensor of the ``.safetensors`` file at ``path`` as a field, in the order of
+    their bytes; they must have the same number of rows."""
+    fields: list[tuple[str, Source]] = []
+    try:
+        for n in _fmt_safetensors.tensor_names(path):
+            fields.append((n, _fmt_safetensors.open_source(path, n)))
+        lengths = {n: s.length for n, s in fields}
+        if not fields or len(set(lengths.values())) > 1:
+            raise UnsupportedFormatError(
+                f"{path!r} cannot be a TensorDB: its tensors must have the same number of "
+                f"rows, one tensor per field; it has {lengths or 'no tensor'}"
+            )
+    except BaseException:
+        for _, s in fields:
+            s.close()
+        raise
+    return fields, fields[0][1].length, None
 
 
 def _holds_something(path: str) -> bool:

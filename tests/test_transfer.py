@@ -35,6 +35,7 @@ from tensorblob import (
     _source,
     export_blob,
     import_blob,
+    import_db,
 )
 
 ORIG = Path(__file__).resolve().parent / "data" / "orig-0.3"
@@ -451,6 +452,43 @@ def test_a_bad_tensordb_export_is_refused_and_writes_nothing(tmp_path, case, err
     with pytest.raises(error):
         export_blob(src, out, **kw)
     assert listing(tmp_path) == before
+
+
+def test_a_tensordb_export_imports_back_into_a_tensordb_record_for_record(tmp_path):
+    src, data = make_db(tmp_path / "s.db")
+    export_blob(src, tmp_path / "s.safetensors")
+    assert import_db(tmp_path / "s.safetensors", tmp_path / "d.db", block_size=3) == N
+    with TensorDB.open(tmp_path / "d.db") as db:
+        assert db.schema == {
+            k: (str(dt).removeprefix("torch."), sh) for k, (dt, sh) in DB_SCHEMA.items()
+        }
+        assert db.block_size == 3
+        assert all(same_bits(db.column(k)[:], data[k]) for k in DB_SCHEMA)
+    assert import_db(tmp_path / "s.safetensors", tmp_path / "d.db", if_exists="append") == N
+    with TensorDB.open(tmp_path / "d.db") as db:
+        assert same_bits(db.column("obs")[N:], data["obs"])
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("different-lengths", UnsupportedFormatError),
+        ("not-a-field-name", InvalidArgumentError),
+        ("npy", UnsupportedFormatError),
+    ],
+)
+def test_import_db_refuses_a_file_that_is_not_records_and_creates_nothing(tmp_path, case, error):
+    src = tmp_path / "in.safetensors"
+    if case == "different-lengths":
+        safetensors.torch.save_file({"a": torch.zeros(3), "b": torch.zeros(4)}, src)
+    elif case == "not-a-field-name":
+        safetensors.torch.save_file({".a": torch.zeros(3), "b": torch.zeros(3)}, src)
+    else:
+        src = tmp_path / "in.npy"
+        np.save(src, np.zeros(3))
+    with pytest.raises(error):
+        import_db(src, tmp_path / "d.db")
+    assert not (tmp_path / "d.db").exists()
 
 
 def test_import_into_a_blob_with_rows_needs_replace_or_append(tmp_path):

@@ -72,7 +72,9 @@ def test_export_json_reports_the_file_format_and_bytes(tmp_path, capsys):
     assert doc["path"] == src
 
 
-def test_export_of_a_tensordb_names_its_fields_and_refuses_an_unknown_one(tmp_path, capsys):
+def test_a_tensordb_exports_with_its_fields_imports_back_and_an_unknown_field_fails(
+    tmp_path, capsys
+):
     with TensorDB.open(tmp_path / "s.db", "w", schema={"x": ("int32", 2), "y": ("bool", ())}) as db:
         db.write(
             {
@@ -92,6 +94,10 @@ def test_export_of_a_tensordb_names_its_fields_and_refuses_an_unknown_one(tmp_pa
     assert code == 0
     assert "3 record(s) of fields x" in " ".join(out.split())
     assert np.load(tmp_path / "x.npy").tolist() == [[0, 1], [2, 3], [4, 5]]
+    doc = run_json(capsys, "import", str(tmp_path / "s.safetensors"), str(tmp_path / "d.db"))
+    assert (doc["verdict"], doc["rows"], doc["fields"]) == ("imported", 3, ["x", "y"])
+    with TensorDB.open(tmp_path / "d.db") as db:
+        assert db.column("x")[:].tolist() == [[0, 1], [2, 3], [4, 5]]
     for extra, verdict in (([], "unsupported-format"), (["--field", "z"], "usage")):
         doc = run_json(capsys, "export", src, str(tmp_path / "y.npy"), *extra)
         assert (doc["exit_code"], doc["verdict"]) == (2, verdict)
