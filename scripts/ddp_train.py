@@ -94,6 +94,7 @@ def train(path: str, epochs: int, checkpoint: str, workers: int) -> None:
                           "sampler": state})  # fmt: skip
         print(f"{checkpoint}: resumable at position {state['position']} of epoch {state['epoch']}")
     data.close()
+    dist.barrier()  # every rank is done before any tears its process group down
     dist.destroy_process_group()
 
 
