@@ -386,23 +386,25 @@ def _give_back(fd: int, offset: int, nbytes: int, path: str, exc: OSError) -> No
         _falloc(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, nbytes, path)
 
 
-_STORE_CHUNK = 1 << 18
+_STORE_CHUNK = 1 << 16
 
 
 def store(fd: int, src: int, nbytes: int, offset: int, path: str) -> None:
     """Write ``nbytes`` from address ``src`` at ``offset`` of block file ``fd``. Not durable.
 
     A ``pwrite`` straight from a contiguous CPU tensor's memory (the caller
-    keeps it alive); mappings see the rows at once (one page cache). In 256
-    KiB pieces: steadier here than 2 MiB ones (docs/performance.md, "Large
-    folios on this VM"). A failure for lack of space gives the range back.
+    keeps it alive); mappings see the rows at once (one page cache). In 64
+    KiB pieces: a piece's page-cache folio is as large as the piece, and on
+    this VM large ones are slow to get once free memory went back to the
+    host (docs/performance.md, "Large folios on this VM"). A failure for
+    lack of space gives the range back.
     """
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))
     start, total = offset, nbytes
     try:
         while nbytes > _STORE_CHUNK:
-            n = _STORE_CHUNK - offset % _STORE_CHUNK  # the pieces end on 256 KiB boundaries
+            n = _STORE_CHUNK - offset % _STORE_CHUNK  # the pieces end on 64 KiB boundaries
             _pwrite(fd, src, n, offset)
             src, nbytes, offset = src + n, nbytes - n, offset + n
         _pwrite(fd, src, nbytes, offset)

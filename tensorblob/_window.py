@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 # Engine.write copies rows into a block by pwrite, unless the block is mapped
 # already and the rows are at most PWRITE_BYTES. A pwrite fills the page
-# cache in bulk, in folios as large as its 256 KiB pieces (_durable.store),
+# cache in bulk, in folios as large as its 64 KiB pieces (_durable.store),
 # without a page fault per page (docs/design.md, "How rows are copied").
 PWRITE_BYTES = 1 << 18
 # Once the fast paths have copied PREFILL_AFTER bytes into a block, they zero
