@@ -393,11 +393,9 @@ def store(fd: int, src: int, nbytes: int, offset: int, path: str) -> None:
     """Write ``nbytes`` from address ``src`` at ``offset`` of block file ``fd``. Not durable.
 
     A ``pwrite`` straight from a contiguous CPU tensor's memory (the caller
-    keeps it alive); mappings see the rows at once (one page cache). In 64
-    KiB pieces: a piece's page-cache folio is as large as the piece, and on
-    this VM large ones are slow to get once free memory went back to the
-    host (docs/performance.md, "Large folios on this VM"). A failure for
-    lack of space gives the range back.
+    keeps it alive); mappings see the rows at once. In 64 KiB pieces: small
+    folios, fast on this VM (docs/performance.md, "Large folios on this VM").
+    A failure for lack of space gives the range back.
     """
     if _hook is not None:
         _hook("write_rows", path, (offset, nbytes))
