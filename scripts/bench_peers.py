@@ -8,8 +8,9 @@ records the durability it actually gave; cells where a peer cannot give what the
 workload asks for are flagged (``✗``), not silently measured weaker.
 
 Every measurement runs in a fresh subprocess. Peers alternate within each
-repetition (the order rotates every repetition) and the reported value is the
-median over repetitions. The stores read by the read workloads are built once,
+repetition, in an order that changes every repetition and workload so that no
+peer keeps the same slot or the same predecessor (``run_order``), and the
+reported value is the median over repetitions. The stores read by the read workloads are built once,
 before timing, and every reader reads its whole store once through its own API
 before it is timed (warm page cache, warm mappings).
 
@@ -26,6 +27,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import random
 import shutil
@@ -1328,8 +1330,7 @@ class Orchestrator:
                 ok, tag, text = cls.dur.get(wk, (None, "read-only", "read-only"))
                 got[key] = Cell(wk, key, [], [], ok, tag, text)
             for rep in range(self.p.reps):
-                k = rep % len(self.peers)
-                for key in self.peers[k:] + self.peers[:k]:
+                for key in run_order(self.peers, rep, self.workloads.index(wk)):
                     extra = {"rep": rep}
                     if wk in READ_ONLY:
                         if key not in self.stores:
@@ -1358,6 +1359,23 @@ class Orchestrator:
                         c.ratio = c.value / base_v if w.better == "higher" else base_v / c.value
                 cells.append(c)
         return cells
+
+
+def run_order(peers: list[str], rep: int, shift: int = 0) -> list[str]:
+    """The order of the peers in repetition ``rep`` of the ``shift``-th workload.
+
+    A plain rotation keeps every peer's neighbours: the peer after the
+    longest-running one would come right after it in every repetition, and
+    on this VM the slot after a long write, or the first one, is slow for
+    whoever runs in it (docs/performance.md, line 5). So each repetition
+    steps through the peers by a different stride coprime with their number,
+    from a start that moves with ``rep`` and ``shift``: every peer once per
+    repetition, with a predecessor that changes between repetitions.
+    """
+    n = len(peers)
+    strides = [m for m in range(1, n) if math.gcd(m, n) == 1] or [1]
+    m, k = strides[rep % len(strides)], (rep + shift) % n
+    return [peers[(k + i * m) % n] for i in range(n)]
 
 
 # -- the table ----------------------------------------------------------------------

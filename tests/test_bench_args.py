@@ -49,6 +49,21 @@ def test_params(peers):
         peers.peer_params(False, 100, None)
 
 
+def test_run_order_varies_each_peers_predecessor(peers):
+    keys = list(peers.PEER_KEYS)
+    for shift in range(len(peers.WORKLOAD_KEYS)):
+        orders = [peers.run_order(keys, rep, shift) for rep in range(3)]
+        for order in orders:
+            assert sorted(order) == sorted(keys)
+        seq = [x for order in orders for x in order]  # the runs, one after another
+        for key in keys:
+            before = [seq[i - 1] for i in range(1, len(seq)) if seq[i] == key]
+            assert len(set(before)) == len(before), (shift, key, before)
+    # two peers alternate; one peer is just itself
+    assert [peers.run_order(["a", "b"], rep) for rep in range(2)] == [["a", "b"], ["b", "a"]]
+    assert peers.run_order(["a"], 5, 3) == ["a"]
+
+
 def test_every_peer_states_its_durability(peers):
     writes = [w.key for w in peers.WORKLOADS if w.key not in peers.READ_ONLY]
     for cls in peers.PEER_CLASSES:
