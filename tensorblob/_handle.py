@@ -4,8 +4,8 @@
 the same engine): it opens a blob's directory for reading (a lease on a
 committed snapshot) or writing (the writer lock, recovery, an ``Engine``),
 runs transactions (``Transactions``), reads (``Reader``), keeps the cursor
-(``Cursor``), makes durable points and pickles a
-reader as its snapshot. The front end says what a row is.
+(``Cursor``), makes durable points and pickles a reader as its snapshot
+(``Pickled``). The front end says what a row is.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ import secrets
 import stat
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from . import _dirs, _format, _recovery, _snapshot, _watch
-from ._args import DEFAULT_BLOCK_SIZE, DEFAULT_TIMEOUT, abspath
+from ._args import DEFAULT_BLOCK_SIZE, abspath
 from ._blocks import BlockStore, default_max_cached
 from ._cursor import Cursor
 from ._fstype import refuse_untrusted
 from ._journal import JournalWriter
 from ._locking import ReaderLease, WriterLock
 from ._meta import Meta, read_meta
+from ._pickled import Pickled
 from ._rows import Reader
 from ._state import State
 from ._transact import Transactions
@@ -34,9 +35,7 @@ from .errors import (
     BlobTypeError,
     InvalidArgumentError,
     NotABlobError,
-    SnapshotGoneError,
     TensorBlobError,
-    UnsupportedOperationError,
     from_os_error,
 )
 
@@ -54,10 +53,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 if TYPE_CHECKING:
     from typing import Self  # Python 3.11; annotations are not evaluated at run time
 
-H = TypeVar("H", bound="Handle")
 
-
-class Handle(Cursor, Transactions, Reader):
+class Handle(Cursor, Transactions, Reader, Pickled):
     """An open blob (see the module docstring). Not for direct use: ``TensorBlob.open``."""
 
     _closed = True
@@ -366,24 +363,6 @@ class Handle(Cursor, Transactions, Reader):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self) -> Any:
-        """Pickle a reader as its snapshot (for DataLoader workers); refuse writers.
-
-        The unpickled copy takes its own lease on the same snapshot and reads
-        exactly it. It never switches to another snapshot: if the blocks are
-        gone (the original and every other reader of it closed, and the writer
-        freed them) or the blob was deleted, unpickling raises
-        SnapshotGoneError. The original open is enough to keep them.
-        """
-        self._check_open()
-        if self._engine is not None:
-            raise UnsupportedOperationError(
-                f"blob {self._path!r} is open for writing and cannot be pickled; "
-                "open it read-only ('r') for DataLoader workers"
-            )
-        args = (type(self), self._path, self._state, self._pos, self._max_cached)
-        return (_unpickle_reader, args)
-
     def flush(self) -> None:
         """Make every committed transaction survive power loss (a durable point).
 
@@ -402,38 +381,3 @@ class Handle(Cursor, Transactions, Reader):
                 if self._engine.broken:
                     self._abandon()
                 raise
-
-
-def _unpickle_reader(cls: type[H], path: str, state: State, pos: int, max_cached: int) -> H:
-    """A reader on exactly the pickled snapshot ``state``; SnapshotGoneError if it is gone."""
-    if not os.path.isdir(path):
-        raise SnapshotGoneError(
-            f"cannot unpickle a reader of blob {path!r}: the blob was deleted since "
-            "(open it again if it was created anew)"
-        )
-    blob = cls.__new__(cls)
-    meta = read_meta(path)
-    if meta.uuid != state.uuid:  # block ids of another blob could match this snapshot's
-        raise SnapshotGoneError(
-            f"cannot unpickle a reader of blob {path!r}: the blob was deleted and created "
-            "again since; open it again to read the new one"
-        )
-    lease = ReaderLease(path)
-    try:
-        lease.pin(state.seq)
-        store = BlockStore(path, meta, writable=False, max_cached=max_cached)
-        gone = next((b for b in state.blocks if not os.path.exists(store.path(b))), None)
-        if gone is not None:
-            raise SnapshotGoneError(
-                f"cannot unpickle a reader of blob {path!r}: its snapshot of {state.length} "
-                f"rows is gone (block file {store.path(gone)!r} was freed once no reader held "
-                "the snapshot). Keep the original reader open until its copies are unpickled, "
-                "or open the blob again for its newest snapshot"
-            )
-        lease.hold(state.seq)
-    except BaseException:
-        lease.release()
-        raise
-    blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT, (lease, state))
-    blob._pos = min(pos, state.length)
-    return blob
