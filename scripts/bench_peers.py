@@ -1368,14 +1368,16 @@ def run_order(peers: list[str], rep: int, shift: int = 0) -> list[str]:
     longest-running one would come right after it in every repetition, and
     on this VM the slot after a long write, or the first one, is slow for
     whoever runs in it (docs/performance.md, line 5). So each repetition
-    steps through the peers by a different stride coprime with their number,
-    from a start that moves with ``rep`` and ``shift``: every peer once per
-    repetition, with a predecessor that changes between repetitions.
+    steps through the peers by a different stride coprime with their number:
+    every peer once per repetition, after a different predecessor each time.
+    The start puts the first peer (tensorblob) at position ``shift + rep``,
+    so that its slot moves too.
     """
     n = len(peers)
     strides = [m for m in range(1, n) if math.gcd(m, n) == 1] or [1]
-    m, k = strides[rep % len(strides)], (rep + shift) % n
-    return [peers[(k + i * m) % n] for i in range(n)]
+    m = strides[rep % len(strides)]
+    start = -((shift + rep) % n) * m
+    return [peers[(start + i * m) % n] for i in range(n)]
 
 
 # -- the table ----------------------------------------------------------------------

@@ -59,8 +59,11 @@ def test_run_order_varies_each_peers_predecessor(peers):
         for key in keys:
             before = [seq[i - 1] for i in range(1, len(seq)) if seq[i] == key]
             assert len(set(before)) == len(before), (shift, key, before)
+        slots = [order.index("tensorblob") for order in orders]
+        assert len(set(slots)) == len(slots), (shift, slots)
     # two peers alternate; one peer is just itself
     assert [peers.run_order(["a", "b"], rep) for rep in range(2)] == [["a", "b"], ["b", "a"]]
+    assert peers.run_order(["a", "b", "c"], 0, 1) == ["c", "a", "b"]  # "a" in slot 1
     assert peers.run_order(["a"], 5, 3) == ["a"]
 
 
