@@ -30,7 +30,7 @@ from ._cli_output import (
     size,
     verdict_of,
 )
-from ._findings import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Problem, Scan
+from ._findings import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Problem, Scan, describe
 from ._locking import holder_text
 from ._version import __version__
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 def _info(args: argparse.Namespace) -> int:
     with _check.scan(args.path) as sc:
         code, verdict = verdict_of(sc)
-        facts = _check.describe(sc) if sc.kind == "blob" else {}
+        facts = describe(sc) if sc.kind == "blob" else {}
     if code == EXIT_PROBLEMS and verdict != "damaged":
         code = EXIT_OK  # info's job is done; the status line says what is needed
     if args.json:

@@ -2,7 +2,8 @@
 
 Plain data, filled in by ``_check`` and ``_diagnose`` and read by ``_repair``
 and ``_cli``. Each ``Problem`` says what happened (``message``) and what to
-do (``fix``); its ``code`` is stable (docs/cli.md lists them).
+do (``fix``); its ``code`` is stable (docs/cli.md lists them). ``describe``
+gives the facts ``tensorblob info`` prints.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from . import _snapshot
 from ._blockfiles import block_name
 from ._journal import JournalScan
-from ._locking import LockInfo, ReaderLease
+from ._locking import LockInfo, ReaderLease, holder_text
 from ._meta import Meta
 from ._state import State
 
@@ -195,3 +196,51 @@ def rows_text(n: int) -> str:
 def ids_text(bids: list[int], limit: int = 4) -> str:
     names = [block_name(b) for b in bids[:limit]]
     return ", ".join(names) + (f" and {len(bids) - limit} more" if len(bids) > limit else "")
+
+
+def describe(sc: Scan) -> dict[str, Any]:
+    """The facts ``tensorblob info`` prints (whatever could be read)."""
+    meta, m, j = sc.meta, sc.manifest, sc.journal
+    out: dict[str, Any] = {"format_version": sc.version or None}
+    if meta is not None:
+        out["kind"] = meta.kind
+        if meta.db:
+            out["fields"] = [
+                {
+                    "name": f.name,
+                    "dtype": f.dtype_name,
+                    "shape": list(f.shape),
+                    "row_bytes": f.row_bytes,
+                    "offset": f.offset,
+                }
+                for f in meta.fields
+            ]
+        else:
+            out |= {"dtype": meta.dtype_name, "shape": list(meta.shape)}
+        out |= {
+            "block_size": meta.block_size,
+            "row_bytes": meta.row_bytes,
+            "block_bytes": meta.block_bytes,
+        }
+    committed = sc.committed
+    state = committed.state if committed is not None else None
+    out |= {
+        "rows": state.length if state is not None else None,
+        "blocks": len(state.blocks) if state is not None else None,
+        "freed_blocks": len(set(sc.reclaimable + sc.freed_in_use) - set(sc.drops.blocks)),
+        "block_files": len(sc.on_disk),
+        "bytes_on_disk": sc.bytes_on_disk,
+        "bytes_apparent": sc.bytes_apparent,
+        "generation": m.gen if m is not None else None,
+        "journal_bytes": j.size if j.present else None,
+        "journal_generation": j.gen if j.present and not j.error else None,
+        "pending_commits": j.commits if sc.relation == "current" else 0,
+        "clean": committed.clean if committed is not None else None,
+        "writer": {
+            "held": sc.lock.held,
+            "holder": holder_text(sc.lock) if sc.lock.held else None,
+            "pid": sc.lock.pid,
+            "lock_file_text": sc.lock.text,
+        },
+    }
+    return out
