@@ -44,7 +44,7 @@ def scan(path: str, *, lease: bool = True, own_lock: bool = False) -> Scan:
     assert meta is not None
     if not own_lock:
         sc.lock = probe_lock(root)
-    _list(sc)
+    sc.readers_file = os.path.isfile(os.path.join(root, READERS))
     if lease and sc.readers_file:
         try:
             sc.lease = ReaderLease(root)
@@ -55,6 +55,7 @@ def scan(path: str, *, lease: bool = True, own_lock: bool = False) -> Scan:
         try:
             _diagnose.read_state(sc, meta)
         except UnsupportedVersionError as exc:
+            _list(sc)
             sc.kind = "unsupported"
             sc.problems.append(
                 Problem(
@@ -65,6 +66,10 @@ def scan(path: str, *, lease: bool = True, own_lock: bool = False) -> Scan:
                 )
             )
             return sc
+        # Listed after the state is read, under the lease: each block that state
+        # uses was created before its commit and is not deleted while the lease
+        # holds every snapshot. Blocks a live writer adds meanwhile are newer.
+        _list(sc)
         _diagnose.check_blocks(sc, meta)
         _check_leftovers(sc)
         if sc.lease is not None and sc.state is not None:
@@ -209,20 +214,23 @@ def _list(sc: Scan) -> None:
     """List the directory: unknown names, temp files, block files and sizes, disk usage."""
     root = sc.root
     for name in sorted(os.listdir(root)):
-        st = os.lstat(os.path.join(root, name))
+        st = _lstat(os.path.join(root, name))
+        if st is None:
+            continue
         sc.bytes_apparent += st.st_size
         sc.bytes_on_disk += st.st_blocks * 512
         if name in _recovery.TEMPS:
             sc.temps.append(name)
         elif name not in _recovery.KNOWN_FILES:
             sc.unknown.append(name)
-    sc.readers_file = os.path.isfile(os.path.join(root, READERS))
     bdir = os.path.join(root, BLOCKS)
     sc.blocks_dir = os.path.isdir(bdir)
     if not sc.blocks_dir:
         return
     for name in sorted(os.listdir(bdir)):
-        st = os.lstat(os.path.join(bdir, name))
+        st = _lstat(os.path.join(bdir, name))
+        if st is None:
+            continue
         sc.bytes_apparent += st.st_size
         sc.bytes_on_disk += st.st_blocks * 512
         bid = parse_block_name(name)
@@ -231,6 +239,15 @@ def _list(sc: Scan) -> None:
             sc.unknown.append(f"{BLOCKS}/{name}")
         else:
             sc.on_disk[bid] = st.st_size
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    """``os.lstat``, or None for a name that went away since the listing (a live writer
+    deleted a freed block, or renamed a checkpoint's temporary file)."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 def _check_leftovers(sc: Scan) -> None:

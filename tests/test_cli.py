@@ -744,6 +744,47 @@ def test_blob_held_by_a_live_writer_is_checked_but_not_recovered(run: Run, blob:
     assert torch.equal(content(path), torch.cat([data, rows(13, 14)]))
 
 
+_BUSY_WRITER = """
+import sys, torch
+from tensorblob import TensorBlob
+blob = TensorBlob.open(sys.argv[1], "a", dtype="float32", shape=3, block_size=4)
+i = 0
+while True:
+    blob.write(torch.full((4, 3), float(i)))  # a new block in every commit
+    i += 1
+    if i % 7 == 0:  # free blocks, and delete them at the durable point
+        blob.truncate(len(blob) - 6)
+        blob.flush()
+    if i == 20:
+        print("ready", flush=True)
+"""
+
+
+def test_check_while_a_busy_writer_commits_finds_no_damage(run: Run, tmp_path: Path) -> None:
+    """A writer that adds a block in every commit and deletes freed ones: check, check
+    --deep and info, run meanwhile, see a committed state whose blocks all exist."""
+    path = str(tmp_path / "busy")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _BUSY_WRITER, path], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "ready\n"
+        for k in range(30):
+            args = ("check", "--deep", path) if k % 3 == 0 else ("check", path)
+            code, got = run.json(*args)
+            assert code == 0, got["problems"]
+            assert got["verdict"] == "clean"
+            assert "writer-active" in {p["code"] for p in got["problems"]}
+            assert run.json("info", path)[0] == 0
+    finally:
+        writer.kill()
+        writer.communicate()
+    code, out = run("recover", path)
+    assert code == 0, out
+    assert run.json("check", "--deep", path)[0] == 0
+
+
 # -- the command line itself ---------------------------------------------------------------
 
 
