@@ -283,12 +283,16 @@ def _describe_replay(sc: Scan, loaded: _snapshot.Loaded) -> None:
         )
     last = j.records[-1] if j.records else None
     if last is None or last["t"] != _records.REC_SYNC or not last.get("c"):
+        replay = (
+            f"{loaded.kept} committed transaction(s) since the last checkpoint are to be "
+            "replayed from the journal"
+            if loaded.kept
+            else "it committed nothing since the last checkpoint, so nothing is to be replayed"
+        )
         sc.add(
             "warning",
             "unclean",
-            "the last writer did not close the blob (it crashed or was killed): "
-            f"{loaded.kept} committed transaction(s) since the last checkpoint are to be "
-            "replayed from the journal",
+            f"the last writer did not close the blob (it crashed or was killed): {replay}",
             "run `tensorblob recover PATH` (or open the blob for writing): nothing committed "
             "is lost; readers can use the blob as it is meanwhile",
             JOURNAL,

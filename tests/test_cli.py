@@ -220,6 +220,7 @@ def test_clean_blob_is_reported_clean_and_recover_touches_nothing(run: Run, blob
         "verified": 4,
         "mismatched": 0,
         "without_checksum": 0,
+        "rows_without_checksum": 0,
     }
     assert got["dry"][0] == 0
     assert "nothing to do" in got["dry"][1]
@@ -725,6 +726,9 @@ def test_blob_held_by_a_live_writer_is_checked_but_not_recovered(run: Run, blob:
         assert got["info_json"][1]["info"]["writer"]["held"] is True
         code, check = got["check"]
         assert code == 0, check
+        # Row 13 is committed but not durable yet: no checksum covers it.
+        assert got["deep_json"][1]["data_checksums"]["rows_without_checksum"] == 1
+        assert "1 committed row(s) not durable yet, so not covered (only read)" in got["deep"][1]
         assert f"a writer has the blob open right now: {holder}" in check
         assert "result: clean (a writer has it open right now)" in check
         assert got["dry"][0] == 3
@@ -783,6 +787,39 @@ def test_check_while_a_busy_writer_commits_finds_no_damage(run: Run, tmp_path: P
     code, out = run("recover", path)
     assert code == 0, out
     assert run.json("check", "--deep", path)[0] == 0
+
+
+_KILLED_WRITER = """
+import sys, time, torch
+from tensorblob import TensorBlob
+blob = TensorBlob.open(sys.argv[1], "a", dtype="float32", shape=3, block_size=4)
+if sys.argv[2] == "write":
+    blob.write(torch.zeros(5, 3))
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_check_after_a_killed_writer_says_what_is_to_be_replayed(run: Run, tmp_path: Path) -> None:
+    """SIGKILL a writer that committed 5 rows, then one that recovered and committed nothing."""
+    path = str(tmp_path / "killed")
+    said = {
+        "write": "1 committed transaction(s) since the last checkpoint are to be replayed",
+        "nothing": "it committed nothing since the last checkpoint, so nothing is to be replayed",
+    }
+    for what, words in said.items():
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_WRITER, path, what], stdout=subprocess.PIPE, text=True
+        )
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "ready\n"
+        writer.kill()
+        writer.communicate()
+        code, out = run("check", path)
+        assert code == 1
+        assert "[unclean]" in out
+        assert words in out
+    assert torch.equal(content(path), torch.zeros(5, 3))
 
 
 # -- the command line itself ---------------------------------------------------------------
