@@ -26,6 +26,8 @@ from .errors import (
 MODES = ("r", "w", "a", "r+", "w+", "a+")
 SYNC = ("normal", "full")
 DEFAULT_BLOCK_SIZE = 8192
+# A block file is mapped whole, and a process has 128 TiB of address space.
+MAX_BLOCK_BYTES = 1 << 46
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -62,12 +64,17 @@ def check_open(  # noqa: PLR0917 - open()'s keyword arguments
         not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1
     ):
         raise InvalidArgumentError(f"block_size={block_size!r}: must be a positive int")
-    if not isinstance(timeout, (int, float)) or timeout < 0:
-        raise InvalidArgumentError(f"timeout={timeout!r}: must be a non-negative number")
+    check_timeout(timeout)
     if not isinstance(verify, bool):
         raise InvalidArgumentError(f"verify={verify!r}: must be True or False")
     if not isinstance(trust_fs, bool):
         raise InvalidArgumentError(f"trust_fs={trust_fs!r}: must be True or False")
+
+
+def check_timeout(timeout: object) -> None:
+    """``timeout``: seconds to wait for the writer lock, a number, 0 or more (inf: for ever)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise InvalidArgumentError(f"timeout={timeout!r}: must be a non-negative number")
 
 
 def as_int(x: object, what: str) -> int:
@@ -85,6 +92,12 @@ def as_rows(t: object, fld: Field) -> torch.Tensor:
     which = f"field {fld.name!r}: " if fld.name else ""
     if not isinstance(t, torch.Tensor):
         raise BlobTypeError(f"write(): {which}takes a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided or t.is_meta:
+        what = "a tensor on the meta device, which holds no data" if t.is_meta else t.layout
+        raise BlobTypeError(
+            f"write(): {which}takes a dense tensor with data, got {what} "
+            "(convert it first, e.g. with .to_dense())"
+        )
     if t.dtype != fld.dtype:
         kind = "field" if fld.name else "blob"
         raise DTypeMismatchError(

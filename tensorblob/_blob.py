@@ -14,6 +14,7 @@ from ._args import (
     abspath,
     as_rows,
     check_open,
+    check_timeout,
 )
 from ._handle import Handle
 from ._meta import Meta, parse_dtype, parse_shape
@@ -195,6 +196,7 @@ class TensorBlob(Handle):
             CorruptBlobError: the blob's ``meta`` is damaged.
             LockTimeoutError: a writer kept the lock past ``timeout``.
         """
+        check_timeout(timeout)
         return _dirs.unlink(abspath(path), db=False, missing_ok=missing_ok, timeout=timeout)
 
     # -- properties -------------------------------------------------------
@@ -255,6 +257,7 @@ class TensorBlob(Handle):
                     n = 0
                 if (
                     n
+                    and t.layout is torch.strided  # (a sparse tensor's is_contiguous raises)
                     and t.is_contiguous()
                     and t.is_cpu
                     and not t.is_neg()
@@ -266,7 +269,7 @@ class TensorBlob(Handle):
         except OSError as exc:  # the library's own disk work only: nothing else runs here
             if isinstance(exc, TensorBlobError):
                 raise
-            raise from_os_error(exc, self._path, "writing rows") from exc
+            raise from_os_error(exc, self._path, "writing rows", usable=True) from exc
 
     def extend(self, other: TensorBlob, maintain_order: bool = True) -> int:
         """Append all rows of ``other`` (another open blob) as one transaction; return the count.

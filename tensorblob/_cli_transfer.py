@@ -74,7 +74,7 @@ _OUTCOMES: list[tuple[type[BaseException], int, str, str]] = [
         DestinationExistsError,
         EXIT_USAGE,
         "exists",
-        "pass --replace (import also takes --append), or choose another destination",
+        "choose another destination (export and import also take --replace, import --append)",
     ),
     (
         MissingDependencyError,

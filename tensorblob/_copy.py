@@ -104,7 +104,12 @@ def run_copy(
         fields = [(f.name, f.dtype_name, f.shape) for f in meta.fields]
         uuid = secrets.token_bytes(16)
         new = Meta.database(uuid, fields, B) if meta.db else Meta.blob(uuid, *fields[0][1:], B)
-        tmp, held = _dirs.build_dir(dst_path)  # locked: a sweeper leaves a live build alone
+        try:
+            tmp, held = _dirs.build_dir(dst_path)  # locked: a sweeper leaves a live build alone
+        except OSError as exc:
+            if isinstance(exc, TensorBlobError):
+                raise
+            raise from_os_error(exc, dst_path, "creating the copy", "No copy was left.") from exc
         try:
             _dirs.build(tmp, new)
             with cls.open(tmp, "a") as copy:  # filled in one transaction, durable at close

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import _dirs, _rows, _watch
-from ._args import DEFAULT_TIMEOUT, abspath, as_rows, check_open
+from ._args import DEFAULT_TIMEOUT, abspath, as_rows, check_open, check_timeout
 from ._column import Column
 from ._handle import Handle
 from ._meta import Meta, check_field_name, parse_dtype, parse_shape
@@ -161,6 +161,7 @@ class TensorDB(Handle):
             CorruptBlobError: the database's ``meta`` is damaged.
             LockTimeoutError: a writer kept the lock past ``timeout``.
         """
+        check_timeout(timeout)
         return _dirs.unlink(abspath(path), db=True, missing_ok=missing_ok, timeout=timeout)
 
     # -- properties -------------------------------------------------------
@@ -237,7 +238,9 @@ class TensorDB(Handle):
         except OSError as exc:  # the library's own disk work only: nothing else runs here
             if isinstance(exc, TensorBlobError):
                 raise
-            raise from_os_error(exc, self._path, "writing rows") from exc
+            raise from_os_error(
+                exc, self._path, "writing rows", kind=self._KIND, usable=True
+            ) from exc
 
     def _fast_srcs(self, rows: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], int]:
         """The fields' addresses and row count if the fast path applies, else ``((), 0)``."""
@@ -246,7 +249,12 @@ class TensorDB(Handle):
         get, most = rows.get, self._fast_rows
         for name, dtype, shape in self._lanes:
             t = get(name)
-            if type(t) is not torch.Tensor or t.dtype is not dtype or not t.is_cpu:
+            if (
+                type(t) is not torch.Tensor
+                or t.dtype is not dtype
+                or not t.is_cpu
+                or t.layout is not torch.strided
+            ):
                 return (), 0
             ts = t.shape
             if ts == shape:

@@ -16,12 +16,20 @@ import secrets
 
 from . import _durable, _recovery
 from ._blockfiles import BLOCKS, parse_block_name
+from ._format import MAGIC_META
 from ._journal import JOURNAL, encode_journal
 from ._locking import LOCK, READERS, WriterLock, hold_dir
 from ._manifest import MANIFEST, encode_manifest
 from ._meta import META, Meta, read_meta
 from ._state import State
-from .errors import BlobIOError, BlobNotFoundError, NotABlobError, TensorBlobError, from_os_error
+from .errors import (
+    BlobIOError,
+    BlobNotFoundError,
+    InvalidArgumentError,
+    NotABlobError,
+    TensorBlobError,
+    from_os_error,
+)
 
 
 def _make_parents(parent: str, path: str) -> None:
@@ -82,11 +90,36 @@ def create(path: str, meta: Meta) -> bool:
     return True
 
 
+def enclosing_blob(path: str) -> str | None:
+    """The blob (or TensorDB) directory that is ``path`` or holds it, if there is one."""
+    while True:
+        try:
+            fd = os.open(os.path.join(path, META), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
+        else:
+            try:
+                if os.read(fd, len(MAGIC_META)) == MAGIC_META:
+                    return path
+            finally:
+                os.close(fd)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
 def build_dir(path: str) -> tuple[str, int]:
     """Make the hidden sibling directory a blob for ``path`` is built in, locked; return it
     and the lock's descriptor (close it when done). Missing parents are created first,
     and what dead builders of ``path`` left behind is swept."""
     parent, name = os.path.split(path)
+    inside = enclosing_blob(parent)
+    if inside is not None:
+        raise InvalidArgumentError(
+            f"cannot create {path!r} inside the blob {inside!r}: a blob's directory holds "
+            "only its own files"
+        )
     _make_parents(parent, path)
     sweep_leftovers(parent, name)
     for _ in range(5):
@@ -172,9 +205,8 @@ def unlink(root: str, *, db: bool, missing_ok: bool, timeout: float) -> bool:
     except OSError as exc:
         if isinstance(exc, TensorBlobError):
             raise
-        raise from_os_error(
-            exc, root, "deleting it", "", kind="TensorDB" if db else "blob"
-        ) from exc
+        kind = "database" if db else "blob"
+        raise from_os_error(exc, root, "deleting it", "", kind=kind) from exc
 
 
 def _unlink(root: str, *, db: bool, missing_ok: bool, timeout: float) -> bool:

@@ -371,13 +371,16 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _give_back(fd: int, offset: int, nbytes: int, path: str, exc: OSError) -> None:
-    """After a write into a block failed for lack of space: punch its range out. Best effort.
+    """After a write into a block failed: name the file in ``exc`` (``pwrite`` does not);
+    for lack of space, punch the range out. Best effort.
 
     On ext4 a page that a failed multi-page ``pwrite`` left behind can take
     a later ``pwrite`` without space, and a store into it through a mapping
     is then a SIGBUS (docs/design.md, item 16a). The range is past every
     visible row, or rows of the transaction the failure rolls back.
     """
+    if exc.filename is None:
+        exc.filename = path
     if exc.errno not in _NO_SPACE:
         return
     if _hook is not None:

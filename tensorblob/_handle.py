@@ -18,13 +18,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _dirs, _format, _recovery, _snapshot, _watch
-from ._args import DEFAULT_BLOCK_SIZE, abspath
+from ._args import DEFAULT_BLOCK_SIZE, MAX_BLOCK_BYTES, abspath
 from ._blocks import BlockStore, default_max_cached
 from ._cursor import Cursor
 from ._fstype import refuse_untrusted
 from ._journal import JournalWriter
 from ._locking import ReaderLease, WriterLock
-from ._meta import Meta, read_meta
+from ._meta import META, Meta, read_meta
 from ._pickled import Pickled
 from ._rows import Reader
 from ._state import State
@@ -101,9 +101,14 @@ class Handle(Cursor, Transactions, Reader, Pickled):
         except OSError as exc:
             if isinstance(exc, TensorBlobError):
                 raise
-            doing = "opening it for writing" if mode != "r" else "opening it"
+            existed = os.path.isfile(os.path.join(root, META))  # else: none there, none made
+            if not existed:
+                doing, status = "creating it", "Nothing was created."
+            else:
+                doing = "opening it for writing" if mode != "r" else "opening it"
+                status = "Nothing committed was lost."
             raise from_os_error(
-                exc, root, f"{doing} (mode {mode!r})", "Nothing committed was lost."
+                exc, root, f"{doing} (mode {mode!r})", status, kind=cls._KIND, readable=existed
             ) from exc
 
     @classmethod
@@ -134,6 +139,12 @@ class Handle(Cursor, Transactions, Reader, Pickled):
             if new is None:
                 raise InvalidArgumentError(
                     f"creating {kind} {root!r}: {cls._NEEDS} for a new {kind}"
+                )
+            if new.block_bytes > MAX_BLOCK_BYTES:
+                raise InvalidArgumentError(
+                    f"block_size={new.block_size}: a block file would take {new.block_bytes} "
+                    f"bytes, past the {MAX_BLOCK_BYTES} (64 TiB) a block may have "
+                    "(it is mapped whole)"
                 )
             _dirs.create(root, new)  # if another process won the race, open theirs below
         elif not isdir:

@@ -16,6 +16,7 @@ recovery can be interrupted at any step and run again.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,6 +150,10 @@ def recover(
             ),
         )
     except OSError as exc:
+        if exc.errno == errno.EROFS and not plan(first):
+            # No writer can open it here, and a clean blob needs no write.
+            _nothing_to_do(first, out)
+            return out
         return _stop(
             out,
             EXIT_PROBLEMS,

@@ -107,7 +107,7 @@ class Transactions:
         except OSError as exc:
             if isinstance(exc, TensorBlobError):
                 raise
-            raise from_os_error(exc, self._path, doing) from exc
+            raise from_os_error(exc, self._path, doing, kind=self._KIND, usable=True) from exc
 
     def _begin(self, engine: Engine) -> None:
         try:

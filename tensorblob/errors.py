@@ -182,24 +182,31 @@ _NOTHING_COMMITTED = (
 
 
 def from_os_error(
-    exc: OSError, blob: str, doing: str, status: str = _NOTHING_COMMITTED, *, kind: str = "blob"
+    exc: OSError,
+    blob: str,
+    doing: str,
+    status: str = _NOTHING_COMMITTED,
+    *,
+    kind: str = "blob",
+    usable: bool = False,
+    readable: bool = False,
 ) -> BlobOSError:
     """The tensorblob error for ``exc``, raised while ``doing`` something to ``blob``
-    (a blob, or, with ``kind``, another file such as an export's output).
+    (a blob or database, or, with ``kind``, another file such as an export's output).
 
     The class follows the errno (kept, as is the file name): ``DiskFullError``,
     ``ReadOnlyFilesystemError``, ``BlobPermissionError``, else ``BlobOSError``.
-    ``status`` says what is committed; the message ends with what to do.
+    ``status`` says what is committed; the message ends with what to do:
+    ``usable``, an open handle stays usable; ``readable``, the blob exists and
+    mode ``'r'`` reads it.
     """
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         cls, what = DiskFullError, "the disk is full (or a disk quota is reached)"
-        todo = "Free some space and retry." + (
-            " The handle is still usable." if kind == "blob" else ""
-        )
+        todo = "Free some space and retry." + (" The handle is still usable." if usable else "")
     elif code == errno.EROFS:
         cls, what = ReadOnlyFilesystemError, "the filesystem is read-only"
-        todo = "Open the blob with mode 'r' to read it."
+        todo = f"Open the {kind} with mode 'r' to read it." if readable else ""
     elif code in (errno.EACCES, errno.EPERM):
         cls, what = BlobPermissionError, "permission denied"
         todo = "Check the permissions of the blob's directory and files."

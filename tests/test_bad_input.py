@@ -174,6 +174,9 @@ BAD_OPEN_ARGS = [
     ("timeout", -1),
     ("timeout", -0.001),
     ("timeout", "1"),
+    ("timeout", float("nan")),
+    ("timeout", True),
+    ("block_size", 2**61),  # 2**63 bytes a block: past what a block may have
 ]
 
 
@@ -423,6 +426,52 @@ def test_write_with_the_wrong_shape_is_refused(blob_path, writer, t):
 def test_write_of_something_that_is_not_a_tensor_is_refused(blob_path, writer, t):
     expect(blob_path.parent, BlobTypeError, TypeError, "Tensor", lambda: writer.write(t))
     assert_intact(writer)
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda: torch.zeros(2, 3, device="meta"), "meta device"),
+        (lambda: torch.zeros(2, 3).to_sparse(), "sparse_coo"),
+        (lambda: torch.zeros(2, 3).to_sparse_csr(), "sparse_csr"),
+    ],
+    ids=["meta", "sparse_coo", "sparse_csr"],
+)
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_write_of_a_tensor_without_dense_data_is_refused(blob_path, writer, make, said):
+    t = make()
+    err = expect(blob_path.parent, BlobTypeError, TypeError, said, lambda: writer.write(t))
+    assert "dense" in str(err)
+    assert_intact(writer)
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), True, "1"], ids=repr)
+def test_unlink_with_a_bad_timeout_is_refused(blob_path, timeout):
+    expect(
+        blob_path.parent,
+        InvalidArgumentError,
+        ValueError,
+        "timeout",
+        lambda: TensorBlob.unlink(blob_path, timeout=timeout),
+    )
+
+
+@pytest.mark.parametrize("inside", ["blocks/new", "new", "blocks/a/b"])
+def test_creating_a_blob_inside_another_blob_is_refused(blob_path, inside):
+    """A blob's directory holds only its own files: another blob, a database or a copy
+    made in it would be a foreign file to it (check warns, unlink refuses)."""
+    from tensorblob import TensorDB, copy_blob  # noqa: PLC0415 - this test only
+
+    new = blob_path / inside
+    for make in (
+        lambda: TensorBlob.open(new, "w", dtype="float32", shape=3),
+        lambda: TensorBlob.open(new, "a", dtype="float32", shape=3),
+        lambda: TensorDB.open(new, "w", schema={"x": ("float32", 3)}),
+        lambda: copy_blob(blob_path, new),
+    ):
+        err = expect(blob_path.parent, InvalidArgumentError, ValueError, str(blob_path), make)
+        assert "inside the blob" in str(err)
+    assert torch.equal(contents(blob_path), rows(N_ROWS))
 
 
 # -- mode permissions ------------------------------------------------------

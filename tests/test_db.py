@@ -311,6 +311,12 @@ def _bad_writes() -> list[tuple[Any, type[Exception], str]]:
         ({**one, "reward": one["reward"].double()}, DTypeMismatchError, "field 'reward'"),
         ({**one, "obs": torch.zeros(2, 3, 4, dtype=torch.uint8)}, ShapeMismatchError, "'obs'"),
         ({**one, "action": [1, 2]}, BlobTypeError, "field 'action'"),
+        ({**one, "reward": one["reward"].to_sparse()}, BlobTypeError, "'reward': takes a dense"),
+        (
+            {**one, "action": torch.zeros(2, dtype=torch.int64, device="meta")},
+            BlobTypeError,
+            "meta",
+        ),
     ]
 
 

@@ -33,9 +33,11 @@ from tensorblob import (
     ReadOnlyFilesystemError,
     TensorBlob,
     TensorBlobError,
+    TensorDB,
     _check,
     _deep,
     _durability,
+    copy_blob,
 )
 from tensorblob._cli import main as cli
 from tensorblob.errors import from_os_error
@@ -70,7 +72,8 @@ def _fill_child(path: str, sync: str, batch: int, block_size: int | None, conn: 
             n += batch
     except TensorBlobError as exc:
         code = exc.errno if isinstance(exc, OSError) else None
-        conn.send(("full", n, type(exc).__name__, code, str(exc), blob.closed))
+        name = exc.filename if isinstance(exc, OSError) else None
+        conn.send(("full", n, type(exc).__name__, code, str(exc), blob.closed, name))
     blob.flush()  # a durable point on the full disk: the journal kept room for it
     conn.send(("flushed",))
     if conn.recv() == "abandon":
@@ -127,10 +130,15 @@ def test_a_full_disk_is_an_exception_and_appends_resume_once_space_is_freed(
         ballast = mounts.fill(where, "ballast", BALLAST)
         path = os.path.join(where, "blob")
         steps = _run_filler(path, sync, batch, block_size, "go")
-        _, acked, cls, code, message, closed = next(steps)
+        _, acked, cls, code, message, closed, name = next(steps)
         assert (cls, code, closed) == ("DiskFullError", errno.ENOSPC, False)
         assert repr(path) in message
         assert "Nothing of this call was committed" in message
+        assert "The handle is still usable" in message
+        # The file that could not grow: a block file, or the journal.
+        assert name is not None
+        assert name.startswith(path + os.sep)
+        assert repr(name) in message
         assert acked > 0
         assert_rows(path, acked)  # a reader in another process sees every acknowledged row
         os.unlink(ballast)
@@ -178,6 +186,8 @@ def test_a_read_only_filesystem_refuses_writers_clearly_and_serves_readers() -> 
         clean, crashed = os.path.join(where, "clean"), os.path.join(where, "crashed")
         with TensorBlob.open(clean, "w", dtype="float32", shape=ROW) as blob:
             blob.write(rows(0, 10))
+        db = os.path.join(where, "db")
+        TensorDB.open(db, "w", schema={"x": ("float32", ROW)}).close()
         proc = harness._context().Process(target=_killed_writer, args=(crashed, 7))
         proc.start()
         proc.join(60)
@@ -191,11 +201,22 @@ def test_a_read_only_filesystem_refuses_writers_clearly_and_serves_readers() -> 
             assert info.value.errno == errno.EROFS
             assert repr(clean) in str(info.value)
             assert "mode 'r'" in str(info.value)
-        with pytest.raises(ReadOnlyFilesystemError):
+        with pytest.raises(ReadOnlyFilesystemError) as info:
             TensorBlob.open(os.path.join(where, "new"), "w", dtype="float32", shape=ROW)
+        assert "creating it (mode 'w') failed" in str(info.value)
+        assert "Nothing was created." in str(info.value)
+        assert "mode 'r'" not in str(info.value)  # there is nothing to read
+        with pytest.raises(ReadOnlyFilesystemError) as info:
+            TensorDB.open(db, "a")
+        assert f"database {db!r}: opening it for writing" in str(info.value)
+        assert "Open the database with mode 'r' to read it." in str(info.value)
+        with pytest.raises(ReadOnlyFilesystemError) as info:
+            copy_blob(clean, os.path.join(where, "copy"))
+        assert "No copy was left." in str(info.value)
         assert_rows(clean, 10)
         assert_rows(crashed, 7)  # the crashed writer's commits, without any recovery
         assert cli(["check", clean]) == 0
+        assert cli(["recover", clean]) == 0  # nothing to do: it writes nothing
         assert cli(["check", crashed]) == 1  # needs recovery, which cannot run here
         assert cli(["recover", "--timeout", "0", crashed]) == 1
         assert harness.snapshot_files(where) == before
