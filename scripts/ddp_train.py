@@ -86,7 +86,8 @@ def train(path: str, epochs: int, checkpoint: str, workers: int) -> None:
                 state = {"model": model.module.state_dict(), "opt": opt.state_dict()}
                 save(checkpoint, {**state, "sampler": sampler.state_dict()})
         if rank == 0:
-            print(f"epoch {epoch}: {len(data)} rows, {len(sampler)} steps, loss {loss.item():.4f}")
+            rows = sampler.state_dict()["length"]  # the epoch's snapshot, pinned at its start
+            print(f"epoch {epoch}: {rows} rows, {len(sampler)} steps, loss {loss.item():.4f}")
 
     if rank == 0:
         state = sampler.state_dict()
