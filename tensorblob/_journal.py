@@ -203,12 +203,11 @@ def scan_journal(root: str, uuid: bytes) -> JournalScan:
     except OSError as exc:
         js.present, js.error = True, f"cannot be read ({exc})"
         return js
-    js.present = True
+    js.present, js.size = True, len(data)  # until the frames say where the content ends
     try:
         header, start = _format.decode_header(_format.MAGIC_JOURNAL, data, "journal")
         _records.check_journal_header(header, "journal")
     except CorruptBlobError as exc:
-        js.size = len(data)
         if exc.reason == "wrong-magic":
             js.error = "it does not start with TBLBJRNL (wrong magic)"
         else:

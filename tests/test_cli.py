@@ -500,7 +500,10 @@ def test_journal_of_another_blob_is_reported_as_foreign(
     assert "the journal belongs to another blob" in got["check"][1]
     assert "copied in from another blob" in got["check"][1]
     assert codes(got["check_json"][1]) == {"journal-foreign"}
-    _stops_then_salvages(run, path, got)
+    size = os.path.getsize(os.path.join(path, "journal"))
+    first, done = _stops_then_salvages(run, path, got)
+    assert first.startswith(f"drop: the journal ({size} bytes)")  # its size, though not ours
+    assert done["dropped"]["journal_bytes"] == size
     assert torch.equal(content(path), data[:8])
     assert torch.equal(content(other), data)  # the other blob is untouched
 
