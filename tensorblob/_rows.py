@@ -47,10 +47,13 @@ def plan(index: Any, n: int, what: str) -> Plan:
         InvalidArgumentError: a slice step is 0, or a tensor index is not 1-D.
     """
     if isinstance(index, np.integer) or (
-        isinstance(index, torch.Tensor)
-        and index.dim() == 0
-        and not index.dtype.is_floating_point
-        and index.dtype != torch.bool
+        isinstance(index, (torch.Tensor, np.ndarray))  # a 0-d integer one is a position
+        and index.ndim == 0
+        and (
+            index.dtype.kind in "iu"
+            if isinstance(index, np.ndarray)
+            else not index.dtype.is_floating_point and index.dtype != torch.bool
+        )
     ):
         index = int(index)
     if isinstance(index, int) and not isinstance(index, bool):
@@ -59,6 +62,8 @@ def plan(index: Any, n: int, what: str) -> Plan:
             raise InvalidIndexError(f"index {index} is out of bounds for {what} of length {n}")
         return i
     if isinstance(index, slice):
+        if any(isinstance(x, bool) for x in (index.start, index.stop, index.step)):
+            raise BlobTypeError(f"slice bounds must be ints or None, got {index!r}")
         if index.step == 0:
             raise InvalidArgumentError("slice step cannot be zero")
         try:
@@ -213,8 +218,8 @@ def _empty(fld: Field) -> torch.Tensor:
 class Reader:
     """Reading through the cursor and by index: what ``TensorBlob`` and ``TensorDB`` share.
 
-    A mixin of a handle (``_state``, ``_pos``, ``_path``, ``block_size``,
-    ``_check_open``, ``_check_readable``). The front end says what rows are:
+    A mixin of a handle (``_state``, ``_pos``, ``_path``, ``_writable``,
+    ``block_size``, ``_check_open``, ``_check_readable``). The front end says what rows are:
     ``_take`` reads a plan (a tensor for a blob, a dict of tensors for a
     TensorDB) and ``_unbatch`` splits a batch of it into rows.
     """
@@ -223,6 +228,7 @@ class Reader:
     _pos: int
     _path: str
     _closed: bool
+    _writable: bool
     block_size: int
     _KIND = "blob"
 
@@ -292,11 +298,17 @@ class Reader:
         return self._iter_rows()
 
     def _iter_rows(self) -> Any:
+        """Each row is the one at the cursor when it is asked for. A reader's snapshot
+        changes only by ``refresh()``, which replaces it, so rows are read a block at a
+        time while the cursor stays where the last one left it. A writer's rows change
+        under its iterator (write, truncate, extend, a rollback): one row at a time."""
         B = self.block_size
         while self._pos < self._state.length:
-            start = self._pos
-            chunk = self._take((start, min(self._state.length, (start // B + 1) * B)))
-            for i, row in enumerate(self._unbatch(chunk)):
+            start, state = self._pos, self._state
+            stop = start + 1 if self._writable else min(state.length, (start // B + 1) * B)
+            for i, row in enumerate(self._unbatch(self._take((start, stop)))):
+                if self._pos != start + i or self._state is not state:
+                    break  # moved (seek, read) or refreshed: read again at the cursor
                 self._pos = start + i + 1
                 yield row
 

@@ -255,6 +255,8 @@ class Transactions:
                 nfull = total // B
                 paths = [other._blocks.path(b) for b in other._state.blocks[:nfull]]
                 none = self._as_list(other._take((total, total)))
+                # Read before anything moves: ``other`` may be this very handle.
+                tail = self._as_list(other._take((nfull * B, total)))
                 # A piece of whole files at a time; this blob's partial last
                 # block, if any, moves after each piece, so it ends up after all.
                 for i in range(0, nfull, step // B):
@@ -262,7 +264,6 @@ class Transactions:
                     if progress is not None:
                         progress(min(nfull, i + step // B) * B, total)
                 if total > nfull * B:
-                    tail = self._as_list(other._take((nfull * B, total)))
                     engine.write(self._state.length, tail)
             else:
                 for start in range(0, total, B):

@@ -7,6 +7,7 @@ torch itself does not support, such as negative slice steps).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -523,6 +524,8 @@ def test_len_is_the_row_count(path):
         (np.uint8(3), 3),
         (torch.tensor(7), 7),
         (torch.tensor(-3, dtype=torch.int32), 8),
+        (np.array(4), 4),  # a 0-d integer ndarray, as a 0-d integer tensor
+        (np.array(-2, dtype=np.int16), 9),
     ],
     ids=repr,
 )
@@ -976,6 +979,67 @@ def test_a_nested_transaction_joins_the_outer_one(path):
                 blob.write(rows(1, start=200))
             blob.write(rows(1, start=300))
     assert torch.equal(stored(path), torch.cat([rows(4), rows(1, start=200), rows(1, start=300)]))
+
+
+def test_iterating_a_writer_yields_the_row_at_the_cursor_as_the_blob_changes(path):
+    """The iterator reads at the cursor each time: a truncate, an overwrite or a seek
+    between two rows is seen, and the cursor never passes the end."""
+    with new_blob(path, rows(10), block_size=4) as blob:
+        blob.seek(1)
+        it = iter(blob)
+        assert torch.equal(next(it), rows(1, start=1)[0])
+        blob.truncate(1)
+        assert list(it) == []
+        assert (len(blob), blob.tell()) == (1, 1)
+        blob.write(rows(1, start=77))  # at the end: no truncated row comes back
+        assert torch.equal(blob[:], torch.cat([rows(1), rows(1, start=77)]))
+        blob.write(rows(6, start=2))  # rows 2 to 7 hold rows(6, start=2)
+        blob.seek(0)
+        it = iter(blob)
+        next(it)
+        blob.seek(1)
+        blob.write(rows(2, start=100))  # over rows 1 and 2; the cursor moves to 3
+        assert torch.equal(next(it), rows(1, start=3)[0])
+        blob.seek(1)
+        assert torch.equal(next(it), rows(1, start=100)[0])
+        assert blob.tell() == 2
+    with TensorBlob.open(path, "r") as reader:  # a reader reads ahead, and follows seeks
+        it = iter(reader)
+        next(it)
+        reader.seek(6)
+        assert torch.equal(next(it), rows(1, start=6)[0])
+        assert reader.tell() == 7
+
+
+def test_extending_a_blob_with_itself_copies_what_it_held(path):
+    for ordered, want in (
+        (True, [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]),
+        (False, [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 4, 5]),  # full blocks, then the partial ones
+    ):
+        with new_blob(path, rows(6, shape=()), shape=(), block_size=4, mode="w+") as blob:
+            assert blob.extend(blob, maintain_order=ordered) == 6
+            assert blob[:].tolist() == want
+        assert stored(path).tolist() == want
+
+
+def test_an_exception_leaving_an_inner_block_spoils_the_outer_transaction(path):
+    """No savepoints: caught in the outer block or not, it rolls everything back."""
+    make_blob(path, rows(3))
+    with TensorBlob.open(path, "a") as blob:
+
+        def outer() -> None:
+            with blob.transaction():
+                blob.write(rows(1, start=10))
+                with contextlib.suppress(Boom), blob.transaction():
+                    blob.write(rows(1, start=20))
+                    raise Boom
+                blob.write(rows(1, start=30))
+
+        with pytest.raises(TensorBlobError, match="rolled back"):
+            outer()
+        assert (len(blob), blob.tell()) == (3, 3)
+        blob.write(rows(1, start=40))  # the handle goes on
+    assert torch.equal(stored(path), torch.cat([rows(3), rows(1, start=40)]))
 
 
 def test_closing_inside_a_transaction_rolls_it_back(path):

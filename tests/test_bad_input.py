@@ -597,6 +597,8 @@ BAD_INDEX_TYPES = [
     torch.tensor(True),
     torch.tensor([1 + 0j]),
     np.array([0.5]),
+    np.array(1.0),
+    np.array(True),
 ]
 
 
@@ -612,7 +614,17 @@ def test_an_index_of_more_than_one_dimension_is_refused(blob_path, reader, key):
     assert_intact(reader)
 
 
-@pytest.mark.parametrize("key", [slice(0.5, 2), slice("a", None), slice(None, None, 1.0)], ids=repr)
+@pytest.mark.parametrize(
+    "key",
+    [
+        slice(0.5, 2),
+        slice("a", None),
+        slice(None, None, 1.0),
+        slice(None, None, True),  # a bool is not an int here either
+        slice(True, None),
+    ],
+    ids=repr,
+)
 def test_a_slice_with_non_integer_bounds_raises_a_blob_type_error(blob_path, reader, key):
     expect(blob_path.parent, BlobTypeError, TypeError, "slice", lambda: reader[key])
     assert_intact(reader)

@@ -145,6 +145,23 @@ def test_a_column_reads_one_field_with_the_whole_indexing_of_a_blob(tmp_path):
         col[0]
 
 
+def test_iterating_and_self_extending_a_database_read_what_it_holds_now(tmp_path):
+    path = tmp_path / "db"
+    want = make(path, 10)
+    with TensorDB.open(path, "r+") as db:
+        db.seek(1)
+        it = iter(db)
+        assert same(next(it), sel(want, 1))
+        db.truncate(2)  # rows 2 and 3 were read ahead: they are gone now
+        assert list(it) == []
+        assert (len(db), db.tell()) == (2, 2)
+    with TensorDB.open(path, "w+", schema=SCHEMA, block_size=B) as db:
+        db.write(sel(want, slice(0, 6)))
+        assert db.extend(db, maintain_order=False) == 6
+        # full blocks first (this one's, then the other's), then the partial ones
+        assert same(db[:], sel(want, [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 4, 5]))
+
+
 def test_a_string_index_is_refused_as_in_the_original(tmp_path):
     make(tmp_path / "db", 3)
     with TensorDB.open(tmp_path / "db") as db, pytest.raises(TypeError, match="Index must be"):
