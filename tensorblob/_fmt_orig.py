@@ -45,18 +45,25 @@ CONF, STAT = ".conf", ".stat"
 
 
 def is_original(path: str) -> bool:
-    """True if the directory ``path`` looks like an original blob or database."""
-    return os.path.isfile(os.path.join(path, CONF)) and os.path.isfile(os.path.join(path, STAT))
+    """True if the directory ``path`` looks like an original blob or database: it holds
+    ``.conf`` or ``.stat`` (one without the other is a damaged original)."""
+    return os.path.isfile(os.path.join(path, CONF)) or os.path.isfile(os.path.join(path, STAT))
+
+
+def _is_db(conf: dict[str, Any]) -> bool:
+    """Does ``.conf`` describe a TensorDB: a schema, or the class named in ``__notes__``
+    (the original writes ``"tensorblob._db.TensorDB"``)?"""
+    notes = conf.get("__notes__")
+    kind = notes.get("class_name") if isinstance(notes, dict) else None
+    return "schema" in conf or (isinstance(kind, str) and kind.rsplit(".", 1)[-1] == "TensorDB")
 
 
 def is_database(path: str) -> bool:
     """True if ``path`` (an original blob or database, ``is_original``) is a TensorDB."""
     try:
-        conf = _json(path, CONF)
+        return _is_db(_json(path, CONF))
     except CorruptInputError:
         return False
-    notes = conf.get("__notes__")
-    return "schema" in conf or (isinstance(notes, dict) and notes.get("class_name") == "TensorDB")
 
 
 def open_db(path: str) -> tuple[list[tuple[str, Source]], int, int | None]:
@@ -103,7 +110,7 @@ def _json(path: str, name: str) -> dict[str, Any]:
             value = json.loads(f.read())
     except FileNotFoundError:
         raise CorruptInputError(
-            f"{path!r} is not an original tensorblob: {name} is missing"
+            f"{file!r} is missing: the original tensorblob at {path!r} is damaged"
         ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptInputError(f"{file!r} is not valid JSON: {exc}") from None
@@ -128,9 +135,7 @@ def open_source(path: str) -> Source:
             have a dimension of 0.
     """
     conf, stat = _json(path, CONF), _json(path, STAT)
-    notes = conf.get("__notes__")
-    kind = notes.get("class_name") if isinstance(notes, dict) else None
-    if kind == "TensorDB" or "schema" in conf:
+    if _is_db(conf):
         schema = conf.get("schema")
         fields = ", ".join(schema) if isinstance(schema, dict) else "?"
         raise UnsupportedFormatError(
@@ -140,7 +145,7 @@ def open_source(path: str) -> Source:
         )
     try:
         dtype = torch_dtype(parse_dtype(conf.get("dtype")))
-    except InvalidArgumentError:
+    except (InvalidArgumentError, BlobTypeError):
         raise CorruptInputError(
             f"{os.path.join(path, CONF)!r}: dtype {conf.get('dtype')!r} is not a torch dtype"
         ) from None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 import safetensors.torch
 import torch
 
+import tensorblob
 from tensorblob import (
     BlobNotFoundError,
     BlobTypeError,
@@ -233,18 +236,52 @@ def _damage_orig(case: str, path: Path) -> None:
         (path / ".conf").write_text(json.dumps({"dtype": "float33", "shape": [2], "block_size": 4}))
     elif case == "escaping-name":
         (path / ".stat").write_text(json.dumps({"len": 10, "bds": ["../x", *names[1:]]}))
+    elif case == "null-dtype":
+        (path / ".conf").write_text(json.dumps({"dtype": None, "shape": [2], "block_size": 4}))
+    elif case == "missing-stat":
+        (path / ".stat").unlink()
+    elif case == "missing-conf":
+        (path / ".conf").unlink()
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["missing-block", "short-block", "few-blocks", "bad-json", "bad-dtype", "escaping-name"],
-)
+DAMAGED_ORIG = {
+    "missing-block": "is missing",
+    "short-block": "",
+    "few-blocks": "",
+    "bad-json": "not valid JSON",
+    "bad-dtype": "float33",
+    "escaping-name": "bad block name",
+    "null-dtype": "dtype None",
+    "missing-stat": ".stat' is missing: the original tensorblob",
+    "missing-conf": ".conf' is missing: the original tensorblob",
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_ORIG)
 def test_a_damaged_original_blob_is_refused_before_anything_is_written(tmp_path, case):
     write_orig(tmp_path / "o", random_rows(torch.float32, (2,)), block_size=4)
     _damage_orig(case, tmp_path / "o")
-    with pytest.raises(CorruptInputError):
+    said = DAMAGED_ORIG[case]
+    with pytest.raises(CorruptInputError, match=re.escape(said) if said else None):
         import_blob(tmp_path / "o", tmp_path / "dst")
     assert not (tmp_path / "dst").exists()
+
+
+def test_an_original_tensordb_is_told_by_its_class_name_too(tmp_path):
+    """Without its schema, a database's .conf still names its class, as the original's
+    config mixin writes it (bare or qualified): it is a damaged TensorDB, not a blob."""
+    for name in ("TensorDB", "tensorblob._db.TensorDB"):
+        src = tmp_path / name
+        shutil.copytree(ORIG / "db", src)
+        conf = json.loads((src / ".conf").read_text())
+        del conf["schema"]
+        conf["__notes__"]["class_name"] = name
+        (src / ".conf").write_text(json.dumps(conf))
+        with pytest.raises(UnsupportedFormatError, match="import_db"):
+            import_blob(src, tmp_path / "dst")
+        with pytest.raises(CorruptInputError, match="the schema is missing"):
+            tensorblob.import_db(src, tmp_path / "dst")
+        assert not (tmp_path / "dst").exists()
 
 
 def test_import_blob_sends_an_original_tensordb_to_import_db(tmp_path):
