@@ -189,8 +189,9 @@ class BlockFiles:
             for (off, rb), seed in zip(self._spans, seeds, strict=True)
         )
 
-    def delete(self, bid: int) -> None:
-        _durable.unlink(self.path(bid), missing_ok=True)
+    def delete(self, bid: int) -> bool:
+        """Delete block ``bid``'s file; False if it was gone already."""
+        return _durable.unlink(self.path(bid), missing_ok=True)
 
     def list_ids(self) -> tuple[set[int], list[str]]:
         """Return the block ids present on disk and any names that are not block names."""

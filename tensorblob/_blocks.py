@@ -266,12 +266,18 @@ class BlockStore(BlockFiles):
     def _map(self, bid: int) -> torch.Tensor:
         """Block ``bid``'s file mapped as one uint8 tensor."""
         path = self.path(bid)
-        self._check_size(path)
-        from tensordict import MemoryMappedTensor  # noqa: PLC0415 - at the first mapping only
+        # Imported first (at the first mapping only; it takes a second or more),
+        # so that the file is checked right before it is mapped.
+        from tensordict import MemoryMappedTensor  # noqa: PLC0415
 
-        mmt = MemoryMappedTensor.from_filename(
-            path, dtype=torch.uint8, shape=(self.nbytes,), mode="r+" if self.writable else "r"
-        )
+        self._check_size(path)
+        try:
+            mmt = MemoryMappedTensor.from_filename(
+                path, dtype=torch.uint8, shape=(self.nbytes,), mode="r+" if self.writable else "r"
+            )
+        except RuntimeError:  # torch's error for a file that cannot be opened
+            self._check_size(path)  # gone or cut since the check: the library's error
+            raise
         # A plain tensor view of the same mapped storage: indexing it skips the
         # subclass dispatch of MemoryMappedTensor on every row access.
         return mmt.as_subclass(torch.Tensor)
@@ -301,9 +307,9 @@ class BlockStore(BlockFiles):
             )
         return super().crc(bid, start, stop, seeds)
 
-    def delete(self, bid: int) -> None:
+    def delete(self, bid: int) -> bool:
         self._cache.pop(bid, None)
-        super().delete(bid)
+        return super().delete(bid)
 
     def forget(self, bid: int) -> None:
         self._cache.pop(bid, None)

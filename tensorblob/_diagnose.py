@@ -289,10 +289,15 @@ def _describe_replay(sc: Scan, loaded: _snapshot.Loaded) -> None:
             if loaded.kept
             else "it committed nothing since the last checkpoint, so nothing is to be replayed"
         )
+        who = (
+            "the writer has not closed the blob yet"
+            if sc.writer_active
+            else "the last writer did not close the blob (it crashed or was killed)"
+        )
         sc.add(
             "warning",
             "unclean",
-            f"the last writer did not close the blob (it crashed or was killed): {replay}",
+            f"{who}: {replay}",
             "run `tensorblob recover PATH` (or open the blob for writing): nothing committed "
             "is lost; readers can use the blob as it is meanwhile",
             JOURNAL,

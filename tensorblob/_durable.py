@@ -256,14 +256,17 @@ def rename(src: str, dst: str) -> None:
     os.rename(src, dst)
 
 
-def unlink(path: str, *, missing_ok: bool = False) -> None:
-    """Remove the file at ``path``. Durable only after ``fsync_dir``."""
+def unlink(path: str, *, missing_ok: bool = False) -> bool:
+    """Remove the file at ``path``; False if it was not there (``missing_ok``). Durable
+    only after ``fsync_dir``."""
     _step("unlink", path)
     try:
         os.unlink(path)
     except FileNotFoundError:
         if not missing_ok:
             raise
+        return False
+    return True
 
 
 def mkdir(path: str) -> None:

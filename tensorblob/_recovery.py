@@ -166,7 +166,8 @@ def checkpoint(
 
 
 def reap(state: State, blocks: BlockFiles, probe: _locking.ReaderProbe) -> int:
-    """Delete the freed blocks no open snapshot can need; return how many.
+    """Delete the freed blocks no open snapshot can need; return how many files it deleted
+    (a writer may have deleted some of them already, before a crash or its close).
 
     The caller has made the commits that freed them durable. A block first
     used at sequence ``born`` and freed at ``F`` is kept while an open
@@ -192,8 +193,7 @@ def _reap_guarded(state: State, blocks: BlockFiles, probe: _locking.ReaderProbe)
     if not gone:
         return 0
     try:
-        for bid in gone:
-            blocks.delete(bid)
+        deleted = sum(blocks.delete(bid) for bid in gone)
         _durable.fsync_dir(blocks.dir)
     except OSError:
         # Best effort: the blocks stay listed as free, and a later reap (or
@@ -204,7 +204,7 @@ def _reap_guarded(state: State, blocks: BlockFiles, probe: _locking.ReaderProbe)
         state.born.pop(bid, None)
     dead = set(gone)
     state.free[:] = [b for b in state.free if b not in dead]
-    return len(gone)
+    return deleted
 
 
 # The files of a blob directory (F1-F8, "Locks"): every other name is foreign.

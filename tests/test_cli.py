@@ -717,6 +717,30 @@ def test_a_path_that_is_not_a_blob_is_a_usage_error(run: Run, tmp_path: Path, ki
 # -- a live writer -----------------------------------------------------------------------
 
 
+def test_recover_counts_the_freed_block_files_it_deletes(run: Run, tmp_path: Path) -> None:
+    """Blocks freed twice over: the writer's close deletes those no reader holds, the
+    rest wait for the reader. recover then deletes those, and says how many it did."""
+    path = str(tmp_path / "freed")
+    with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=B) as blob:
+        blob.write(rows(0, 40))  # 10 blocks
+    reader = TensorBlob.open(path, "r")
+    try:
+        with TensorBlob.open(path, "r+") as blob:
+            blob.write(rows(100, 140))  # copies of the 10: the originals wait for the reader
+            blob.seek(0)
+            blob.write(rows(200, 240))  # the copies are freed too, and deleted at close
+        blocks = os.path.join(path, "blocks")
+        assert len(os.listdir(blocks)) == 20
+    finally:
+        reader.close()
+    _, plan = run.json("recover", "--dry-run", path)
+    assert "delete 10 freed block(s)" in plan["actions"]
+    _, done = run.json("recover", path)
+    assert "deleted 10 freed block(s)" in done["actions"]
+    assert len(os.listdir(blocks)) == 10
+    assert torch.equal(content(path), rows(200, 240))
+
+
 def test_blob_held_by_a_live_writer_is_checked_but_not_recovered(run: Run, blob: Any) -> None:
     path, data = blob
     writer = TensorBlob.open(path, "a")
@@ -729,6 +753,8 @@ def test_blob_held_by_a_live_writer_is_checked_but_not_recovered(run: Run, blob:
         assert got["info_json"][1]["info"]["writer"]["held"] is True
         code, check = got["check"]
         assert code == 0, check
+        assert "the writer has not closed the blob yet" in check
+        assert "crashed" not in check
         # Row 13 is committed but not durable yet: no checksum covers it.
         assert got["deep_json"][1]["data_checksums"]["rows_without_checksum"] == 1
         assert "1 committed row(s) not durable yet, so not covered (only read)" in got["deep"][1]

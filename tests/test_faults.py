@@ -226,6 +226,29 @@ def test_a_read_only_filesystem_refuses_writers_clearly_and_serves_readers() -> 
         assert cli(["check", "--deep", crashed]) == 0
 
 
+def test_a_block_file_deleted_as_it_is_mapped_is_a_library_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blob deleted between the reader's check of a block file and its mapping (a
+    real unlink, at that instant): CorruptBlobError naming the file, not torch's."""
+    from tensordict import MemoryMappedTensor  # noqa: PLC0415 - what the reader maps with
+
+    path = str(tmp_path / "blob")
+    with TensorBlob.open(path, "w", dtype="float32", shape=ROW, block_size=4) as blob:
+        blob.write(rows(0, 8))
+    real = MemoryMappedTensor.from_filename
+
+    def unlinked_first(filename: str, *args: Any, **kwargs: Any) -> Any:
+        os.unlink(filename)
+        return real(filename, *args, **kwargs)
+
+    with TensorBlob.open(path, "r") as reader:
+        monkeypatch.setattr(MemoryMappedTensor, "from_filename", unlinked_first)
+        with pytest.raises(CorruptBlobError, match="is missing") as info:
+            reader[5]
+        assert "0000000000000001" in str(info.value)
+
+
 def test_a_block_file_shortened_under_a_reader_is_an_error_naming_the_file(tmp_path: Any) -> None:
     path = str(tmp_path / "blob")
     with TensorBlob.open(path, "w", dtype="float32", shape=ROW, block_size=4) as blob:
