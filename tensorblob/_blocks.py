@@ -10,7 +10,10 @@ tensordict is imported when the first block is mapped, not before.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
+import mmap
+import os
 import zlib
 from collections import OrderedDict
 
@@ -19,7 +22,7 @@ import torch
 
 from ._blockfiles import BlockFiles, sum_mismatch
 from ._meta import Meta
-from .errors import CorruptBlobError
+from .errors import BlobOSError, CorruptBlobError, os_error
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _madvise = getattr(_libc, "madvise", None)
@@ -44,15 +47,19 @@ def advise(mapping: np.ndarray, advice: int) -> None:
         _madvise(addr & ~4095, mapping.nbytes + (addr & 4095), advice)
 
 
+def _map_limit() -> int:
+    """The kernel's limit on a process's memory maps (vm.max_map_count)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 65530
+
+
 @functools.cache
 def default_max_cached() -> int:
     """A sixteenth of the kernel's map-count limit (at least 128): room for everything else."""
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            limit = int(f.read().strip())
-    except (OSError, ValueError):
-        limit = 65530
-    return max(128, limit // 16)
+    return max(128, _map_limit() // 16)
 
 
 class _Span:
@@ -271,16 +278,57 @@ class BlockStore(BlockFiles):
         from tensordict import MemoryMappedTensor  # noqa: PLC0415
 
         self._check_size(path)
+        mode = "r+" if self.writable else "r"
         try:
             mmt = MemoryMappedTensor.from_filename(
-                path, dtype=torch.uint8, shape=(self.nbytes,), mode="r+" if self.writable else "r"
+                path, dtype=torch.uint8, shape=(self.nbytes,), mode=mode
             )
-        except RuntimeError:  # torch's error for a file that cannot be opened
+        except RuntimeError as exc:  # torch's error for a file that cannot be opened or mapped
             self._check_size(path)  # gone or cut since the check: the library's error
-            raise
+            if not self._cache:
+                raise self._unmappable(path, exc) from exc
+            # Most often the process is out of memory maps (vm.max_map_count)
+            # or address space: give back this handle's and try once more.
+            self._cache.clear()
+            try:
+                mmt = MemoryMappedTensor.from_filename(
+                    path, dtype=torch.uint8, shape=(self.nbytes,), mode=mode
+                )
+            except RuntimeError as again:
+                raise self._unmappable(path, again) from again
         # A plain tensor view of the same mapped storage: indexing it skips the
         # subclass dispatch of MemoryMappedTensor on every row access.
         return mmt.as_subclass(torch.Tensor)
+
+    def _unmappable(self, path: str, exc: RuntimeError) -> BlobOSError:
+        """The library's error for block file ``path`` that exists but cannot be mapped.
+
+        torch's error carries no errno: the same mapping, made with Python's
+        ``mmap``, gives the system's reason.
+        """
+        code = None
+        try:
+            with open(path, "r+b" if self.writable else "rb") as f:
+                access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_COPY
+                mmap.mmap(f.fileno(), self.nbytes, access=access).close()
+        except OSError as err:
+            code = err.errno
+        why = os.strerror(code) if code is not None else str(exc)
+        todo = ""
+        if code == errno.ENOMEM:
+            todo = (
+                " The process is out of memory maps (the kernel's vm.max_map_count, "
+                f"{_map_limit()}) or address space. Each open handle keeps up to "
+                f"max_cached_blocks blocks mapped ({self.max_cached} here): close handles, "
+                "open them with a smaller max_cached_blocks, or raise vm.max_map_count."
+            )
+        return os_error(
+            BlobOSError,
+            code,
+            f"block file {path!r} cannot be mapped: {why}. Nothing of this call was committed."
+            + todo,
+            path,
+        )
 
     def _verify(self, bid: int, data: tuple[np.ndarray, ...]) -> None:
         assert self.verify is not None

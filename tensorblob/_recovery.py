@@ -69,10 +69,6 @@ def sync_and_sum(
     ``new_sums`` of the blocks in ``sums``; the two overlap when there is much to checksum."""
     ids = [b for b in sums if b in state.hwm]
     todo = sum(state.hwm[b] - state.sums.get(b, (0, 0))[0] for b in ids)
-    if todo * blocks.meta.row_bytes < SUM_THREAD_BYTES:
-        if dirty or new_files:
-            blocks.sync(dirty, new_files=new_files)
-        return new_sums(state, blocks, ids)
     result: list[list[int]] = []
     failed: list[BaseException] = []
 
@@ -82,8 +78,17 @@ def sync_and_sum(
         except BaseException as exc:  # raised in the caller's thread below
             failed.append(exc)
 
-    worker = threading.Thread(target=work, name="tensorblob-checksums")
-    worker.start()
+    worker = None
+    if todo * blocks.meta.row_bytes >= SUM_THREAD_BYTES:
+        worker = threading.Thread(target=work, name="tensorblob-checksums")
+        try:
+            worker.start()
+        except RuntimeError:  # no thread to be had (memory, or a thread limit): sum here
+            worker = None
+    if worker is None:
+        if dirty or new_files:
+            blocks.sync(dirty, new_files=new_files)
+        return new_sums(state, blocks, ids)
     try:
         blocks.sync(dirty, new_files=new_files)
     finally:

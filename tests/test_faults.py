@@ -427,3 +427,91 @@ def test_a_refused_index_names_the_offending_value(tmp_path: Any) -> None:
             blob[[0.5, 1.5]]
         with pytest.raises(BlobTypeError, match=r"item 1 is 'x' \(str\)"):
             blob[(1, "x")]
+
+
+_OUT_OF_MAPS = r"""
+import errno, mmap, resource, sys
+import torch, tensordict
+from tensorblob import BlobOSError, TensorBlob
+
+path = sys.argv[1]
+row = lambda i: torch.full((1024,), float(i))
+with TensorBlob.open(path, "w", dtype="float32", shape=(1024,), block_size=256) as w:
+    for b in range(40):  # 40 blocks of 1 MiB; row i holds i
+        w.write(torch.arange(b * 256, b * 256 + 256.0)[:, None].expand(256, 1024))
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
+# Room for about 12 more block mappings: past them, mmap fails with ENOMEM, as
+# it does past vm.max_map_count.
+resource.setrlimit(resource.RLIMIT_AS, (vm + (12 << 20), resource.RLIM_INFINITY))
+big = TensorBlob.open(path, "r", max_cached_blocks=1000)
+for b in range(40):  # more blocks than fit: the handle gives back its own maps and goes on
+    assert torch.equal(big[b * 256], row(b * 256)), b
+print("one handle: all 40 blocks read")
+big.close()
+other = TensorBlob.open(path, "r")
+with open("/proc/self/status") as f:
+    now = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
+hog = mmap.mmap(-1, vm + (12 << 20) - now - (1 << 19))  # the room left but half a block
+try:
+    other[39 * 256 + 5]  # it has no maps to give back
+except BlobOSError as exc:
+    assert exc.errno == errno.ENOMEM, exc.errno
+    assert "blocks/" in exc.filename and "max_cached_blocks" in str(exc), str(exc)
+    print("second handle:", type(exc).__name__)
+    print(exc, file=sys.stderr)
+hog.close()
+assert torch.equal(other[39 * 256 + 5], row(39 * 256 + 5))  # usable once maps are free
+assert torch.equal(other[5], row(5))
+print("second handle usable")
+"""
+
+
+def test_running_out_of_memory_maps_is_a_library_error_and_the_handle_recovers(
+    tmp_path: Any,
+) -> None:
+    """mmap failing with ENOMEM (the process's map count or address space at its limit,
+    here RLIMIT_AS in a child): a handle first gives back its own cached maps and retries;
+    if that is not enough, BlobOSError(ENOMEM) naming the block file and the remedy,
+    never torch's RuntimeError, and the handle reads again once maps are free."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    path = str(tmp_path / "blob")
+    done = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_MAPS, path],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:3] == [
+        "one handle: all 40 blocks read",
+        "second handle: BlobOSError",
+        "second handle usable",
+    ]
+
+
+def test_a_durable_point_without_a_thread_to_be_had_checksums_in_the_callers_thread(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SUM_THREAD_BYTES a close checksums on a thread while it fsyncs. When no thread
+    can start (out of memory or of threads: RuntimeError from start()), it does the work in
+    the caller's thread: the close succeeds, and the checksums are right."""
+    import threading  # noqa: PLC0415
+
+    from tensorblob import _recovery  # noqa: PLC0415
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    path = str(tmp_path / "blob")
+    n = _recovery.SUM_THREAD_BYTES // ROW_BYTES + 1
+    blob = TensorBlob.open(path, "w", dtype="float32", shape=ROW)
+    blob.write(rows(0, n))
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    blob.close()
+    monkeypatch.undo()
+    assert_rows(path, n)
+    assert cli(["check", "--deep", path]) == 0
