@@ -323,7 +323,7 @@ def _check_frees(sc: Scan) -> None:
         census = ReaderCensus(sc.root)
         try:
             for bid in present:
-                a, b = state.born.get(bid, 0), state.freed_at.get(bid, state.seq + 1)
+                a, b = state.birth(bid), state.freed_at.get(bid, state.seq + 1)
                 if own is None or not a <= own < b:
                     used = census.readers_in(a, b)
                 else:

@@ -43,6 +43,7 @@ def encode_manifest(
         "next_id": state.next_id,
         "crc": full,
         "psum": part,
+        "born": state.floors(),
     }
     return _format.encode_file(_format.MAGIC_MANIFEST, body)
 
@@ -97,6 +98,10 @@ def _decode_manifest(  # noqa: PLR0917 - the file and what it must match
     for b, p in zip(body["blocks"], body.get("psum", []), strict=False):
         if p is not None:
             st.sums[b] = (p[0], tuple(p[1:]))
+    for lo, seq in body.get("born", []):
+        st.floor_ids.append(lo)
+        st.floor_seqs.append(seq)
+    st.at_manifest()
     if any(len(crcs) != arity for _, crcs in st.sums.values()):
         _records.corrupt(what, f"a checksum has not {arity} crc(s), one per field", "schema")
     st.validate(block_size, what)

@@ -129,6 +129,22 @@ def check_manifest(m: dict[str, Any], what: str) -> None:
     require(crc is None or _opt_crcs(crc, len(blocks)), what, "bad crc list")
     psum = m.get("psum")  # absent in manifests written before 0.2.0
     require(psum is None or _opt_sums(psum, len(blocks)), what, "bad psum list")
+    born = m.get("born")  # absent in older manifests: no lower bounds of births
+    require(born is None or _floors(born), what, "bad born list")
+
+
+def _floors(x: Any) -> bool:
+    """Pairs ``[first id, seq]``, both increasing (F3 ``born``)."""
+    if type(x) is not list:
+        return False
+    prev = (-1, -1)
+    for e in x:
+        if type(e) is not list or len(e) != 2 or not _ints(e):
+            return False
+        if e[0] <= prev[0] or e[1] < prev[1]:
+            return False
+        prev = (e[0], e[1])
+    return True
 
 
 def _opt_crcs(x: Any, n: int) -> bool:

@@ -151,6 +151,7 @@ def install_checkpoint(root: str, state: State, gen: int) -> None:
     _durable.install(os.path.join(root, MANIFEST))
     state.gen = gen
     state.seq = _locking.snapshot_seq(gen, 0)
+    state.at_manifest()
     _durable.install(os.path.join(root, JOURNAL))
 
 
@@ -190,7 +191,7 @@ def _reap_guarded(state: State, blocks: BlockFiles, probe: _locking.ReaderProbe)
     verdict: dict[tuple[int, int], bool] = {}
     gone = []
     for bid in state.free:
-        span = (state.born.get(bid, 0), state.freed_at.get(bid, state.seq + 1))
+        span = (state.birth(bid), state.freed_at.get(bid, state.seq + 1))
         if span not in verdict:
             verdict[span] = not probe.readers_in(*span)
         if verdict[span]:

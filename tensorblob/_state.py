@@ -46,6 +46,12 @@ class State:
     # there: (block id, byte offset, bytes). Readers lay them over their
     # private mappings (_blocks.BlockStore.logged). Almost always empty.
     logged: list[tuple[int, int, bytes]] = field(default_factory=list)
+    # Lower bounds of births, for blocks ``born`` has no entry for (F3
+    # ``born``): a block with id >= floor_ids[i] was first put in a slot at a
+    # sequence >= floor_seqs[i]. Ids increase. Block ids only grow, so each
+    # manifest adds one: its next_id, at its generation's first sequence.
+    floor_ids: list[int] = field(default_factory=list)
+    floor_seqs: list[int] = field(default_factory=list)
 
     def copy(self) -> State:
         """A copy that shares nothing mutable with this one (``logged`` is not copied)."""
@@ -62,7 +68,39 @@ class State:
             dict(self.born),
             dict(self.sums),
             self.arity,
+            floor_ids=list(self.floor_ids),
+            floor_seqs=list(self.floor_seqs),
         )
+
+    def birth(self, bid: int) -> int:
+        """The sequence at which block ``bid`` was first put in a slot, or a lower bound."""
+        b = self.born.get(bid)
+        if b is not None:
+            return b
+        i = bisect.bisect_right(self.floor_ids, bid) - 1
+        return self.floor_seqs[i] if i >= 0 else 0
+
+    def at_manifest(self) -> None:
+        """This state is (now) a manifest's: blocks from ``next_id`` on are born after
+        its generation began."""
+        seq = snapshot_seq(self.gen, 0)
+        if self.floor_ids and self.floor_ids[-1] >= self.next_id:  # no block since
+            self.floor_seqs[-1] = max(self.floor_seqs[-1], seq)
+        else:
+            self.floor_ids.append(self.next_id)
+            self.floor_seqs.append(seq)
+
+    def floors(self) -> list[list[int]]:
+        """The lower bounds of births a manifest of this state keeps (F3 ``born``): those
+        whose range of ids holds a block in a slot or in the free list, and the last."""
+        ids = sorted({*self.blocks, *self.free})
+        kept = []
+        last = len(self.floor_ids) - 1
+        for i, (lo, seq) in enumerate(zip(self.floor_ids, self.floor_seqs, strict=True)):
+            j = bisect.bisect_left(ids, lo)
+            if i == last or (j < len(ids) and ids[j] < self.floor_ids[i + 1]):
+                kept.append([lo, seq])
+        return kept
 
     def append_delta(self, n: int, block_size: int) -> dict[str, Any] | None:
         """The commit delta an append record growing this state to ``n`` rows stands for."""

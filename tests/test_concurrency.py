@@ -253,6 +253,78 @@ def test_a_newer_reader_does_not_hold_back_blocks_an_older_snapshot_never_had(tm
             assert torch.equal(reader[:], harness.rows(4, 2))
 
 
+def _hold_reader(path: str, ready: str, done: str) -> None:
+    with TensorBlob.open(path, "r") as reader:
+        want = reader[:]
+        with open(ready, "w") as f:
+            f.write(str(len(reader)))
+        while not os.path.exists(done):
+            time.sleep(0.01)
+        assert torch.equal(reader[:], want), "the held snapshot changed"
+    os._exit(0)
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 8])
+def test_a_reader_held_for_many_writer_sessions_holds_back_only_its_own_blocks(
+    tmp_path, monkeypatch, checkpoint_every
+):
+    """design.md, item 8: a collector that opens, overwrites a row in place (copy-on-write
+    of its block) and closes, session after session, next to a reader (another process)
+    that holds one snapshot all along. Blocks copied and freed after the reader's snapshot
+    are deleted once freed, also those a later session found in the manifest."""
+    from tensorblob import _durability  # noqa: PLC0415
+
+    # Checkpoint at every close, or at every 8th: the manifest then holds the new blocks.
+    monkeypatch.setattr(_durability, "CLOSE_CHECKPOINT_RECORDS", 3 * checkpoint_every)
+    path = str(tmp_path / "blob")
+    with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=B) as w:
+        w.write(harness.rows(5 * B, 1))  # 5 blocks
+    ready, done = str(tmp_path / "ready"), str(tmp_path / "done")
+    reader = _spawn(_hold_reader, path, ready, done)
+    while not os.path.exists(ready):
+        time.sleep(0.01)
+    for i in range(40):
+        with TensorBlob.open(path, "r+") as w:
+            w.seek((i % 5) * B)
+            w.write(harness.rows(1, 100 + i))  # copies block i % 5 and frees its old copy
+    on_disk = {parse_block_name(n) for n in os.listdir(os.path.join(path, "blocks"))}
+    assert set(range(5)) <= on_disk, "a block of the reader's snapshot was deleted"
+    with open(done, "w") as f:
+        f.write("done")
+    _join_ok([reader])
+    # The 5 live blocks and the reader's 5; at most a few freed since the last checkpoint.
+    assert len(on_disk) <= 10 + checkpoint_every, sorted(on_disk)
+    with TensorBlob.open(path, "a"):
+        pass
+    assert len(os.listdir(os.path.join(path, "blocks"))) == 5
+
+
+def test_a_manifests_lower_bounds_of_births_are_checked_when_it_is_read(tmp_path, monkeypatch):
+    """format.md F3 ``born``: written at checkpoints, ids increasing; a manifest whose list
+    is out of order is damaged (CorruptBlobError naming it), like any other bad key."""
+    from tensorblob import CorruptBlobError, _durability, _format  # noqa: PLC0415
+
+    monkeypatch.setattr(_durability, "CLOSE_CHECKPOINT_RECORDS", 0)  # every close
+    path = str(tmp_path / "blob")
+    with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=B) as w:
+        w.write(harness.rows(3 * B, 1))
+        w.flush()
+        w.seek(0)
+        w.write(harness.rows(1, 2))  # a copy-on-write: block 3 replaces block 0
+    with TensorBlob.open(path, "a") as w:  # loads generation 2, whose next_id is 4
+        w.write(harness.rows(1, 3))
+    manifest = os.path.join(path, "manifest")
+    with open(manifest, "rb") as f:
+        body = _format.decode_file(_format.MAGIC_MANIFEST, f.read(), "manifest")
+    # Blocks 0-2 were born in generation 1 or later, blocks from 4 on in generation 2.
+    assert body["born"] == [[0, 1 << 32], [4, 2 << 32]]
+    body["born"] = [[5, 1 << 32], [3, 1 << 32]]
+    with open(manifest, "wb") as f:
+        f.write(_format.encode_file(_format.MAGIC_MANIFEST, body))
+    with pytest.raises(CorruptBlobError, match="bad born list"):
+        TensorBlob.open(path, "r")
+
+
 # -- pickling and DataLoader workers -----------------------------------------------------
 
 
