@@ -27,6 +27,7 @@ def encode_manifest(
     have = state.sums
     if sums:
         have = {**have, **{e[0]: (e[1], tuple(e[2:])) for e in sums}}
+    seq = snapshot_seq(state.gen if gen is None else gen, 0)  # freed before this manifest
     full: list[int | list[int] | None] = []
     part: list[list[int] | None] = []
     for b in state.blocks:
@@ -44,6 +45,7 @@ def encode_manifest(
         "crc": full,
         "psum": part,
         "born": state.floors(),
+        "freed": [state.freed_at.get(b, seq) for b in state.free],
     }
     return _format.encode_file(_format.MAGIC_MANIFEST, body)
 
@@ -89,7 +91,7 @@ def _decode_manifest(  # noqa: PLR0917 - the file and what it must match
         body["free"],
         body["next_id"],
         seq,
-        dict.fromkeys(body["free"], seq),
+        dict(zip(body["free"], body.get("freed") or [seq] * len(body["free"]), strict=True)),
         arity=arity,
     )
     for b, c in zip(body["blocks"], body.get("crc", []), strict=False):

@@ -131,6 +131,8 @@ def check_manifest(m: dict[str, Any], what: str) -> None:
     require(psum is None or _opt_sums(psum, len(blocks)), what, "bad psum list")
     born = m.get("born")  # absent in older manifests: no lower bounds of births
     require(born is None or _floors(born), what, "bad born list")
+    freed = m.get("freed")  # absent in older manifests: freed at the manifest's generation
+    require(freed is None or (_ints(freed) and len(freed) == len(free)), what, "bad freed list")
 
 
 def _floors(x: Any) -> bool:

@@ -299,9 +299,39 @@ def test_a_reader_held_for_many_writer_sessions_holds_back_only_its_own_blocks(
     assert len(os.listdir(os.path.join(path, "blocks"))) == 5
 
 
+def test_a_freed_block_kept_over_a_checkpoint_keeps_when_it_was_freed(tmp_path, monkeypatch):
+    """A block freed while an old reader held it stays in the free list over a checkpoint.
+    The manifest keeps the sequence that freed it (``freed``), not the checkpoint's: a
+    reader opened after the freeing does not hold it back once the old reader closes.
+    (Readers that keep reopening would otherwise hold such blocks for ever.)"""
+    from tensorblob import _durability  # noqa: PLC0415
+
+    path = str(tmp_path / "blob")
+    blocks = os.path.join(path, "blocks")
+    with TensorBlob.open(path, "w", dtype="float32", shape=3, block_size=B) as w:
+        w.write(harness.rows(2 * B, 1))
+    old = TensorBlob.open(path, "r")
+    with TensorBlob.open(path, "r+") as w:  # frees block 0; no checkpoint at this close
+        w.write(harness.rows(1, 2))
+    new = TensorBlob.open(path, "r")  # a snapshot after the freeing
+    monkeypatch.setattr(_durability, "CLOSE_CHECKPOINT_RECORDS", 0)
+    with TensorBlob.open(path, "a") as w:  # checkpoints with block 0 still held by `old`
+        w.write(harness.rows(1, 3))
+    assert 0 in {parse_block_name(n) for n in os.listdir(blocks)}
+    old.close()
+    with TensorBlob.open(path, "a") as w:
+        w.write(harness.rows(1, 4))
+    assert 0 not in {parse_block_name(n) for n in os.listdir(blocks)}
+    want = harness.rows(2 * B, 1)
+    want[0] = harness.rows(1, 2)[0]
+    assert torch.equal(new[:], want)  # its snapshot: block 0's copy, block 1
+    new.close()
+
+
 def test_a_manifests_lower_bounds_of_births_are_checked_when_it_is_read(tmp_path, monkeypatch):
-    """format.md F3 ``born``: written at checkpoints, ids increasing; a manifest whose list
-    is out of order is damaged (CorruptBlobError naming it), like any other bad key."""
+    """format.md F3 ``born`` and ``freed``: written at checkpoints; a manifest whose
+    ``born`` is out of order, or whose ``freed`` is not aligned with ``free``, is damaged
+    (CorruptBlobError), like any other bad key."""
     from tensorblob import CorruptBlobError, _durability, _format  # noqa: PLC0415
 
     monkeypatch.setattr(_durability, "CLOSE_CHECKPOINT_RECORDS", 0)  # every close
@@ -318,11 +348,12 @@ def test_a_manifests_lower_bounds_of_births_are_checked_when_it_is_read(tmp_path
         body = _format.decode_file(_format.MAGIC_MANIFEST, f.read(), "manifest")
     # Blocks 0-2 were born in generation 1 or later, blocks from 4 on in generation 2.
     assert body["born"] == [[0, 1 << 32], [4, 2 << 32]]
-    body["born"] = [[5, 1 << 32], [3, 1 << 32]]
-    with open(manifest, "wb") as f:
-        f.write(_format.encode_file(_format.MAGIC_MANIFEST, body))
-    with pytest.raises(CorruptBlobError, match="bad born list"):
-        TensorBlob.open(path, "r")
+    assert len(body["freed"]) == len(body["free"])
+    for key, bad in (("born", [[5, 1 << 32], [3, 1 << 32]]), ("freed", [*body["freed"], 7])):
+        with open(manifest, "wb") as f:
+            f.write(_format.encode_file(_format.MAGIC_MANIFEST, {**body, key: bad}))
+        with pytest.raises(CorruptBlobError, match=f"bad {key} list"):
+            TensorBlob.open(path, "r")
 
 
 # -- pickling and DataLoader workers -----------------------------------------------------
