@@ -1666,3 +1666,18 @@ def test_a_journal_replaced_by_another_history_of_the_same_manifest_is_replayed_
     got = _snapshot.load(a, meta)
     assert got.state.length == 26
     assert got.state == _fresh(a, meta).state
+
+
+def test_a_transaction_entered_and_dropped_is_over_at_once(path):
+    """guide.md: ``blob.transaction().__enter__()`` with the object dropped is rolled back
+    when Python closes it, at once; the next write is a transaction of its own."""
+    with TensorBlob.open(path, "w", dtype="float32", shape=(2,)) as blob:
+        blob.write(torch.zeros(2))
+        blob.transaction().__enter__()
+        blob.write(torch.ones(3, 2))
+        with TensorBlob.open(path, "r") as reader:
+            assert len(reader) == 4  # committed already: no transaction was open
+        with blob.transaction():  # and a new one starts cleanly
+            blob.write(torch.ones(2))
+    with TensorBlob.open(path, "r") as reader:
+        assert len(reader) == 5
