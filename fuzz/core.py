@@ -207,14 +207,21 @@ def materialize(snap: Snap, world: str) -> None:
             f.write(data)
 
 
+def _lock_file(rel: str) -> bool:
+    """``rel`` is the lock file of the blob, or of its hidden build or tombstone directory:
+    its contents (the owner's pid) are informational and differ from run to run."""
+    d = os.path.dirname(rel)
+    return os.path.basename(rel) == "lock" and (d == BLOB or d.startswith(f".{BLOB}."))
+
+
 def image_key(snap: Snap, *extra: Any) -> bytes:
-    """A digest of a crash image (the lock file's informational contents excluded)."""
+    """A digest of a crash image (the lock files' informational contents excluded)."""
     h = hashlib.blake2b(digest_size=16)
     dirs, files = snap
     h.update(repr(dirs).encode())
     for rel in sorted(files):
         h.update(rel.encode() + b"\0")
-        if rel != os.path.join(BLOB, "lock"):
+        if not _lock_file(rel):
             h.update(files[rel])
         h.update(b"\1")
     h.update(repr(extra).encode())
@@ -443,7 +450,7 @@ def verify_sigkill(world: str, ops: list[list[Any]], tr: Trace, n: int, start: S
     """Kill a real child at step ``n`` and compare what it left with the traced image ``n``.
 
     Returns a description of the difference, or None if they are the same
-    (the lock file's informational contents aside).
+    (the lock files' informational contents aside).
     """
     materialize(start, world)
     run = trace(world, ops, crash_at=n)
@@ -452,9 +459,8 @@ def verify_sigkill(world: str, ops: list[list[Any]], tr: Trace, n: int, start: S
     got = snapshot(world)
     want, _, _ = tr.at(n)
     if image_key(got) != image_key(want):
-        lock = os.path.join(BLOB, "lock")
         files = set(got[1]) | set(want[1])
-        differ = sorted(f for f in files if f != lock and got[1].get(f) != want[1].get(f))
+        differ = sorted(f for f in files if not _lock_file(f) and got[1].get(f) != want[1].get(f))
         return f"SIGKILL at step {n}: {differ or 'directories'} differ from the traced image"
     return None
 
