@@ -22,7 +22,7 @@ import torch
 
 from ._blockfiles import BlockFiles, sum_mismatch
 from ._meta import Meta
-from .errors import BlobOSError, CorruptBlobError, os_error
+from .errors import NOTHING_COMMITTED, BlobOSError, CorruptBlobError, from_os_error
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _madvise = getattr(_libc, "madvise", None)
@@ -304,31 +304,27 @@ class BlockStore(BlockFiles):
         """The library's error for block file ``path`` that exists but cannot be mapped.
 
         torch's error carries no errno: the same mapping, made with Python's
-        ``mmap``, gives the system's reason.
+        ``mmap``, gives the system's reason, and ``from_os_error`` its class.
         """
-        code = None
         try:
             with open(path, "r+b" if self.writable else "rb") as f:
                 access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_COPY
                 mmap.mmap(f.fileno(), self.nbytes, access=access).close()
         except OSError as err:
-            code = err.errno
-        why = os.strerror(code) if code is not None else str(exc)
-        todo = ""
-        if code == errno.ENOMEM:
-            todo = (
-                " The process is out of memory maps (the kernel's vm.max_map_count, "
-                f"{_map_limit()}) or address space. Each open handle keeps up to "
-                f"max_cached_blocks blocks mapped ({self.max_cached} here): close handles, "
-                "open them with a smaller max_cached_blocks, or raise vm.max_map_count."
-            )
-        return os_error(
-            BlobOSError,
-            code,
-            f"block file {path!r} cannot be mapped: {why}. Nothing of this call was committed."
-            + todo,
-            path,
-        )
+            err.filename = path  # mmap's error names no file
+            status = NOTHING_COMMITTED
+            if err.errno == errno.ENOMEM:
+                status += (
+                    " The process is out of memory maps (the kernel's vm.max_map_count, "
+                    f"{_map_limit()}) or address space. Each open handle keeps up to "
+                    f"max_cached_blocks blocks mapped ({self.max_cached} here): close "
+                    "handles, open them with a smaller max_cached_blocks, or raise "
+                    "vm.max_map_count."
+                )
+            root = os.path.dirname(self.dir)
+            kind = "database" if self.meta.db else "blob"
+            return from_os_error(err, root, "mapping a block file", status, kind=kind)
+        return BlobOSError(f"block file {path!r} cannot be mapped ({exc}). {NOTHING_COMMITTED}")
 
     def _verify(self, bid: int, data: tuple[np.ndarray, ...]) -> None:
         assert self.verify is not None

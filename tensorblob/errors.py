@@ -176,7 +176,7 @@ class BlobIOError(BlobOSError):
     """
 
 
-_NOTHING_COMMITTED = (
+NOTHING_COMMITTED = (
     "Nothing of this call was committed; every transaction committed before it is intact."
 )
 
@@ -185,7 +185,7 @@ def from_os_error(
     exc: OSError,
     blob: str,
     doing: str,
-    status: str = _NOTHING_COMMITTED,
+    status: str = NOTHING_COMMITTED,
     *,
     kind: str = "blob",
     usable: bool = False,
