@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 from harness import fake_boot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tensorblob
-from tensorblob import TensorBlob, TensorDB, _durable, _fast, _records
+from tensorblob import TensorBlob, TensorDB, _durable, _fast, _format, _records
 from tensorblob._blockfiles import block_name
 from tensorblob._journal import read_journal, scan_journal
 from tensorblob._meta import read_meta
@@ -183,6 +185,19 @@ def test_zero_padding_is_not_a_torn_tail_but_other_bytes_are(tmp_path):
     j = journal(path)
     assert j.torn
     assert j.size == j.end + 101
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 64), st.lists(st.integers(0, 80), max_size=3))
+def test_the_content_ends_after_the_last_byte_that_is_not_zero(data, end, marks):
+    """F5: zeros after the frames are padding; any other byte is content (a torn tail)."""
+    buf = bytearray(data) + bytes(16)
+    for m in marks:
+        if m < len(buf):
+            buf[m] = 7
+    end = min(end, len(buf))
+    want = end + len(bytes(buf[end:]).rstrip(b"\0"))
+    assert _format.content_end(bytes(buf), end) == want
 
 
 def test_logged_journal_is_bounded(tmp_path):
