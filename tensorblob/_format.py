@@ -26,7 +26,6 @@ import zlib
 from typing import Any
 
 import msgpack
-import numpy as np
 
 from ._records import RECORD_TYPES, append_record, corrupt
 from .errors import CorruptBlobError, NotABlobError, UnsupportedVersionError
@@ -248,9 +247,14 @@ def content_end(data: bytes, end: int) -> int:
     frames end): the journal's size without its zero padding (F5)."""
     if end >= len(data):
         return len(data)
-    # numpy, not bytes.rstrip: over 256 KiB of padding, 12 us against about 1 ms.
-    nonzero = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, offset=end))
-    return end + (int(nonzero[-1]) + 1 if nonzero.size else 0)
+    n = len(data) - end
+    # All padding, the common case: one memcmp (7 us over 256 KiB; rstrip takes 1 ms).
+    if n <= len(_ZEROS) and data.endswith(_ZEROS[:n]):
+        return end
+    return end + len(data[end:].rstrip(b"\0"))
+
+
+_ZEROS = memoryview(bytes(1 << 20))
 
 
 def intact_frames(data: bytes, pos: int, salt: int) -> list[dict[str, Any] | None]:
