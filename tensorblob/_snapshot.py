@@ -92,32 +92,56 @@ def load(root: str, meta: Meta) -> Loaded:
     )
 
 
-def _last_durable(
-    records: list[dict[str, Any]], end: int | None = None, *, in_blocks: bool = False
-) -> int:
-    """Index of the last durable marker (a sync or ``d`` record) below ``end``; -1 if none.
+@dataclass
+class _Scan:
+    """What the boot rule (F9) and a replay need to know of a journal's first ``count``
+    records. Extended record by record, so that a reader that refreshes while a writer
+    commits scans only the new records (design.md, item 22)."""
 
-    ``in_blocks``: the last one that also says every committed row is in the
-    block files, which a record with logged rows (``r``, F6) does not.
-    """
-    for i in range(len(records) if end is None else end)[::-1]:
-        rec = records[i]
-        if rec["t"] == _records.REC_SYNC or (rec.get("d") and not (in_blocks and "r" in rec)):
-            return i
-    return -1
+    now: str  # this boot's id
+    count: int = 0
+    durable: int = -1  # the last durable marker (a sync record, or ``d``)
+    in_blocks: int = -1  # the last block-durable marker (a sync record, or ``d`` without ``r``)
+    sync: int = -1  # the last sync record
+    boot: str | None = None  # the boot a record without its own inherits: its session's
+    foreign: int = -1  # the first record after ``durable`` written in another boot, if any
+    logged: list[tuple[int, str | None]] = field(default_factory=list)  # ``r`` after in_blocks
 
+    def extend(self, records: list[dict[str, Any]]) -> _Scan:
+        """This scan, extended over ``records[count:]`` (a copy: the original is kept)."""
+        sc = _Scan(**{**vars(self), "logged": list(self.logged)})
+        SYNC, OPEN = _records.REC_SYNC, _records.REC_OPEN
+        for i in range(sc.count, len(records)):
+            rec = records[i]
+            t, b = rec["t"], rec.get("b")
+            if t == OPEN:
+                sc.boot = b
+            elif b is None:
+                b = sc.boot
+            if t == SYNC or rec.get("d"):
+                sc.durable, sc.foreign = i, -1
+                if t == SYNC:
+                    sc.sync = i
+                if t == SYNC or "r" not in rec:
+                    sc.in_blocks, sc.logged = i, []
+            elif b != sc.now and sc.foreign < 0:
+                sc.foreign = i
+            if "r" in rec:
+                sc.logged.append((i, b))
+        sc.count = len(records)
+        return sc
 
-def _boots(records: list[dict[str, Any]]) -> list[str | None]:
-    """The boot each record was written in (F9: its own ``b``, else its session's)."""
-    out, boot = [], None
-    for rec in records:
-        b = rec.get("b")
-        if rec["t"] == _records.REC_OPEN:
-            boot = b
-        elif b is None:
-            b = boot
-        out.append(b)
-    return out
+    @property
+    def keep(self) -> int:
+        """How many leading records ``load`` applies (``applied``)."""
+        return self.count if self.foreign < 0 else self.durable + 1
+
+    def redo(self) -> set[int]:
+        """Kept records whose logged rows (``r``, F6) may be missing from the block files:
+        after the last block-durable marker, written in another boot (the same boot's
+        rows are in the page cache, if not on disk)."""
+        keep, now = self.keep, self.now
+        return {i for i, b in self.logged if i < keep and b != now}
 
 
 def applied(records: list[dict[str, Any]]) -> int:
@@ -128,63 +152,61 @@ def applied(records: list[dict[str, Any]]) -> int:
     A record's boot is its own ``b`` (records before 0.2) or else that of the
     open record that started its writer's session.
     """
-    last_durable = _last_durable(records)
-    if last_durable == len(records) - 1:
-        return len(records)
-    now = _durable.boot_id()
-    for i, b in enumerate(_boots(records)):
-        if i > last_durable and b != now:
-            return last_durable + 1
-    return len(records)
+    return _Scan(_durable.boot_id()).extend(records).keep
 
 
 @dataclass
 class _Replayed:
-    """Where a replay of one manifest and journal stood after a sync record."""
+    """A replay of one manifest and a journal's first ``count`` records, all of them kept."""
 
     manifest: State
-    count: int  # records replayed: the last is a sync record
-    last: dict[str, Any]  # that record, as decoded (the journal's decode shares it)
+    scan: _Scan  # of those records
+    last: dict[str, Any]  # the last of them, as decoded (the journal's decode shares it)
     state: State
     kept: int
+    dirty: set[int]  # blocks written by its commits after its last block-durable marker
 
 
 _REPLAYED: dict[str, _Replayed] = {}
 _RESUME_MIN = 16  # records: a replay of fewer is not remembered or resumed
 
 
-def _resume(state: State, records: list[dict[str, Any]], keep: int, cache: str) -> _Replayed | None:
-    """The replay of ``records`` up to a sync record that ``load`` made last time from
-    this manifest (design.md, item 22): every record before a sync record is
-    applied the same way whatever follows it (no logged rows to redo, none dirty)."""
+def _resume(state: State, records: list[dict[str, Any]], cache: str) -> _Replayed | None:
+    """The replay of the first records of ``records`` that ``load`` made last time from
+    this manifest, in this boot (design.md, item 22): records already applied are
+    applied the same way whatever follows them."""
     hit = _REPLAYED.get(cache)
-    if hit is None or hit.count > keep or records[hit.count - 1] is not hit.last:
+    if hit is None:
+        return None
+    n = hit.scan.count
+    if n > len(records) or records[n - 1] is not hit.last or hit.scan.now != _durable.boot_id():
         return None
     return hit if hit.manifest == state else None
 
 
 def _replay(state: State, journal: JournalImage, meta: Meta, *, cache: str | None = None) -> Loaded:
     records = journal.records
-    keep = applied(records)
+    hit = _resume(state, records, cache) if cache is not None else None
+    scan = (hit.scan if hit else _Scan(_durable.boot_id())).extend(records)
+    keep = scan.keep
+    if hit is not None and hit.scan.count > keep:  # its records are no longer all kept
+        hit = None
     discarded = sum(rec["t"] in _records.COMMITS for rec in records[keep:])
-    B, APPEND, SYNC, i = meta.block_size, _records.REC_APPEND, _records.REC_SYNC, 0
-    if keep < _RESUME_MIN:  # a short journal replays faster than the copies cost
-        cache = None
-    hit = _resume(state, records, keep, cache) if cache is not None else None
-    last_sync = next((k for k in range(keep)[::-1] if records[k]["t"] == SYNC), -1)
-    manifest = None  # the manifest, to remember a replay up to the last sync record
-    if cache is not None and (hit is None or hit.count <= last_sync):
-        manifest = state if hit is not None else state.copy()  # a hit leaves it as read
+    B, APPEND, i = meta.block_size, _records.REC_APPEND, 0
+    manifest = state if hit is not None else state.copy() if cache is not None else None
+    loaded = Loaded(state, journal, discarded=discarded)
+    # Rows of commits after this marker may be only in the page cache (or, for
+    # records with logged rows, in those records): recovery fsyncs their blocks.
+    last_durable = scan.in_blocks
     if hit is not None:
-        state, i = hit.state.copy(), hit.count
+        state, i, loaded.kept = hit.state.copy(), hit.scan.count, hit.kept
+        if last_durable < i:  # the same marker as before: its dirty blocks still are
+            loaded.dirty = set(hit.dirty)
+        loaded.state = state
     # Snapshots are numbered in the journal's generation, which a rotation
     # moved past the manifest's (F7): the state takes it on.
     state.gen = journal.gen
-    loaded = Loaded(state, journal, kept=hit.kept if hit else 0, discarded=discarded)
-    # Rows of commits after this marker may be only in the page cache (or, for
-    # records with logged rows, in those records): recovery fsyncs their blocks.
-    last_durable = _last_durable(records, keep, in_blocks=True)
-    redo = _redo_from(records, keep, last_durable)
+    redo = scan.redo()
     what = f"journal of generation {journal.gen}"
     while i < keep:
         j = i + 1
@@ -193,8 +215,11 @@ def _replay(state: State, journal: JournalImage, meta: Meta, *, cache: str | Non
             written = state.apply(records[i], B, what)
             state.logged.extend(_logged_chunks(state, meta, pos, records[i], what))
         elif records[i]["t"] == APPEND:  # a run of appends (a collector's commits): one pass
-            # The run stops after the last durable marker, which may be an append.
-            while j < keep and j != last_durable + 1 and records[j]["t"] == APPEND:
+            # The run stops after the last durable marker, which may be an append,
+            # and before logged rows to redo.
+            while (
+                j < keep and j != last_durable + 1 and records[j]["t"] == APPEND and j not in redo
+            ):
                 j += 1
             written = state.apply_appends(records[i:j], B, what)
         else:
@@ -203,11 +228,14 @@ def _replay(state: State, journal: JournalImage, meta: Meta, *, cache: str | Non
             loaded.kept += j - i
             if i > last_durable:
                 loaded.dirty.update(written)
-        if i == last_sync and manifest is not None:
-            _remember(cache, _Replayed(manifest, j, records[i], state.copy(), loaded.kept))
         i = j
     if loaded.kept:
         state.validate(meta.block_size, f"{what}: after replay")
+    if manifest is not None and keep == len(records) >= _RESUME_MIN and not redo:
+        _remember(
+            cache,
+            _Replayed(manifest, scan, records[-1], state.copy(), loaded.kept, set(loaded.dirty)),
+        )
     return loaded
 
 
@@ -215,17 +243,6 @@ def _remember(cache: Any, replayed: _Replayed) -> None:
     if len(_REPLAYED) >= 64:
         _REPLAYED.clear()
     _REPLAYED[cache] = replayed
-
-
-def _redo_from(records: list[dict[str, Any]], keep: int, last_in_blocks: int) -> set[int]:
-    """Indices of the kept records whose logged rows (``r``, F6) may be missing from the
-    block files: after the last marker that put every row in them, written in another
-    boot (the same boot's rows are in the page cache, if not on disk)."""
-    idx = [i for i in range(last_in_blocks + 1, keep) if "r" in records[i]]
-    if not idx:
-        return set()
-    now, boots = _durable.boot_id(), _boots(records)
-    return {i for i in idx if boots[i] != now}
 
 
 def _logged_chunks(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness import fake_boot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,7 @@ from tensorblob import (
     TensorBlob,
     TensorBlobError,
     UnsupportedOperationError,
+    _durability,
     _durable,
     _format,
     _journal,
@@ -1644,6 +1646,81 @@ def test_a_grown_journal_decoded_and_replayed_from_where_it_grew_equals_a_whole_
         f.write(bytes([last[0] ^ 0xFF]))
     after = agree()
     assert len(after.journal.records) == len(before.journal.records) - 1
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_a_replay_resumed_in_mid_session_equals_a_whole_one(tmp_path, sync, monkeypatch):
+    """A reader that reloads after every commit of one long session resumes the replay
+    where its last one ended, with no sync record in between (design.md item 22), and
+    gets exactly what a whole replay gives: appends, overwrites, truncates, flush(),
+    logged rows (``sync="full"``), a rotation, and the same journal seen after a reboot."""
+    path = str(tmp_path / "b")
+    w = TensorBlob.open(path, "w", dtype="int32", shape=2, block_size=4, sync=sync)
+    meta = read_meta(path)
+
+    def agree():
+        got = _snapshot.load(path, meta)
+        want = _fresh(path, meta)
+        assert got.journal == want.journal
+        assert got.state == want.state
+        assert (got.kept, got.discarded, got.dirty) == (want.kept, want.discarded, want.dirty)
+        return got
+
+    resumed = dropped = 0
+    for n in range(1, 160):
+        if n % 13 == 0:
+            w.flush()
+        elif n % 17 == 0:
+            w.truncate(len(w) - 2)
+        elif n % 5 == 0:
+            w.seek(max(0, len(w) - 5))
+            w.write(torch.full((3, 2), -n, dtype=torch.int32))  # an overwrite across blocks
+            w.seek(0, os.SEEK_END)
+        else:
+            w.write(torch.full((1 + n % 2, 2), n, dtype=torch.int32))
+        hit = _snapshot._REPLAYED.get(path)
+        got = agree()
+        resumed += hit is not None and hit.scan.count < len(got.journal.records)
+        if n % 40 == 3:  # the same records, seen by a process that believes the machine rebooted
+            with fake_boot("another-boot"):
+                seen = agree()  # normal: commits after the last durable point dropped;
+                dropped += seen.discarded > 0 or bool(seen.state.logged)  # full: rows redone
+            agree()
+    assert resumed > 50
+    assert dropped
+    monkeypatch.setattr(_durability, "CHECKPOINT_RECORDS", 40)  # a rotation or a checkpoint
+    for n in range(60):
+        w.write(torch.full((1, 2), n, dtype=torch.int32))
+        agree()
+    w.close()
+    agree()
+
+
+def test_a_session_after_a_reboot_keeps_its_commits_after_the_old_boots_records(tmp_path):
+    """F9: the boot rule looks only after the last durable marker. A collector started
+    again after a reboot appends to a journal that holds closed sessions of the old boot;
+    its commits, not yet durable, are kept by every reader of this boot, and after its
+    death too (the page cache holds their rows)."""
+    path = str(tmp_path / "b")
+    with fake_boot("old-boot"):
+        with TensorBlob.open(path, "w", dtype="int32", shape=2, block_size=4) as w:
+            w.write(torch.zeros(3, 2, dtype=torch.int32))
+        with TensorBlob.open(path, "a") as w:
+            w.write(torch.ones(2, 2, dtype=torch.int32))
+    meta = read_meta(path)
+    w = TensorBlob.open(path, "a")
+    for n in range(30):
+        w.write(torch.full((1, 2), n, dtype=torch.int32))
+        with TensorBlob.open(path, "r") as r:  # resumed from the last load after a few
+            assert len(r) == 6 + n
+        assert _fresh(path, meta).state.length == 6 + n
+    boots = [r.get("b") for r in _snapshot.load(path, meta).journal.records if r["t"] == "o"]
+    assert boots[0] == "old-boot"
+    assert boots[-1] != "old-boot"
+    w._abandon()  # killed
+    with TensorBlob.open(path, "r") as r:
+        assert len(r) == 35
+        assert r[-1].tolist() == [29, 29]
 
 
 def test_a_journal_replaced_by_another_history_of_the_same_manifest_is_replayed_whole(tmp_path):
