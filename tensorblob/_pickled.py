@@ -59,8 +59,9 @@ def _unpickle_reader(cls: type[H], path: str, state: State, pos: int, max_cached
     """A reader on exactly the pickled snapshot ``state``; SnapshotGoneError if it is gone."""
     if not os.path.isdir(path):
         raise SnapshotGoneError(
-            f"cannot unpickle a reader of blob {path!r}: the blob was deleted since "
-            "(open it again if it was created anew)"
+            f"cannot unpickle a reader of blob {path!r}: nothing is there. The blob was "
+            "deleted since, or this process does not see that path (another machine or "
+            "mount namespace)"
         )
     blob = cls.__new__(cls)
     meta = read_meta(path)

@@ -284,7 +284,8 @@ class DistributedBlobSampler(Sampler):
         """The position the training loop reached in this epoch, to resume from it.
 
         ``position`` is how much of the epoch's order the ranks have consumed
-        together (``length`` when the epoch is done), assuming every rank
+        together (at the end of the epoch ``length``, less the indices that
+        ``drop_last`` leaves out), assuming every rank
         consumed the same number of batches, as DDP steps do. So the state is
         the same on every rank, and rank 0's can be loaded on all of them,
         with any number of ranks, batch size or DataLoader workers.

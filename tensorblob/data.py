@@ -93,13 +93,20 @@ def _remote_error(what: tuple[str, str], context: str) -> TensorBlobError:
     return cls(f"{context}: {name}: {message}")
 
 
-def _exchange(make: Callable[[], Any], src: int, ranks: list[int], group: Any) -> Any:
+def _exchange(
+    make: Callable[[], Any],
+    src: int,
+    ranks: list[int],
+    group: Any,
+    check: Callable[[], None] | None = None,
+) -> Any:
     """Give every rank a reader on the snapshot ``make()`` builds on ``src``, or raise on all.
 
-    On ``src``, ``make()`` returns a reader of its own. Every other rank
-    unpickles it, taking its own lease. Then every rank reports, which is the
-    barrier: ``src`` keeps its lease until all others hold theirs. Any
-    failure is raised on every rank and leaves no reader open.
+    On ``src``, ``make()`` returns a reader of its own. Every other rank runs
+    ``check()`` (if given), then unpickles it, taking its own lease. Then
+    every rank reports, which is the barrier: ``src`` keeps its lease until
+    all others hold theirs. Any failure is raised on every rank and leaves
+    no reader open.
     """
     me = dist.get_rank()
     local = mine = None
@@ -122,6 +129,8 @@ def _exchange(make: Callable[[], Any], src: int, ranks: list[int], group: Any) -
         raise _remote_error(failed, f"rank {src} could not share its snapshot")
     if me != src:
         try:
+            if check is not None:
+                check()
             local = pickle.loads(payload)
         except Exception as exc:
             mine = exc
@@ -181,8 +190,8 @@ def shared_snapshot(blob: Any, *, src: int = 0, group: Any = None) -> SharedRead
         InvalidArgumentError: torch.distributed is not initialized, or ``src``
             or this rank is not in the group.
         UnsupportedOperationError: ``blob`` on ``src`` is open for writing.
-        SnapshotGoneError: the snapshot could not be held on some rank.
-        BlobNotFoundError: the blob is not at its path on some rank.
+        SnapshotGoneError: the snapshot could not be held on some rank (also
+            when a rank finds nothing at the path).
     """
     src, ranks = _members(src, group)
     reader = _exchange(lambda: _copy_of(blob), src, ranks, group)
@@ -216,11 +225,12 @@ class SharedReader:
         fails, every rank raises and keeps the one it had.
 
         Raises:
-            BlobClosedError: the reader is closed.
+            BlobClosedError: the reader is closed on some rank.
             SnapshotGoneError: the new snapshot could not be held on some rank.
         """
         src, ranks = _members(self._src, self._group)
-        new = _exchange(lambda: _fresh(self._reader), src, ranks, self._group)
+        reader = self._reader
+        new = _exchange(lambda: _fresh(reader), src, ranks, self._group, reader._check_open)
         old, self._reader = self._reader, new
         old.close()
         return len(new)

@@ -154,6 +154,27 @@ def _run(tmp: Path, path: str, cfg: dict[str, Any], expect: int = 0) -> None:
     assert [p.exitcode for p in procs] == [expect] * WORLD
 
 
+def _closed_rank_main(rank: int, rdzv: str, path: str, out: str, closed: int) -> None:
+    """Rank ``closed`` closes its shared reader; then every rank refreshes (collective)."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{rdzv}", rank=rank, world_size=WORLD,
+        timeout=timedelta(seconds=30),
+    )  # fmt: skip
+    shared = shared_snapshot(TensorBlob.open(path, "r") if rank == 0 else None, src=0)
+    if rank == closed:
+        shared.close()
+    try:
+        shared.refresh()
+        got = "returned"
+    except Exception as exc:
+        got = type(exc).__name__
+    kept = None if rank == closed else len(shared)  # the snapshot it had
+    with open(os.path.join(out, f"closed{closed}-rank{rank}.json"), "w") as f:
+        json.dump({"refresh": got, "len": kept}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _log(tmp: Path, run: str, rank: int, epoch: int) -> list[dict[str, Any]]:
     with open(tmp / f"{run}-rank{rank}-epoch{epoch}.jsonl") as f:
         return [json.loads(line) for line in f]
@@ -301,6 +322,30 @@ def small(tmp_path: Path) -> str:
     with TensorBlob.open(path, "w", dtype="int64", shape=3, block_size=4) as w:
         w.write(row(torch.arange(10)))
     return path
+
+
+@pytest.mark.parametrize("closed", [0, 1])
+def test_a_refresh_with_a_closed_reader_on_any_rank_raises_on_every_rank(tmp_path, small, closed):
+    """ddp.md: if any rank fails, every rank raises and keeps the snapshot it had. A
+    reader closed on a rank other than ``src`` must not be reopened by the refresh."""
+    rdzv = str(tmp_path / f"rdzv-closed{closed}")
+    procs = [
+        _ctx().Process(target=_closed_rank_main, args=(r, rdzv, small, str(tmp_path), closed))
+        for r in range(WORLD)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in procs] == [0] * WORLD
+    for r in range(WORLD):
+        with open(tmp_path / f"closed{closed}-rank{r}.json") as f:
+            got = json.load(f)
+        assert got["refresh"] == "BlobClosedError", (r, got)
+        assert got["len"] == (None if r == closed else 10)
 
 
 def test_a_shared_reader_holds_its_own_lease_and_refreshes_collectively(world1, small):
