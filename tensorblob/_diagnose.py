@@ -197,7 +197,7 @@ def _replay(sc: Scan, m: State, meta: Meta) -> None:
     reason = j.bad_reason
     while True:  # the library's own replay decides; we only look for where it fails
         try:
-            loaded = _snapshot._replay(copy.deepcopy(m), j.image(cut), meta)
+            loaded = _snapshot._replay(copy.deepcopy(m), j.image(cut), meta, redo_all=True)
             break
         except CorruptBlobError:
             i, reason = _first_failure(m, j.records[:cut], meta)

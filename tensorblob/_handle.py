@@ -290,7 +290,7 @@ class Handle(Cursor, Transactions, Reader, Pickled):
         return _watch.wait_for(self, n, timeout)
 
     def _open_writer(self) -> None:
-        loaded = _snapshot.load(self._path, self._meta)
+        loaded = _snapshot.load(self._path, self._meta, redo_all=True)
         j = loaded.journal
         # A journal of format version 1 is checkpointed into a new one before
         # anything is appended: its readers would stop at an append record.

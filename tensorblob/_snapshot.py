@@ -73,8 +73,12 @@ def _gen(m: Any) -> int:
     return int(m.gen)
 
 
-def load(root: str, meta: Meta) -> Loaded:
-    """Read the newest committed snapshot (F9), as a reader does: changes nothing."""
+def load(root: str, meta: Meta, *, redo_all: bool = False) -> Loaded:
+    """Read the newest committed snapshot (F9), as a reader does: changes nothing.
+
+    ``redo_all`` (recovery): list every row logged after the last block-durable
+    marker in ``state.logged``, not only those of another boot (``_Scan.redo``).
+    """
     state, journal = consistent_read(
         lambda: read_manifest(root, meta.uuid, meta.block_size, len(meta.fields)),
         lambda: read_journal(root, meta.uuid),
@@ -82,7 +86,7 @@ def load(root: str, meta: Meta) -> Loaded:
     if journal.gen < state.gen:  # checkpoint between manifest and journal renames
         return Loaded(state, None)
     if journal.base == state.gen:  # after a checkpoint or a rotation (F7)
-        return _replay(state, journal, meta, cache=root)
+        return _replay(state, journal, meta, cache=root, redo_all=redo_all)
     copied = "manifest" if journal.base > state.gen else "journal"
     raise CorruptBlobError(
         f"journal of {root!r} follows generation {journal.base} but the manifest is "
@@ -136,12 +140,14 @@ class _Scan:
         """How many leading records ``load`` applies (``applied``)."""
         return self.count if self.foreign < 0 else self.durable + 1
 
-    def redo(self) -> set[int]:
+    def redo(self, every_boot: bool = False) -> set[int]:
         """Kept records whose logged rows (``r``, F6) may be missing from the block files:
         after the last block-durable marker, written in another boot (the same boot's
-        rows are in the page cache, if not on disk)."""
+        rows are in the page cache, if not on disk), or in any boot with ``every_boot``
+        (recovery: a block's writeback that failed with EIO, then an unmount, loses the
+        page cache's copy within a boot)."""
         keep, now = self.keep, self.now
-        return {i for i, b in self.logged if i < keep and b != now}
+        return {i for i, b in self.logged if i < keep and (every_boot or b != now)}
 
 
 def applied(records: list[dict[str, Any]]) -> int:
@@ -184,13 +190,20 @@ def _resume(state: State, records: list[dict[str, Any]], cache: str) -> _Replaye
     return hit if hit.manifest == state else None
 
 
-def _replay(state: State, journal: JournalImage, meta: Meta, *, cache: str | None = None) -> Loaded:
+def _replay(
+    state: State,
+    journal: JournalImage,
+    meta: Meta,
+    *,
+    cache: str | None = None,
+    redo_all: bool = False,
+) -> Loaded:
     records = journal.records
     hit = _resume(state, records, cache) if cache is not None else None
     scan = (hit.scan if hit else _Scan(_durable.boot_id())).extend(records)
     keep = scan.keep
-    if hit is not None and hit.scan.count > keep:  # its records are no longer all kept
-        hit = None
+    if hit is not None and (hit.scan.count > keep or (redo_all and scan.logged)):
+        hit = None  # its records are no longer all kept, or it redid none of theirs
     discarded = sum(rec["t"] in _records.COMMITS for rec in records[keep:])
     B, APPEND, i = meta.block_size, _records.REC_APPEND, 0
     manifest = state if hit is not None else state.copy() if cache is not None else None
@@ -206,7 +219,7 @@ def _replay(state: State, journal: JournalImage, meta: Meta, *, cache: str | Non
     # Snapshots are numbered in the journal's generation, which a rotation
     # moved past the manifest's (F7): the state takes it on.
     state.gen = journal.gen
-    redo = scan.redo()
+    redo = scan.redo(redo_all)
     what = f"journal of generation {journal.gen}"
     while i < keep:
         j = i + 1

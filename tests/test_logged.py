@@ -165,6 +165,26 @@ def test_after_a_power_cut_only_rows_logged_since_the_last_block_durable_marker_
     assert [(bid, off) for bid, off, _ in st.logged] == [(0, 4 * row_bytes), (0, 5 * row_bytes)]
 
 
+@pytest.mark.parametrize("how", ["open", "cli"])
+def test_recovery_rewrites_logged_rows_lost_within_the_same_boot(tmp_path, how):
+    """A block's writeback that fails (EIO) and an unmount lose the page cache's copy of
+    acknowledged sync="full" rows without a reboot: recovery, by a writer's open or by
+    `tensorblob recover`, writes every logged row since the last block-durable marker
+    back from the journal, whatever boot wrote it."""
+    path = str(tmp_path / "b")
+    _write_and_die(path, 9)
+    _lose_block_rows(path, 1, 9, 16)  # what the failed writeback left on the disk
+    if how == "open":
+        with TensorBlob.open(path, "a") as w:
+            assert any("logged in the journal" in a for a in w.recovery_actions)
+    else:
+        cli = [sys.executable, "-m", "tensorblob", "recover", path]
+        assert subprocess.run(cli, capture_output=True, check=False).returncode == 0
+    with TensorBlob.open(path, "r") as r:
+        assert torch.equal(r[:], rows(0, 9))
+    assert tensorblob.check(path, deep=True)["verdict"] == "clean"
+
+
 SCHEMA = {"obs": ("uint8", (3,)), "reward": ("float32", ())}
 
 
