@@ -270,7 +270,8 @@ def probe_lock(root: str) -> LockInfo:
         return LockInfo()
     info = LockInfo(exists=True)
     try:
-        info.text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        with contextlib.suppress(OSError):  # the owner line only informs (EIO, EISDIR)
+            info.text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
         info.held = _held(fd)
         if info.held:
             info.pid = _flock_holder(os.fstat(fd))

@@ -297,6 +297,21 @@ with blob.transaction():
     assert torch.equal(content(path), committed)
 
 
+def test_an_unreadable_lock_file_is_reported_not_a_traceback(run: Run, blob: Any) -> None:
+    """The lock file's owner line only informs: check and info read the blob without it
+    (an outside audit got EIO reading it; a directory in its place fails the same read)."""
+    path, data = blob
+    os.remove(os.path.join(path, "lock"))
+    os.mkdir(os.path.join(path, "lock"))
+    got = run.inspect(path)
+    assert got["check"][0] == 0, got["check"][1]
+    assert got["info_json"][1]["info"]["writer"]["lock_file_text"] in ("", None)
+    code, out = run("recover", path)
+    assert code == 1
+    assert "lock-failed" in out
+    assert torch.equal(content(path), data)
+
+
 def test_stale_lock_file_is_not_held_and_recover_proceeds(run: Run, blob: Any) -> None:
     path, data = blob
     Path(path, "lock").write_text("pid 99999 on otherhost")
