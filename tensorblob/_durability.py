@@ -67,6 +67,11 @@ _COMMITTED = (
     "This transaction is committed (it survives the death of this process, and power loss "
     "as sync= says)."
 )
+_FLUSH_FAILED = (
+    "Its record was written, but the flush that makes it survive power loss failed: whether "
+    "it survives (a power cut, or an unmount after this I/O error) is decided when the blob "
+    "is next opened. Every transaction before it survives as sync= says."
+)
 _COMMITTED_ALL = (
     "Every transaction so far is committed (each survives the death of this process; since "
     "the last flush() or close(), not necessarily power loss)."

@@ -16,7 +16,7 @@ import ctypes
 from typing import TYPE_CHECKING
 
 from . import _records
-from ._durability import _COMMITTED, _UNKNOWN
+from ._durability import _FLUSH_FAILED, _UNKNOWN
 from ._journal import sync_room
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class FastPaths:
                 raise self._give_up("writing the commit record", exc, _UNKNOWN) from exc
             raise  # nothing was written: not committed, and nothing to undo
         if self.full:  # the commit point for power loss
-            with self._poison_on_error("syncing the journal", _COMMITTED):
+            with self._poison_on_error("syncing the journal", _FLUSH_FAILED):
                 j.sync()
             m.logged += nbytes
         # Committed: memory follows through the one transition (State.apply,

@@ -35,7 +35,7 @@ import torch
 
 from . import _durable, _locking, _records, _recovery
 from ._blocks import BlockStore
-from ._durability import _BEFORE, _COMMITTED, _UNKNOWN, DurablePoints, Marks
+from ._durability import _BEFORE, _COMMITTED, _FLUSH_FAILED, _UNKNOWN, DurablePoints, Marks
 from ._fast import FastPaths
 from ._journal import JournalWriter
 from ._meta import Meta
@@ -231,6 +231,9 @@ class Engine(FastPaths, WriteWindow, DurablePoints):
         self._append(record, "writing the commit record", self._keep(len(written)))
         # The transaction is committed: memory follows, whatever fails below.
         self.txn = None
+        if self.full:  # Step 3: the commit point for power loss
+            with self._poison_on_error("syncing the journal", _FLUSH_FAILED):
+                self.journal.sync()
         with self._poison_on_error("completing a committed transaction", _COMMITTED):
             self._committed(t, record, dropped_private, written)
 
@@ -238,11 +241,9 @@ class Engine(FastPaths, WriteWindow, DurablePoints):
         self, t: _Txn, record: dict[str, Any], dropped_private: set[int], written: list[int]
     ) -> None:
         st = self.state
-        # Step 3: the commit point (power loss), "full" only.
-        if self.full:
-            self.journal.sync()
-        # Step 4: memory follows through the one transition (State.apply): the
-        # working state goes back to where the transaction began, and the
+        # Step 4 (after step 3, the journal's flush under "full"): memory
+        # follows through the one transition (State.apply): the working
+        # state goes back to where the transaction began, and the
         # record is applied to it, exactly as replay applies it. Then delete
         # the blocks made and dropped in the transaction.
         self._restore(t)

@@ -155,3 +155,30 @@ def test_a_durable_point_over_more_dirty_blocks_than_open_files_allowed(tmp_path
             assert torch.equal(r[:][:, 0], torch.arange(600, dtype=torch.float32))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("rows", [1, 40])  # a logged append; a commit by the general path
+def test_a_failed_flush_of_a_full_commit_does_not_claim_it_survives_power_loss(
+    tmp_path: Any, rows: int
+) -> None:
+    """The journal's fdatasync, the commit point for power loss under sync="full", fails:
+    the record is written, so the error must not say the transaction is durable."""
+    path = str(tmp_path / "b")
+    blob = TensorBlob.open(path, "w", dtype="float32", shape=(4,), block_size=16, sync="full")
+    blob.write(torch.zeros(2, 4))
+
+    def hook(step: str, p: str, extent: Any) -> None:
+        if step == "fdatasync" and os.path.basename(p) == "journal":
+            raise OSError(errno.EIO, "injected")
+
+    old = _durable.set_fault_hook(hook)
+    try:
+        with pytest.raises(BlobIOError) as got:
+            blob.write(torch.ones(rows, 4))
+    finally:
+        _durable.set_fault_hook(old)
+    assert got.value.errno == errno.EIO
+    assert "flush that makes it survive power loss failed" in str(got.value)
+    assert "This transaction is committed" not in str(got.value)
+    with TensorBlob.open(path, "r") as r:  # same boot: the next open decides (here: there)
+        assert len(r) == 2 + rows
