@@ -78,7 +78,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "commit-full-no-journal-fdatasync",
         "commit (full)",
         "step 3 removed: the journal is not fdatasynced after the commit record",
-        (_drop("_txn.py", "_committed", "self.journal.sync()"),),
+        (_drop("_txn.py", "commit", "self.journal.sync()"),),
     ),
     Mutation(
         "commit-full-frame-before-blocks",
@@ -89,10 +89,9 @@ MUTATIONS: tuple[Mutation, ...] = (
             _drop("_txn.py", "commit", "self.blocks.sync(synced, new_files=bool(kept_private))"),
             Edit(
                 "_txn.py",
-                "_committed",
-                "if self.full:\n            self.journal.sync()",
-                "if self.full:\n            self.blocks.sync(written, new_files=True)"
-                "\n            self.journal.sync()",
+                "commit",
+                "self.journal.sync()",
+                "self.blocks.sync(written, new_files=True)\n                self.journal.sync()",
             ),
         ),
     ),
