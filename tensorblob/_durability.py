@@ -315,11 +315,12 @@ class DurablePoints:
         self.broken = f"{what} failed ({why})"
         if status == _DURABLE_POINT:
             status = _DURABLE_FULL if self.full else _DURABLE_NORMAL
+        kind = "database" if self.meta.db else "blob"
         return os_error(
             BlobIOError,
             exc.errno if isinstance(exc, OSError) else None,
-            f"blob {self.root!r}: {self.broken}. {status} The handle is closed; reopen the "
-            "blob (or run `tensorblob recover`): the open recovers, losing nothing committed "
-            "that reached the disk",
+            f"{kind} {self.root!r}: {self.broken}. {status} The handle is closed; reopen the "
+            f"{kind} (or run `tensorblob recover`): the open recovers, losing nothing "
+            "committed that reached the disk",
             getattr(exc, "filename", None),
         )

@@ -18,7 +18,7 @@ import harness
 import pytest
 import torch
 
-from tensorblob import BlobClosedError, BlobIOError, TensorBlob, _durability, _durable
+from tensorblob import BlobClosedError, BlobIOError, TensorBlob, TensorDB, _durability, _durable
 from tensorblob._blockfiles import parse_block_name
 from tensorblob._meta import read_meta
 from tensorblob._snapshot import load
@@ -182,3 +182,22 @@ def test_a_failed_flush_of_a_full_commit_does_not_claim_it_survives_power_loss(
     assert "This transaction is committed" not in str(got.value)
     with TensorBlob.open(path, "r") as r:  # same boot: the next open decides (here: there)
         assert len(r) == 2 + rows
+
+
+def test_a_given_up_database_says_database(tmp_path: Any) -> None:
+    path = str(tmp_path / "db")
+    schema = {"x": ("float32", (2,)), "y": ("int64", ())}
+    db = TensorDB.open(path, "w", schema=schema, sync="full")
+
+    def hook(step: str, p: str, extent: Any) -> None:
+        if step == "fdatasync" and os.path.basename(p) == "journal":
+            raise OSError(errno.EIO, "injected")
+
+    old = _durable.set_fault_hook(hook)
+    try:
+        with pytest.raises(BlobIOError) as got:
+            db.write({"x": torch.zeros(2), "y": torch.tensor(1)})
+    finally:
+        _durable.set_fault_hook(old)
+    assert str(got.value).startswith(f"[Errno 5] database {path!r}: ")
+    assert "reopen the database" in str(got.value)
