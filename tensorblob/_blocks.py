@@ -322,8 +322,7 @@ class BlockStore(BlockFiles):
                     "vm.max_map_count."
                 )
             root = os.path.dirname(self.dir)
-            kind = "database" if self.meta.db else "blob"
-            return from_os_error(err, root, "mapping a block file", status, kind=kind)
+            return from_os_error(err, root, "mapping a block file", status, kind=self.meta.noun)
         return BlobOSError(f"block file {path!r} cannot be mapped ({exc}). {NOTHING_COMMITTED}")
 
     def _verify(self, bid: int, data: tuple[np.ndarray, ...]) -> None:

@@ -162,7 +162,7 @@ def _info(args: argparse.Namespace) -> int:
     out = sys.stdout
     meta = sc.meta
     rows = [
-        ("database" if meta is not None and meta.db else "blob", sc.root),
+        (meta.noun if meta is not None else "blob", sc.root),
         ("format", f"version {facts['format_version']}"),
     ]
     if meta is not None and meta.db:

@@ -315,7 +315,7 @@ class DurablePoints:
         self.broken = f"{what} failed ({why})"
         if status == _DURABLE_POINT:
             status = _DURABLE_FULL if self.full else _DURABLE_NORMAL
-        kind = "database" if self.meta.db else "blob"
+        kind = self.meta.noun
         return os_error(
             BlobIOError,
             exc.errno if isinstance(exc, OSError) else None,

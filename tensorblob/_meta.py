@@ -244,6 +244,11 @@ class Meta:
     def kind(self) -> str:
         return "TensorDB" if self.db else "TensorBlob"
 
+    @property
+    def noun(self) -> str:
+        """What messages call it: "database" or "blob"."""
+        return "database" if self.db else "blob"
+
     def encode(self) -> bytes:
         if not self.db:
             body = {

@@ -1589,6 +1589,16 @@ def test_a_reopened_blob_sees_each_change_of_its_files_and_no_shared_state(tmp_p
         read_manifest(path, meta.uuid, 4)
 
 
+def _agree(path, meta):
+    """``load`` with the caches as they are equals the reference; return it."""
+    got = _snapshot.load(path, meta)
+    want = _fresh(path, meta)
+    assert got.journal == want.journal
+    assert got.state == want.state
+    assert (got.kept, got.discarded, got.dirty) == (want.kept, want.discarded, want.dirty)
+    return got
+
+
 def _fresh(path, meta):
     """``load`` with every decode and replay cache emptied first: the reference."""
     _journal._DECODED._last.clear()
@@ -1605,12 +1615,7 @@ def test_a_grown_journal_decoded_and_replayed_from_where_it_grew_equals_a_whole_
     meta = read_meta(path)
 
     def agree():
-        got = _snapshot.load(path, meta)
-        want = _fresh(path, meta)
-        assert got.journal == want.journal
-        assert got.state == want.state
-        assert (got.kept, got.discarded, got.dirty) == (want.kept, want.discarded, want.dirty)
-        return got
+        return _agree(path, meta)
 
     seen = set()
     for n in range(1, 120):  # sessions, some of several commits, a flush() or a truncate
@@ -1659,12 +1664,7 @@ def test_a_replay_resumed_in_mid_session_equals_a_whole_one(tmp_path, sync, monk
     meta = read_meta(path)
 
     def agree():
-        got = _snapshot.load(path, meta)
-        want = _fresh(path, meta)
-        assert got.journal == want.journal
-        assert got.state == want.state
-        assert (got.kept, got.discarded, got.dirty) == (want.kept, want.discarded, want.dirty)
-        return got
+        return _agree(path, meta)
 
     resumed = dropped = 0
     for n in range(1, 160):

@@ -10,8 +10,10 @@ failing transaction, and the blob must keep working.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import harness
@@ -157,6 +159,21 @@ def test_a_durable_point_over_more_dirty_blocks_than_open_files_allowed(tmp_path
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@contextlib.contextmanager
+def _journal_flush_fails() -> Iterator[None]:
+    """Every fdatasync of a journal fails with EIO while inside."""
+
+    def hook(step: str, p: str, extent: Any) -> None:
+        if step == "fdatasync" and os.path.basename(p) == "journal":
+            raise OSError(errno.EIO, "injected")
+
+    old = _durable.set_fault_hook(hook)
+    try:
+        yield
+    finally:
+        _durable.set_fault_hook(old)
+
+
 @pytest.mark.parametrize("rows", [1, 40])  # a logged append; a commit by the general path
 def test_a_failed_flush_of_a_full_commit_does_not_claim_it_survives_power_loss(
     tmp_path: Any, rows: int
@@ -166,17 +183,8 @@ def test_a_failed_flush_of_a_full_commit_does_not_claim_it_survives_power_loss(
     path = str(tmp_path / "b")
     blob = TensorBlob.open(path, "w", dtype="float32", shape=(4,), block_size=16, sync="full")
     blob.write(torch.zeros(2, 4))
-
-    def hook(step: str, p: str, extent: Any) -> None:
-        if step == "fdatasync" and os.path.basename(p) == "journal":
-            raise OSError(errno.EIO, "injected")
-
-    old = _durable.set_fault_hook(hook)
-    try:
-        with pytest.raises(BlobIOError) as got:
-            blob.write(torch.ones(rows, 4))
-    finally:
-        _durable.set_fault_hook(old)
+    with _journal_flush_fails(), pytest.raises(BlobIOError) as got:
+        blob.write(torch.ones(rows, 4))
     assert got.value.errno == errno.EIO
     assert "flush that makes it survive power loss failed" in str(got.value)
     assert "This transaction is committed" not in str(got.value)
@@ -188,16 +196,7 @@ def test_a_given_up_database_says_database(tmp_path: Any) -> None:
     path = str(tmp_path / "db")
     schema = {"x": ("float32", (2,)), "y": ("int64", ())}
     db = TensorDB.open(path, "w", schema=schema, sync="full")
-
-    def hook(step: str, p: str, extent: Any) -> None:
-        if step == "fdatasync" and os.path.basename(p) == "journal":
-            raise OSError(errno.EIO, "injected")
-
-    old = _durable.set_fault_hook(hook)
-    try:
-        with pytest.raises(BlobIOError) as got:
-            db.write({"x": torch.zeros(2), "y": torch.tensor(1)})
-    finally:
-        _durable.set_fault_hook(old)
+    with _journal_flush_fails(), pytest.raises(BlobIOError) as got:
+        db.write({"x": torch.zeros(2), "y": torch.tensor(1)})
     assert str(got.value).startswith(f"[Errno 5] database {path!r}: ")
     assert "reopen the database" in str(got.value)
