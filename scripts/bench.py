@@ -1156,10 +1156,18 @@ def records_figures(bench: Bench) -> None:
         "reward": torch.randn(n3, generator=g),
         "done": torch.rand(n3, generator=g) < 0.01,
     }
-    cases = (("m3a", "obs", src, n2, RL_SCHEMA), ("m3b", "reward", small, n3, small_schema))
+    # m3c: the same over 10M records (40 MB), a read larger than malloc ever
+    # takes from its heap: its buffer is mapped afresh (see _rows._buffer).
+    n4 = 10_000_000
+    big = {k: v.repeat(n4 // n3) for k, v in small.items()}
+    cases = (
+        ("m3a", "obs", src, n2, RL_SCHEMA),
+        ("m3b", "reward", small, n3, small_schema),
+        ("m3c", "reward", big, n4, small_schema),
+    )
     for key, name, data, n, schema in cases:
         path = os.path.join(d, f"{key}.db")
-        step = batch if key == "m3a" else 65_536
+        step = batch if key == "m3a" else 1 << 20 if key == "m3c" else 65_536
         with tensorblob.TensorDB.open(path, "w", schema=schema) as db:
             for i in range(0, n, step):
                 db.write({k: v[i : i + step] for k, v in data.items()})
