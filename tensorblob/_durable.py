@@ -1,4 +1,4 @@
-"""Every operation that changes the disk, and nothing else: the crash-injection seam.
+"""Every operation that changes the disk, and the boot id: the crash-injection seam.
 
 No other module of tensorblob writes, renames, unlinks, truncates, creates or
 fsyncs anything. Each public function here performs one or more *steps*, and
@@ -9,7 +9,8 @@ step, then reopen the blob and compare it with a model.
 Function names state their guarantee: ``write_atomic`` is all-or-nothing and
 durable once it returns; ``append`` is a complete write but *not* durable
 until ``fdatasync``; ``allocate`` creates a zero-filled file that is durable
-only after ``fsync_paths`` and a ``fsync_dir`` of its directory.
+only after ``fsync_paths`` and a ``fsync_dir`` of its directory. ``boot_id``
+changes nothing; it is here because the power-loss model fakes it with the disk.
 """
 
 from __future__ import annotations
