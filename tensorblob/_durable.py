@@ -9,9 +9,8 @@ step, then reopen the blob and compare it with a model.
 Function names state their guarantee: ``write_atomic`` is all-or-nothing and
 durable once it returns; ``append`` is a complete write but *not* durable
 until ``fdatasync``; ``allocate`` creates a zero-filled file that is durable
-only after ``fsync_paths`` and a ``fsync_dir`` of its directory. ``boot_id``
-changes nothing; it is here because the power-loss model fakes it with the disk.
-"""
+only after ``fsync_paths`` and a ``fsync_dir`` of its directory. (``boot_id``
+changes nothing: the power-loss model fakes it with the disk.)"""
 
 from __future__ import annotations
 
