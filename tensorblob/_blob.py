@@ -285,6 +285,8 @@ class TensorBlob(Handle):
             BlobTypeError: ``other`` is not a TensorBlob.
             DTypeMismatchError: the dtypes differ.
             ShapeMismatchError: the row shapes differ.
+            InvalidArgumentError: ``other`` is another handle inside a ``transaction()``
+                (its rows are not committed).
             UnsupportedOperationError: this blob is not writable.
             BlobClosedError: either blob is closed.
             BlobIOError: a commit step failed; the handle closed itself.

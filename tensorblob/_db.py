@@ -299,7 +299,8 @@ class TensorDB(Handle):
 
         Raises:
             BlobTypeError: ``other`` is not a TensorDB.
-            InvalidArgumentError: the field names differ.
+            InvalidArgumentError: the field names differ, or ``other`` is another handle
+                inside a ``transaction()`` (its rows are not committed).
             DTypeMismatchError: a field's dtype differs.
             ShapeMismatchError: a field's shape differs.
             UnsupportedOperationError: this database is not writable.

@@ -241,6 +241,11 @@ class Transactions:
         """Append every row of ``other`` (an open handle whose rows the caller has checked
         fit) as one transaction; return how many. See ``TensorBlob.extend``.
         ``progress(rows_done, rows_total)`` is called after each piece."""
+        if other is not self and other._depth:
+            raise InvalidArgumentError(
+                f"extend(): {other._KIND} {other._path!r} is inside a transaction(): its "
+                "rows are not committed and could still roll back. Extend after it commits."
+            )
         total = len(other)
         if total == 0:
             self._pos = self._state.length

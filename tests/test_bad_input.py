@@ -735,6 +735,31 @@ def test_extend_with_a_closed_blob_is_refused(blob_path, writer):
     assert_intact(writer)
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_extend_from_a_handle_inside_a_transaction_is_refused(blob_path, writer, ordered):
+    """Its rows are not committed: copied, they would stay after it rolls back."""
+    make_blob(blob_path.parent / "other", 5)
+    with TensorBlob.open(blob_path.parent / "other", "a") as other:
+
+        def refused_then_rolled_back() -> None:
+            with other.transaction():
+                other.write(rows(6, 5))
+                expect(
+                    blob_path.parent,
+                    InvalidArgumentError,
+                    ValueError,
+                    "transaction",
+                    lambda: writer.extend(other, maintain_order=ordered),
+                )
+                raise RuntimeError("abort")
+
+        with pytest.raises(RuntimeError, match="abort"):
+            refused_then_rolled_back()
+        assert_intact(writer)
+        assert writer.extend(other, maintain_order=ordered) == 5  # committed: copied
+    assert len(contents(blob_path)) == N_ROWS + 5
+
+
 # -- a closed blob ---------------------------------------------------------
 
 CLOSED_CALLS: dict[str, Callable[[TensorBlob, TensorBlob], object]] = {

@@ -225,6 +225,24 @@ def test_extend_appends_another_databases_records(tmp_path, ordered):
         assert same(a[:], want)
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_extend_from_a_database_inside_a_transaction_is_refused(tmp_path, ordered):
+    mine = make(tmp_path / "a", 6)
+    make(tmp_path / "b", 9, seed=3)
+    with TensorDB.open(tmp_path / "a", "a") as a, TensorDB.open(tmp_path / "b", "a") as b:
+
+        def refused_then_rolled_back() -> None:
+            with b.transaction():
+                b.write(recs(8, 4))
+                with pytest.raises(InvalidArgumentError, match=r"database .* transaction"):
+                    a.extend(b, maintain_order=ordered)
+                raise RuntimeError("abort")
+
+        with pytest.raises(RuntimeError, match="abort"):
+            refused_then_rolled_back()
+        assert same(a[:], mine)
+
+
 def test_extend_matches_fields_by_name_whatever_their_order(tmp_path):
     mine = make(tmp_path / "a", 3)
     other = dict(reversed(list(SCHEMA.items())))
