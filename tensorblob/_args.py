@@ -55,7 +55,9 @@ def check_open(  # noqa: PLR0917 - open()'s keyword arguments
     if sync not in SYNC:
         raise InvalidArgumentError(f"sync={sync!r}: must be 'normal' or 'full'")
     if max_cached_blocks is not None and (
-        not isinstance(max_cached_blocks, int) or max_cached_blocks < 1
+        not isinstance(max_cached_blocks, int)
+        or isinstance(max_cached_blocks, bool)
+        or max_cached_blocks < 1
     ):
         raise InvalidArgumentError(
             f"max_cached_blocks={max_cached_blocks!r}: must be a positive int or None"

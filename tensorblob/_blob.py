@@ -70,8 +70,8 @@ class TensorBlob(Handle):
         recover an interrupted transaction (see ``recovery_actions``).
 
         Args:
-            path: The blob's directory. To create it, it must be absent or empty
-                and its parent must exist.
+            path: The blob's directory. To create it, it must be absent or empty;
+                missing parents are created (each made durable).
             mode: ``"r"``, ``"w"``, ``"a"``, ``"r+"``, ``"w+"`` or ``"a+"``.
             dtype: Element type, a ``torch.dtype`` or its name. Needed to create;
                 for an existing blob it must match.
@@ -103,8 +103,7 @@ class TensorBlob(Handle):
             The open blob; use it as a context manager so that it is closed.
 
         Raises:
-            BlobNotFoundError: ``"r"``/``"r+"`` and nothing at ``path``, or the
-                parent directory of a blob to create does not exist.
+            BlobNotFoundError: ``"r"``/``"r+"`` and nothing at ``path``.
             NotABlobError: ``path`` is a file or a directory tensorblob did not create.
             InvalidArgumentError: bad mode, sync, timeout, verify, trust_fs, dtype, shape,
                 block_size or max_cached_blocks; dtype or shape missing to create; or a layout

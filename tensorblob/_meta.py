@@ -76,29 +76,30 @@ def parse_dtype(dtype: object) -> str:
         InvalidArgumentError: not a dtype, or a name torch does not have.
     """
     if _is_torch_dtype(dtype):
-        return str(dtype).removeprefix("torch.")
-    if not isinstance(dtype, str):
-        raise BlobTypeError(f"dtype must be str or torch.dtype, got {type(dtype).__name__}")
-    name = dtype.removeprefix("torch.")
-    name = _ALIASES.get(name, name)
-    if name in ITEMSIZE:
-        return name
-    import torch  # noqa: PLC0415 - only for a name the table does not know
+        name = str(dtype).removeprefix("torch.")
+    elif isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        name = _ALIASES.get(name, name)
+        if name not in ITEMSIZE:
+            import torch  # noqa: PLC0415 - only for a name the table does not know
 
-    found = getattr(torch, name, None)
-    if isinstance(found, torch.dtype):
-        return str(found).removeprefix("torch.")
-    raise InvalidArgumentError(f"dtype={dtype!r} is not a torch dtype name")
+            found = getattr(torch, name, None)
+            if not isinstance(found, torch.dtype):
+                raise InvalidArgumentError(f"dtype={dtype!r} is not a torch dtype name")
+            name = str(found).removeprefix("torch.")
+    else:
+        raise BlobTypeError(f"dtype must be str or torch.dtype, got {type(dtype).__name__}")
+    if name not in ITEMSIZE:  # a row of them is not just its bytes
+        raise InvalidArgumentError(
+            f"dtype {name} cannot be stored: quantized, bit and sub-byte dtypes are not "
+            f"plain bytes (their scale or packing would be lost); one of {sorted(ITEMSIZE)}"
+        )
+    return name
 
 
 def itemsize(name: str) -> int:
-    """Bytes per element of the dtype ``name`` (a canonical name)."""
-    size = ITEMSIZE.get(name)
-    if size is None:
-        import torch  # noqa: PLC0415 - only for a name the table does not know
-
-        size = getattr(torch, name).itemsize
-    return size
+    """Bytes per element of the dtype ``name`` (a canonical name, see ``parse_dtype``)."""
+    return ITEMSIZE[name]
 
 
 def torch_dtype(name: str) -> Any:

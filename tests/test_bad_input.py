@@ -154,6 +154,12 @@ BAD_OPEN_ARGS = [
     ("dtype", "float33"),
     ("dtype", "Tensor"),
     ("dtype", ""),
+    ("dtype", "qint8"),  # quantized: a row's bytes lose its scale (reads crashed)
+    ("dtype", torch.quint8),
+    ("dtype", torch.qint32),
+    ("dtype", "bits8"),
+    ("dtype", torch.uint4),  # sub-byte
+    ("dtype", "float4_e2m1fn_x2"),
     ("shape", 0),
     ("shape", -3),
     ("shape", (3, 0)),
@@ -171,6 +177,7 @@ BAD_OPEN_ARGS = [
     ("max_cached_blocks", 0),
     ("max_cached_blocks", -2),
     ("max_cached_blocks", 1.5),
+    ("max_cached_blocks", True),
     ("timeout", -1),
     ("timeout", -0.001),
     ("timeout", "1"),

@@ -296,6 +296,7 @@ BAD_SCHEMAS = [
     ({"a": ("float32",)}, InvalidArgumentError, "(dtype, shape) pair"),
     ({"a": (123, 3)}, BlobTypeError, "dtype must be str or torch.dtype"),
     ({"a": ("float33", 3)}, InvalidArgumentError, "float33"),
+    ({"a": ("float32", 1), "q": (torch.qint8, 2)}, InvalidArgumentError, "qint8 cannot be stored"),
     ({"a": ("float32", 0)}, InvalidArgumentError, "positive"),
     ({"a": ("float32", "3")}, InvalidArgumentError, "shape"),
 ]
