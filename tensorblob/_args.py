@@ -80,8 +80,12 @@ def check_timeout(timeout: object) -> None:
 
 
 def as_int(x: object, what: str) -> int:
-    if isinstance(x, bool):
-        raise BlobTypeError(f"{what} must be an int, got bool")
+    if isinstance(x, (bool, np.bool_)) or (
+        isinstance(x, torch.Tensor) and (x.dim() != 0 or x.dtype == torch.bool)
+    ):  # (torch takes a one-element tensor, or a bool one, as an int)
+        if isinstance(x, (bool, np.bool_)) or x.dtype == torch.bool:
+            raise BlobTypeError(f"{what} must be an int, got a bool ({x!r})")
+        raise BlobTypeError(f"{what} must be an int, got a tensor of shape {tuple(x.shape)}")
     try:
         return operator.index(x)  # type: ignore[arg-type]
     except TypeError:
@@ -125,14 +129,23 @@ def as_rows(t: object, fld: Field) -> torch.Tensor:
     return rows if rows.is_contiguous() else rows.contiguous()
 
 
-def index_tensor(index: Any, length: int) -> torch.Tensor:
+def dense_index(index: torch.Tensor) -> None:
+    """Refuse a tensor index without data to read positions from (BlobTypeError)."""
+    if index.is_meta or index.layout != torch.strided:
+        what = "on the meta device, which holds no data" if index.is_meta else str(index.layout)
+        raise BlobTypeError(f"a tensor index must be a dense tensor with data, got one {what}")
+
+
+def index_tensor(index: Any, length: int, what: str) -> torch.Tensor:
     """A list, tuple, 1-D integer tensor or ndarray index as int64 positions (maybe
     negative); a 1-D bool tensor or ndarray of ``length`` as the positions it selects.
+    ``what`` names the reader, for messages.
 
     Raises:
-        BlobTypeError: another type, a float index, a 2-D tensor; the message
-            names the offending item of a list.
-        InvalidIndexError: a boolean mask whose length is not ``length``.
+        BlobTypeError: another type, a float index, a 2-D tensor, a tensor without
+            data (meta, sparse); the message names the offending item of a list.
+        InvalidIndexError: a boolean mask whose length is not ``length``; a
+            position past int64 (which would wrap).
     """
     if isinstance(index, (list, tuple)):
         for k, i in enumerate(index):
@@ -141,7 +154,17 @@ def index_tensor(index: Any, length: int) -> torch.Tensor:
                     f"a list or tuple index must hold only ints (an integer dtype); item {k} "
                     f"is {i!r} ({type(i).__name__})"
                 )
-        return torch.tensor([int(i) for i in index], dtype=torch.int64)
+        try:
+            return torch.tensor([int(i) for i in index], dtype=torch.int64)
+        except (RuntimeError, ValueError):  # an int past int64: out of bounds at any length
+            bad = next(int(i) for i in index if not -(2**63) <= int(i) < 2**63)
+            raise InvalidIndexError(
+                f"index {bad} is out of bounds for {what} of length {length}"
+            ) from None
+    if isinstance(index, torch.Tensor):
+        dense_index(index)
+        if index.dtype == torch.uint64:  # converted below as numpy's, checked for wrapping
+            index = index.numpy()
     if isinstance(index, np.ndarray):
         if index.dtype == np.bool_:
             index = torch.from_numpy(np.array(index, copy=True))
@@ -151,6 +174,11 @@ def index_tensor(index: Any, length: int) -> torch.Tensor:
                 f"not {index.dtype}"
             )
         else:
+            if index.dtype == np.uint64 and index.size and index.max() >= 2**63:
+                bad = int(index.max())  # int64 would wrap it to a negative position
+                raise InvalidIndexError(
+                    f"index {bad} is out of bounds for {what} of length {length}"
+                )
             index = torch.from_numpy(np.array(index, dtype=np.int64, copy=True))
     if isinstance(index, torch.Tensor):
         if index.dtype.is_floating_point or index.dtype.is_complex:

@@ -11,6 +11,8 @@ import io
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ._args import as_int
 from .errors import BlobClosedError, InvalidArgumentError, UnsupportedOperationError
 
@@ -115,7 +117,7 @@ class Cursor:
         """
         self._check_open()
         pos = as_int(pos, "seek(pos)")
-        if not isinstance(whence, int) or isinstance(whence, bool):
+        if isinstance(whence, (bool, np.bool_)) or not isinstance(whence, (int, np.integer)):
             raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2")
         if whence == io.SEEK_SET:
             new = pos

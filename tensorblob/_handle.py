@@ -33,6 +33,7 @@ from ._txn import Engine
 from .errors import (
     BlobNotFoundError,
     BlobTypeError,
+    CorruptBlobError,
     InvalidArgumentError,
     NotABlobError,
     TensorBlobError,
@@ -251,6 +252,7 @@ class Handle(Cursor, Transactions, Reader, Pickled):
 
         Raises:
             BlobClosedError: the blob is closed.
+            BlobNotFoundError: the blob was deleted or moved (the snapshot is kept).
             CorruptBlobError: a file of the blob is damaged.
         """
         self._check_open()
@@ -258,7 +260,17 @@ class Handle(Cursor, Transactions, Reader, Pickled):
             if os.getpid() != self._pid:  # a forked child: take a lease of its own
                 self._lease = ReaderLease(self._path)
                 self._pid = os.getpid()
-            self._state = self._load_snapshot(self._lease)
+            try:
+                state = self._load_snapshot(self._lease)
+            except (CorruptBlobError, NotABlobError) as exc:
+                self._lease.hold(self._state.seq)  # keep the snapshot this reader has
+                if os.path.isdir(self._path):
+                    raise
+                raise BlobNotFoundError(
+                    f"{self._KIND} {self._path!r} was deleted or moved; this reader keeps "
+                    "its snapshot (rows of blocks it never read may be gone)"
+                ) from exc
+            self._state = state
             self._pos = min(self._pos, self._state.length)
             if self._verify:
                 self._blocks.verify = self._state.sums
@@ -369,6 +381,7 @@ class Handle(Cursor, Transactions, Reader, Pickled):
             pass
 
     def __enter__(self) -> Self:
+        self._check_open()  # as io's files: a closed handle cannot be entered
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._args import as_int, index_tensor
+from ._args import as_int, dense_index, index_tensor
 from ._blocks import BlockStore
 from ._meta import Field
 from .errors import (
@@ -46,6 +46,8 @@ def plan(index: Any, n: int, what: str) -> Plan:
         BlobTypeError: the index is of an unsupported type (str, float, bool, ...).
         InvalidArgumentError: a slice step is 0, or a tensor index is not 1-D.
     """
+    if isinstance(index, torch.Tensor):
+        dense_index(index)
     if isinstance(index, np.integer) or (
         isinstance(index, (torch.Tensor, np.ndarray))  # a 0-d integer one is a position
         and index.ndim == 0
@@ -73,7 +75,7 @@ def plan(index: Any, n: int, what: str) -> Plan:
         if step == 1:
             return (start, max(start, stop))
         return np.arange(start, stop, step, dtype=np.int64)
-    ia = index_tensor(index, n).numpy()
+    ia = index_tensor(index, n, what).numpy()
     if ia.size:
         lo, hi = int(ia.min()), int(ia.max())
         if lo < 0:  # negative positions count from the end

@@ -35,11 +35,12 @@ from . import _locking, _snapshot
 from ._journal import JOURNAL
 from ._locking import LOCK
 from ._manifest import MANIFEST
-from ._meta import Meta, read_meta
+from ._meta import Meta
 from .errors import (
     BlobClosedError,
     BlobNotFoundError,
     BlobTypeError,
+    CorruptBlobError,
     InvalidArgumentError,
     UnsupportedOperationError,
     WaitTimeoutError,
@@ -52,7 +53,9 @@ class Followed(Protocol):
     path: str
     mode: str
     closed: bool
+    _meta: Meta
 
+    def __len__(self) -> int: ...
     def refresh(self) -> int: ...
     def tell(self) -> int: ...
     def seek(self, pos: int) -> int: ...
@@ -241,16 +244,24 @@ def _follow(
     blob: Followed, batch: int | None, limit: float | None, until_closed: bool
 ) -> Iterator[Any]:
     root = blob.path
-    meta = read_meta(root)
+    meta = blob._meta
     step = batch or max(1, _ROW_CHUNK_BYTES // meta.row_bytes)
     with Watcher(root) as watcher:
         idle_since = time.monotonic()
         while True:
-            length = blob.refresh()
+            try:
+                length, gone = blob.refresh(), False
+            except BlobNotFoundError:  # deleted or moved: the rest of its snapshot, then stop
+                length, gone = len(blob), True
             if blob.tell() < length:
                 while blob.tell() < length:
                     start = blob.tell()
-                    rows = blob.read(min(step, length - start))
+                    try:
+                        rows = blob.read(min(step, length - start))
+                    except CorruptBlobError:
+                        if os.path.isdir(root):
+                            raise
+                        return  # deleted under it: the block files went with it
                     if batch:
                         yield rows
                         continue
@@ -258,7 +269,10 @@ def _follow(
                         blob.seek(start + i + 1)  # the cursor is just past each row yielded
                         yield row
                 idle_since = time.monotonic()
-                continue
+                if not gone:
+                    continue
+            if gone:
+                return
             wait = None
             if until_closed:
                 state = _writer_state(root, meta, length)

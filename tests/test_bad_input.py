@@ -565,6 +565,11 @@ OUT_OF_RANGE = [
     (torch.tensor([-11, 0]), "-11"),
     (np.array([10]), "10"),
     (np.array([-11, 2]), "-11"),
+    (np.array([2**64 - 1], dtype=np.uint64), "18446744073709551615"),  # not wrapped to -1
+    (np.array([0, 2**63], dtype=np.uint64), "9223372036854775808"),
+    (torch.from_numpy(np.array([2**64 - 7], dtype=np.uint64)), "18446744073709551609"),
+    ([2**64 - 1], "18446744073709551615"),  # past int64
+    ([0, -(2**70)], str(-(2**70))),
 ]
 
 
@@ -606,6 +611,9 @@ BAD_INDEX_TYPES = [
     np.array([0.5]),
     np.array(1.0),
     np.array(True),
+    torch.tensor([1], device="meta"),  # no data to read positions from
+    torch.tensor(1, device="meta"),
+    torch.tensor([1, 0]).to_sparse(),
 ]
 
 
@@ -645,7 +653,7 @@ def test_a_slice_with_step_zero_raises_a_blob_value_error(blob_path, reader):
 # -- seek, read, truncate arguments ------------------------------------------
 
 
-@pytest.mark.parametrize("whence", [3, -1, 10, None, "0"], ids=repr)
+@pytest.mark.parametrize("whence", [3, -1, 10, None, "0", True, np.True_, 0.0], ids=repr)
 def test_seek_with_a_bad_whence_is_refused(blob_path, reader, whence):
     expect(
         blob_path.parent, InvalidArgumentError, ValueError, "whence", lambda: reader.seek(0, whence)
@@ -653,10 +661,19 @@ def test_seek_with_a_bad_whence_is_refused(blob_path, reader, whence):
     assert_intact(reader)
 
 
-@pytest.mark.parametrize("pos", [1.5, "1", None, True, torch.tensor(1.0), [1]], ids=repr)
+NOT_INTS = [1.5, "1", None, True, np.True_, torch.tensor(1.0), [1]]
+NOT_INTS += [torch.tensor(True), torch.tensor([3])]  # torch takes them as ints
+
+
+@pytest.mark.parametrize("pos", NOT_INTS, ids=repr)
 def test_seek_to_a_non_integer_position_is_refused(blob_path, reader, pos):
     expect(blob_path.parent, BlobTypeError, TypeError, "seek(pos)", lambda: reader.seek(pos))
     assert_intact(reader)
+
+
+@pytest.mark.parametrize("whence", [np.int64(0), np.int32(1), np.uint8(2)], ids=repr)
+def test_seek_takes_a_numpy_integer_whence(reader, whence):
+    assert reader.seek(1, whence) == [1, 3, N_ROWS][int(whence)]
 
 
 @pytest.mark.parametrize("size", [1.5, "2", True, [1]], ids=repr)
@@ -673,7 +690,7 @@ def test_truncate_to_a_negative_size_is_refused(blob_path, writer, pos):
     assert_intact(writer)
 
 
-@pytest.mark.parametrize("pos", [1.5, "3", True], ids=repr)
+@pytest.mark.parametrize("pos", [1.5, "3", True, torch.tensor(True), torch.tensor([4])], ids=repr)
 def test_truncate_to_a_non_integer_size_is_refused(blob_path, writer, pos):
     expect(blob_path.parent, BlobTypeError, TypeError, "truncate", lambda: writer.truncate(pos))
     assert_intact(writer)
@@ -786,6 +803,7 @@ CLOSED_CALLS: dict[str, Callable[[TensorBlob, TensorBlob], object]] = {
     "iterate": lambda b, o: next(iter(b)),
     "for-loop": lambda b, o: [r for r in b],  # noqa: C416
     "transaction": lambda b, o: _enter_transaction(b),
+    "with": lambda b, o: b.__enter__(),  # as an io file's
 }
 
 

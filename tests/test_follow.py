@@ -212,6 +212,7 @@ def test_follow_until_closed_false_spans_writer_sessions_and_stops_on_its_timeou
 def test_follow_and_wait_for_end_when_the_blob_is_deleted(tmp_path):
     path = new_blob(str(tmp_path / "b"), 2)
     with TensorBlob.open(path) as reader, child(_unlinker, path, 0.3, wait_ready=False):
+        reader[:]  # mapped first (and tensordict imported): readable after the deletion
         assert len(list(reader.follow(timeout=30, until_closed=False))) == 2
     new_blob(path, 2)
     with (
@@ -220,6 +221,22 @@ def test_follow_and_wait_for_end_when_the_blob_is_deleted(tmp_path):
         pytest.raises(BlobNotFoundError, match="deleted or moved"),
     ):
         reader.wait_for(3, timeout=30)
+
+
+def test_refresh_wait_for_and_follow_after_the_blob_was_deleted(tmp_path):
+    """Deleted before the call, not during it: refresh and wait_for raise BlobNotFoundError
+    and the reader keeps its snapshot; follow ends (it said CorruptBlobError, NotABlobError)."""
+    path = new_blob(str(tmp_path / "b"), 3)
+    with TensorBlob.open(path) as reader:
+        assert reader[:].tolist() == [0, 1, 2]  # mapped: readable after the deletion
+        TensorBlob.unlink(path)
+        with pytest.raises(BlobNotFoundError, match="deleted or moved"):
+            reader.refresh()
+        with pytest.raises(BlobNotFoundError, match="deleted or moved"):
+            reader.wait_for(5, timeout=1)
+        assert (len(reader), reader[:].tolist()) == (3, [0, 1, 2])
+        assert list(reader.follow(timeout=1)) == [0, 1, 2]
+        assert list(reader.follow(timeout=1)) == []
 
 
 # -- cost and latency ------------------------------------------------------------------
