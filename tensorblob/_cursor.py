@@ -11,10 +11,13 @@ import io
 import os
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ._args import as_int
-from .errors import BlobClosedError, InvalidArgumentError, UnsupportedOperationError
+from .errors import (
+    BlobClosedError,
+    BlobTypeError,
+    InvalidArgumentError,
+    UnsupportedOperationError,
+)
 
 if TYPE_CHECKING:
     from ._meta import Meta
@@ -117,8 +120,10 @@ class Cursor:
         """
         self._check_open()
         pos = as_int(pos, "seek(pos)")
-        if isinstance(whence, (bool, np.bool_)) or not isinstance(whence, (int, np.integer)):
-            raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2")
+        try:
+            whence = as_int(whence, "seek(whence)")  # an int, a numpy one, not a bool
+        except BlobTypeError:
+            raise InvalidArgumentError(f"seek(whence={whence!r}): must be 0, 1 or 2") from None
         if whence == io.SEEK_SET:
             new = pos
         elif whence == io.SEEK_CUR:
