@@ -43,18 +43,22 @@ def crc_file(path: str, start: int, stop: int, seed: int = 0, fd: int = -1) -> i
         while pos < stop:
             n = os.preadv(fd, [buf[: min(len(buf), stop - pos)]], pos)
             if n == 0:
-                raise CorruptBlobError(
-                    f"block file {path!r} ends at byte {pos}, before its committed rows "
-                    f"(which need {stop} bytes): it was truncated or damaged",
-                    path=path,
-                    reason="block-short",
-                )
+                raise _short(path, pos, stop)
             crc = zlib.crc32(buf[:n], crc)
             pos += n
         return crc
     finally:
         if own:
             os.close(fd)
+
+
+def _short(path: str, pos: int, stop: int) -> CorruptBlobError:
+    return CorruptBlobError(
+        f"block file {path!r} ends at byte {pos}, before its committed rows "
+        f"(which need {stop} bytes): it was truncated or damaged",
+        path=path,
+        reason="block-short",
+    )
 
 
 def sum_mismatch(  # noqa: PLR0917 - the facts of one check, all needed
@@ -188,6 +192,37 @@ class BlockFiles:
             crc_file(path, off + start * rb, off + stop * rb, seed, fd)
             for (off, rb), seed in zip(self._spans, seeds, strict=True)
         )
+
+    def read_rows(self, bid: int, f: int, start: int, stop: int, dst: memoryview) -> None:
+        """Copy rows ``[start, stop)`` of field ``f`` of block ``bid`` into ``dst`` (their
+        bytes: writable, contiguous) with ``pread``, mapping nothing.
+
+        For reads over more blocks than a handle keeps mapped: mapping them would
+        evict, at every such read, the blocks the next one needs first
+        (``BlockStore.span_into``). Raises CorruptBlobError if the file is
+        missing or ends before the rows.
+        """
+        off, rb = self._spans[f]
+        path, fd = self.path(bid), self.lent.get(bid, -1)
+        own = fd < 0
+        if own:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise CorruptBlobError(
+                    f"block file {path!r} is missing", path=path, reason="block-missing"
+                ) from None
+        try:
+            view, base, end = memoryview(dst).cast("B"), off + start * rb, off + stop * rb
+            pos = base
+            while pos < end:
+                n = os.preadv(fd, [view[pos - base :]], pos)
+                if n == 0:
+                    raise _short(path, pos, end)
+                pos += n
+        finally:
+            if own:
+                os.close(fd)
 
     def delete(self, bid: int) -> bool:
         """Delete block ``bid``'s file; False if it was gone already."""

@@ -37,6 +37,7 @@ from tensorblob import (
     _journal,
     _snapshot,
 )
+from tensorblob._blocks import BlockStore
 from tensorblob._manifest import read_manifest
 from tensorblob._meta import read_meta
 from tensorblob._state import State
@@ -632,6 +633,28 @@ def test_batch_indexing_over_more_blocks_than_the_cache_holds(tmp_path, mode, ma
             assert torch.equal(got, ref[torch.from_numpy(key)])
             assert _mapped_blocks(path) <= max_cached
         assert torch.equal(blob[np.arange(60, -1, -1)], ref.flip(0))
+
+
+@pytest.mark.parametrize("mode", ["r", "a+"])
+def test_reads_over_more_blocks_than_the_cache_holds_map_nothing_again(tmp_path, monkeypatch, mode):
+    """Mapping each block of such a read evicted the ones the next read needs first: every
+    read mapped every block again (~150 us each). The blocks not mapped are read instead."""
+    ref = rows(61, (1,), dtype=torch.int16)
+    path = str(tmp_path / "g.blob")
+    make_blob(path, ref, shape=(1,), dtype=torch.int16)
+    maps = []
+    real = BlockStore._map
+    monkeypatch.setattr(BlockStore, "_map", lambda self, bid: maps.append(bid) or real(self, bid))
+    key = np.random.default_rng(3).integers(-61, 61, size=200)
+    with TensorBlob.open(path, mode, max_cached_blocks=3) as blob:
+        blob[0], blob[60]  # two blocks mapped
+        for _ in range(2):
+            assert torch.equal(blob[:], ref)
+            assert torch.equal(blob[5:58], ref[5:58])
+            assert torch.equal(blob[key], ref[torch.from_numpy(key)])
+            out = torch.empty_like(ref)
+            assert torch.equal(blob.take(slice(None), out=out), ref)
+        assert maps == [0, 15]
 
 
 @pytest.mark.parametrize(

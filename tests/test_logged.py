@@ -145,6 +145,21 @@ def test_after_a_power_cut_readers_see_logged_rows_and_recovery_writes_them_back
     assert tensorblob.check(path, deep=True)["verdict"] == "clean"
 
 
+def test_a_read_over_more_blocks_than_are_mapped_lays_the_logged_rows_over_too(tmp_path):
+    """Blocks past the cache are read without a mapping: one with logged rows is mapped."""
+    path = str(tmp_path / "b")
+    _write_and_die(path, 3 * B + 5)  # rows 1-4 of block 3 are logged
+    with open(os.path.join(path, "blocks", block_name(3)), "r+b") as f:
+        f.seek(16)
+        f.write(b"\xff" * 4 * 16)  # the power cut lost them from the block file
+    with fake_boot("after-the-power-cut"), TensorBlob.open(path, "r", max_cached_blocks=1) as r:
+        assert {bid for bid, _, _ in r._state.logged} == {3}
+        want, key = rows(0, 3 * B + 5), [50, 3, 20, 8, 40, 52]
+        assert torch.equal(r[key], want[key])  # block 3 not mapped before: each path maps it
+        assert torch.equal(r[0], want[0])  # the one block mapped is 0 again
+        assert torch.equal(r[:], want)
+
+
 def test_after_a_power_cut_only_rows_logged_since_the_last_block_durable_marker_are_redone(
     tmp_path,
 ):
