@@ -150,7 +150,15 @@ class Handle(Cursor, Transactions, Reader, Pickled):
             _dirs.create(root, new)  # if another process won the race, open theirs below
         elif not isdir:
             raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)")
-        meta = read_meta(root)
+        try:
+            meta = read_meta(root)
+        except NotABlobError:
+            if not creating and _dirs.is_empty(root):  # as for "a": an empty directory is
+                raise BlobNotFoundError(  # where a blob may be created, not a foreign one
+                    f"{kind.capitalize()} not found: {root!r} is an empty directory "
+                    f"(mode {mode!r} needs an existing one)"
+                ) from None
+            raise
         if meta.kind != cls.__name__:
             raise NotABlobError(
                 f"{root!r} is a {meta.kind}, not a {cls.__name__}: open it with {meta.kind}.open"

@@ -36,6 +36,7 @@ from tensorblob import (
     ShapeMismatchError,
     TensorBlob,
     TensorBlobError,
+    TensorDB,
     UnsupportedOperationError,
     UnsupportedVersionError,
 )
@@ -259,6 +260,22 @@ def test_read_modes_on_a_missing_path_raise_blob_not_found(tmp_path, mode):
         lambda: TensorBlob.open(path, mode, dtype="float32", shape=3),
     )
     assert not path.exists()
+
+
+@pytest.mark.parametrize("cls", [TensorBlob, TensorDB])
+@pytest.mark.parametrize("mode", ["r", "r+", "a"])
+def test_an_empty_directory_is_no_blob_in_every_mode_that_cannot_create(tmp_path, cls, mode):
+    """As for "a" without a layout: where a blob may be created, not a foreign directory
+    (r and r+ said NotABlobError)."""
+    (tmp_path / "empty").mkdir()
+    expect(
+        tmp_path,
+        BlobNotFoundError,
+        FileNotFoundError,
+        str(tmp_path / "empty"),
+        lambda: cls.open(tmp_path / "empty", mode),
+    )
+    assert os.listdir(tmp_path / "empty") == []
 
 
 @pytest.mark.parametrize("mode", ["w", "w+", "a", "a+"])
