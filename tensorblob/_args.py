@@ -164,7 +164,7 @@ def index_tensor(index: Any, length: int, what: str) -> torch.Tensor:
     if isinstance(index, torch.Tensor):
         dense_index(index)
         if index.dtype == torch.uint64:  # converted below as numpy's, checked for wrapping
-            index = index.numpy()
+            index = index.cpu().numpy()
     if isinstance(index, np.ndarray):
         if index.dtype == np.bool_:
             index = torch.from_numpy(np.array(index, copy=True))

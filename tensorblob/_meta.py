@@ -18,7 +18,8 @@ from .errors import BlobTypeError, InvalidArgumentError, NotABlobError
 
 META = "meta"
 
-# torch's canonical dtype names (str(dtype) without "torch.") and their sizes.
+# The dtypes a blob stores: torch's canonical names (str(dtype) without
+# "torch.") of its plain dtypes, and their sizes.
 ITEMSIZE = {
     "bool": 1,
     "uint8": 1,
@@ -73,7 +74,8 @@ def parse_dtype(dtype: object) -> str:
     canonical name ``"float32"``.
 
     Raises:
-        InvalidArgumentError: not a dtype, or a name torch does not have.
+        InvalidArgumentError: a name torch does not have, or a dtype whose rows are
+            not plain bytes (quantized, bits, sub-byte): not in ``ITEMSIZE``.
     """
     if _is_torch_dtype(dtype):
         name = str(dtype).removeprefix("torch.")
