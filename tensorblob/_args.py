@@ -148,16 +148,18 @@ def index_tensor(index: Any, length: int, what: str) -> torch.Tensor:
             position past int64 (which would wrap).
     """
     if isinstance(index, (list, tuple)):
-        for k, i in enumerate(index):
-            if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):
-                raise BlobTypeError(
-                    f"a list or tuple index must hold only ints (an integer dtype); item {k} "
-                    f"is {i!r} ({type(i).__name__})"
-                )
+        if not set(map(type, index)) <= {int}:  # (one pass over types: a batch is plain ints)
+            for k, i in enumerate(index):
+                if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):
+                    raise BlobTypeError(
+                        f"a list or tuple index must hold only ints (an integer dtype); "
+                        f"item {k} is {i!r} ({type(i).__name__})"
+                    )
+            index = [int(i) for i in index]
         try:
-            return torch.tensor([int(i) for i in index], dtype=torch.int64)
-        except (RuntimeError, ValueError):  # an int past int64: out of bounds at any length
-            bad = next(int(i) for i in index if not -(2**63) <= int(i) < 2**63)
+            return torch.from_numpy(np.array(index, dtype=np.int64))
+        except OverflowError:  # an int past int64: out of bounds at any length
+            bad = next(i for i in index if not -(2**63) <= i < 2**63)
             raise InvalidIndexError(
                 f"index {bad} is out of bounds for {what} of length {length}"
             ) from None

@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -599,6 +600,7 @@ def test_the_readme_negative_step_slice_on_a_large_blob(path):
         [],
         [6],
         torch.tensor([9, 10, 11]),  # all inside one block
+        [np.int64(3), 0, np.uint8(22), signal.SIGINT],  # not plain ints: checked one by one
     ],
     ids=repr,
 )
