@@ -180,6 +180,7 @@ def span(
     return t.view(fld.dtype).reshape(n, *fld.shape)
 
 
+FEW = 64  # rows gathered one by one (docs/performance.md, "Gathers in one call")
 PAGE = 4096
 MAPPED = 128 << 10  # glibc's default mmap threshold: smaller buffers come from the heap
 
@@ -229,6 +230,12 @@ def gather(
     # Rows are gathered as raw bytes, so any dtype works.
     raw = None if dst is None else dst.view(torch.uint8).reshape(n, fld.row_bytes)
     B = store.meta.block_size
+    if n <= FEW:  # a row at a time: the calls of one gather cost more than a few rows
+        buf = np.empty((n, fld.row_bytes), dtype=np.uint8) if raw is None else raw.numpy()
+        for k, i in enumerate(ia.tolist()):
+            buf[k] = store.get_bytes(slots[i // B], f)[i % B]
+        got = torch.from_numpy(buf) if raw is None else raw
+        return dst if dst is not None else got.view(fld.dtype).reshape(n, *fld.shape)
     lo, hi = int(ia.min()), int(ia.max())
     if lo // B == hi // B:  # one block: its mapping, indexed directly
         rows = torch.from_numpy(store.get_bytes(slots[lo // B], f))

@@ -614,6 +614,22 @@ def test_batch_indexing_keeps_order_repeats_and_negative_entries(path, key):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("n", [1, 2, 64, 65, 300])
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_gathers_of_every_size_read_right_with_and_without_out(path, n, blocks):
+    """Up to _rows.FEW rows are copied one by one; more in one call: in one block or many."""
+    ref = rows(4096, (2,))
+    gen = np.random.default_rng(n)
+    key = gen.integers(512, 1024, n) if blocks == "one" else gen.integers(-4096, 4096, n)
+    with new_blob(path, ref, shape=(2,), block_size=1024) as blob:
+        want = ref[torch.from_numpy(key)]
+        assert torch.equal(blob[key], want)
+        out = torch.full((n + 3, 2), -1.0)
+        assert torch.equal(blob.take(key, out=out), want)
+        assert torch.equal(out[:n], want)
+        assert (out[n:] == -1).all()
+
+
 def _mapped_blocks(blob_path) -> int:
     with open("/proc/self/maps") as f:
         return sum(f"{blob_path}/blocks/" in line for line in f)
