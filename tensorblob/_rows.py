@@ -230,7 +230,8 @@ def gather(
     # Rows are gathered as raw bytes, so any dtype works.
     raw = None if dst is None else dst.view(torch.uint8).reshape(n, fld.row_bytes)
     B = store.meta.block_size
-    if n <= FEW:  # a row at a time: the calls of one gather cost more than a few rows
+    if n <= min(FEW, store.max_cached):  # a row at a time: the calls of one gather cost
+        # more than a few rows (and no row evicts a block that a later one needs)
         buf = np.empty((n, fld.row_bytes), dtype=np.uint8) if raw is None else raw.numpy()
         for k, i in enumerate(ia.tolist()):
             buf[k] = store.get_bytes(slots[i // B], f)[i % B]

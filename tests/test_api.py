@@ -670,6 +670,7 @@ def test_reads_over_more_blocks_than_the_cache_holds_map_nothing_again(tmp_path,
             assert torch.equal(blob[:], ref)
             assert torch.equal(blob[5:58], ref[5:58])
             assert torch.equal(blob[key], ref[torch.from_numpy(key)])
+            assert torch.equal(blob[key[:20]], ref[torch.from_numpy(key[:20])])  # < _rows.FEW
             out = torch.empty_like(ref)
             assert torch.equal(blob.take(slice(None), out=out), ref)
         assert maps == [0, 15]
