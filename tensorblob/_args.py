@@ -142,8 +142,9 @@ def index_tensor(index: Any, length: int, what: str) -> torch.Tensor:
     ``what`` names the reader, for messages.
 
     Raises:
-        BlobTypeError: another type, a float index, a 2-D tensor, a tensor without
-            data (meta, sparse); the message names the offending item of a list.
+        BlobTypeError: another type, a float index, a 2-D tensor; the message names
+            the offending item of a list. (A tensor without data is the caller's to
+            refuse first: ``dense_index``.)
         InvalidIndexError: a boolean mask whose length is not ``length``; a
             position past int64 (which would wrap).
     """
@@ -163,10 +164,10 @@ def index_tensor(index: Any, length: int, what: str) -> torch.Tensor:
             raise InvalidIndexError(
                 f"index {bad} is out of bounds for {what} of length {length}"
             ) from None
-    if isinstance(index, torch.Tensor):
-        dense_index(index)
-        if index.dtype == torch.uint64:  # converted below as numpy's, checked for wrapping
-            index = index.cpu().numpy()
+    # (A tensor is dense: plan() checked it, dense_index.) A uint64 one is converted
+    # below as numpy's, checked for wrapping.
+    if isinstance(index, torch.Tensor) and index.dtype == torch.uint64:
+        index = index.cpu().numpy()
     if isinstance(index, np.ndarray):
         if index.dtype == np.bool_:
             index = torch.from_numpy(np.array(index, copy=True))
