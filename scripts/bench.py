@@ -705,10 +705,10 @@ class Bench:
         batch_np = batch.numpy()
         rb = batch_np.nbytes
 
-        def tb() -> dict[str, float]:
+        def tb(sync: str = "normal") -> dict[str, float]:
             t0 = now()
             for _ in range(k):
-                blob = TensorBlob.open(blob_path, "a")
+                blob = TensorBlob.open(blob_path, "a", sync=sync)
                 blob.write(batch)
                 blob.close()
             return {"v": k / (now() - t0)}
@@ -725,7 +725,7 @@ class Bench:
             return {"v": k / (now() - t0)}
 
         try:
-            s = interleave(p.reps, {"tb": tb, "mm": mm})
+            s = interleave(p.reps, {"tb": tb, "full": lambda: tb("full"), "mm": mm})
         finally:
             remove(d)
         self.add(
@@ -741,6 +741,22 @@ class Bench:
                 ">= 1000/s",
                 memmap=med(s, "mm.v"),
                 note="np.memmap column: grow file, map 16 rows, write, flush, unmap",
+                samples=s,
+            )
+        )
+        # g2: the same under sync="full": the write's rows travel in the journal
+        # (one flush), and the close leaves them there (design.md, item 21).
+        self.add(
+            Figure(
+                "g2",
+                "collector session, sync='full': open 'a', write 16 rows, close",
+                "sessions/s",
+                med(s, "full.v"),
+                med(s, "tb.v"),
+                "figure g (sync='normal')",
+                "higher",
+                0.5,
+                ">= 0.5x figure g",
                 samples=s,
             )
         )

@@ -55,6 +55,12 @@ CLOSE_CHECKPOINT_RECORDS = 96
 # checkpoint (a few fsyncs, nothing next to writing that many blocks) spares
 # every later open replaying them and their checksums.
 CLOSE_CHECKPOINT_BLOCKS = 16
+# ... and past this many bytes of logged rows (F6 ``r``) in the journal, which
+# every reader's open reads and checks. Below it the journal keeps them, and
+# its padding (less than PAD_BYTES of zeros): a sync="full" collector that
+# opens, appends and closes would otherwise checkpoint at every close
+# (design.md, item 21).
+CLOSE_CHECKPOINT_LOGGED = 256 << 10
 
 
 # What a BlobIOError says is durable, by the step that failed (see _give_up).
@@ -196,14 +202,12 @@ class DurablePoints:
         j = self.journal
         # Not while the interpreter shuts down (a close from __del__): torch
         # may be half torn down by then.
-        # A journal padded for logged rows is checkpointed at close, so that
-        # readers do not read its padding at every open.
         long = j.size - j.logged > CHECKPOINT_BYTES or (
             closing
             and (
                 j.seq > CLOSE_CHECKPOINT_RECORDS
                 or len(m.dirty) > CLOSE_CHECKPOINT_BLOCKS
-                or j.padded
+                or j.logged > CLOSE_CHECKPOINT_LOGGED
             )
         )
         checkpointed = (

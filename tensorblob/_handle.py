@@ -272,7 +272,7 @@ class Handle(Cursor, Transactions, Reader, Pickled):
                 state = self._load_snapshot(self._lease)
             except (CorruptBlobError, NotABlobError) as exc:
                 self._lease.hold(self._state.seq)  # keep the snapshot this reader has
-                if os.path.isdir(self._path):
+                if not _dirs.gone(self._path):
                     raise
                 raise BlobNotFoundError(
                     f"{self._KIND} {self._path!r} was deleted or moved; this reader keeps "
@@ -325,7 +325,10 @@ class Handle(Cursor, Transactions, Reader, Pickled):
             loaded = _snapshot.load(self._path, self._meta)
         j = loaded.journal
         assert j is not None
-        journal = JournalWriter(self._path, j.salt, len(j.records), j.end)
+        # Rows that earlier sessions logged (F6 ``r``) count towards the journal's
+        # bound as this session's do (DurablePoints.past_bound).
+        logged = sum(len(r["r"]) for r in j.records if "r" in r)
+        journal = JournalWriter(self._path, j.salt, len(j.records), j.end, logged)
         self._engine = Engine(
             self._path,
             self._meta,

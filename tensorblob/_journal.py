@@ -260,7 +260,9 @@ class JournalWriter:
     record is on disk is then for the next open to find out.
     """
 
-    def __init__(self, root: str, salt: int, seq: int, end: int | None = None) -> None:
+    def __init__(
+        self, root: str, salt: int, seq: int, end: int | None = None, logged: int = 0
+    ) -> None:
         self.path = os.path.join(root, JOURNAL)
         self.salt = salt
         self.seq = seq  # frames already in the journal
@@ -276,7 +278,7 @@ class JournalWriter:
         self.room = max(self.phys, st.st_blocks * 512)
         self.reservable = True  # False: the filesystem cannot reserve (appends may fail)
         self.broken = False
-        self.logged = 0  # bytes of logged rows (F6 ``r``) in this journal's frames
+        self.logged = logged  # bytes of logged rows (F6 ``r``) in this journal's frames
 
     @property
     def padded(self) -> bool:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from . import _locking, _snapshot
+from . import _dirs, _locking, _snapshot
 from ._journal import JOURNAL
 from ._locking import LOCK
 from ._manifest import MANIFEST
@@ -128,7 +128,7 @@ class Watcher:
             try:
                 st = os.stat(os.path.join(self.root, name))
             except FileNotFoundError:
-                if not os.path.isdir(self.root):
+                if _dirs.gone(self.root):
                     return None
                 st = None
             out.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else (0, 0, 0))
@@ -259,7 +259,7 @@ def _follow(
                     try:
                         rows = blob.read(min(step, length - start))
                     except CorruptBlobError:
-                        if os.path.isdir(root):
+                        if not _dirs.gone(root):
                             raise
                         return  # deleted under it: the block files went with it
                     if batch:

@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 import tensorblob
 from tensorblob import TensorBlob, TensorDB, _durable, _fast, _format, _records
+from tensorblob import _durability as durability
 from tensorblob._blockfiles import block_name
-from tensorblob._journal import read_journal, scan_journal
+from tensorblob._journal import PAD_BYTES, read_journal, scan_journal
 from tensorblob._meta import read_meta
 from tensorblob._snapshot import load
 from tensorblob.errors import CorruptBlobError
@@ -233,13 +234,50 @@ def test_zero_padding_is_not_a_torn_tail_but_other_bytes_are(tmp_path):
     assert not j.torn
     assert j.size == j.end
     assert scan_journal(path, read_meta(path).uuid).size == j.end
-    b.close()  # a padded journal is checkpointed at close: readers do not read the padding
-    assert os.path.getsize(os.path.join(path, "journal")) == journal(path).end
+    b.close()  # the journal keeps its padding (a few rows logged: no checkpoint)
+    end = journal(path).end
+    size = os.path.getsize(os.path.join(path, "journal"))
+    assert end < size <= end + PAD_BYTES
+    with TensorBlob.open(path, "r") as r:  # readers read past the padding
+        assert torch.equal(r[:], rows(0, 3))
     with open(os.path.join(path, "journal"), "ab") as f:
         f.write(bytes(100) + b"\x01" + bytes(10))
     j = journal(path)
     assert j.torn
-    assert j.size == j.end + 101
+    assert j.size == size + 101  # the content ends at the last byte that is not zero
+
+
+def test_full_collector_sessions_do_not_checkpoint_at_every_open_or_close(tmp_path):
+    """A sync="full" collector that opens, logs a few rows and closes, again and again:
+    its close appends a sync record (no checkpoint), and the next session's bound
+    counts the rows logged before it as logged (not as records to replay). Only
+    once the journal holds more logged rows than close() leaves does a close
+    checkpoint; a closed journal's padding is less than PAD_BYTES."""
+    path = str(tmp_path / "b")
+    shape = (768,)  # 3 KiB rows: 16 of them are 48 KiB, more than CHECKPOINT_BYTES in 2 sessions
+    TensorBlob.open(path, "w", dtype="float32", shape=shape, block_size=4096).close()
+    jpath = os.path.join(path, "journal")
+    gens, sizes = [], []
+    for k in range(7):
+        with TensorBlob.open(path, "a", sync="full") as b:
+            log = steps_of(lambda k=k, b=b: b.write(torch.full((16, 768), float(k))))
+            if k > 0:  # the first session replaces the version 4 journal (no logged rows)
+                assert [s for s in log if s[0] in ("fsync", "fdatasync")] == [
+                    ("fdatasync", "journal")
+                ], log
+        j = journal(path)
+        gens.append(j.gen)
+        sizes.append(os.path.getsize(jpath) - j.end)
+        logged = sum(len(r["r"]) for r in j.records if "r" in r)
+        assert logged <= durability.CLOSE_CHECKPOINT_LOGGED
+    assert all(0 <= pad < PAD_BYTES for pad in sizes), sizes  # what readers read past the end
+    # Sessions 1-5 share one journal (48 KiB logged each); the 6th close passes the
+    # bound (288 KiB) and checkpoints.
+    assert gens[1] == gens[5], gens
+    assert gens[6] == gens[5] + 1, gens
+    with TensorBlob.open(path, "r") as b:
+        assert len(b) == 7 * 16
+        assert torch.equal(b[::16][:, 0], torch.arange(7, dtype=torch.float32))
 
 
 @settings(max_examples=300, deadline=None)
