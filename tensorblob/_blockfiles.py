@@ -17,7 +17,7 @@ import zlib
 
 from . import _durable
 from ._meta import Meta
-from .errors import CorruptBlobError
+from .errors import CorruptBlobError, SnapshotGoneError
 
 BLOCKS = "blocks"
 
@@ -104,6 +104,18 @@ def parse_block_name(name: str) -> int | None:
     return None
 
 
+def gone(root: str, home: tuple[int, int] | None = None) -> bool:
+    """The blob once at ``root`` is no longer there: ``blocks/`` is missing or, given the
+    ``home`` it had (``BlockFiles.home_of``), another directory. The one rule by which
+    readers, ``refresh()`` and ``follow()`` tell a blob deleted, moved or created again
+    from a damaged one."""
+    try:
+        st = os.stat(os.path.join(root, BLOCKS))
+    except OSError:
+        return True
+    return home is not None and (st.st_dev, st.st_ino) != home
+
+
 class BlockFiles:
     """The block files of one blob: paths, sizes, creation, copies, fsync, checksums."""
 
@@ -116,6 +128,36 @@ class BlockFiles:
         # Block files a writer holds open for reading and writing (its write
         # window): fsynced and read through that descriptor.
         self.lent: dict[int, int] = {}
+        # A reader's ``blocks/`` directory, as (device, inode), when it opened
+        # the blob (``pin_home``); None: not pinned (writers: the lock pins it).
+        self.home: tuple[int, int] | None = None
+
+    @staticmethod
+    def home_of(root: str) -> tuple[int, int]:
+        """Which directory the blob at ``root`` keeps its blocks in: (device, inode) of
+        ``blocks/`` (``pin_home``). Raises FileNotFoundError if there is none."""
+        st = os.stat(os.path.join(root, BLOCKS))
+        return st.st_dev, st.st_ino
+
+    def pin_home(self) -> None:
+        """Remember which directory ``blocks/`` is now, before a reader loads its snapshot:
+        a blob deleted and created again numbers its block files from 0 again, and
+        the reader must not read the new blob's files as its own (``gone``)."""
+        self.home = self.home_of(os.path.dirname(self.dir))
+
+    def gone(self) -> bool:
+        """The blob is no longer at its path (``gone``, with the pinned ``home``)."""
+        return gone(os.path.dirname(self.dir), self.home)
+
+    def _check_home(self, path: str) -> None:
+        """Raise SnapshotGoneError if a pinned reader's blob is gone: ``path``, just
+        opened, may belong to another blob."""
+        if self.home is not None and self.gone():
+            raise SnapshotGoneError(
+                f"rows of this reader's snapshot in {path!r} cannot be read: the blob was "
+                "deleted, moved or created again since the reader opened it, and it had "
+                "not mapped them. Open the blob again to read what is there now"
+            )
 
     def path(self, bid: int) -> str:
         return f"{self.dir}/{bid:016x}"  # block_name(), inlined: this is on the write path
@@ -144,6 +186,7 @@ class BlockFiles:
         try:
             size = os.stat(path).st_size
         except FileNotFoundError:
+            self._check_home(path)
             raise CorruptBlobError(
                 f"block file {path!r} is missing", path=path, reason="block-missing"
             ) from None
@@ -200,7 +243,8 @@ class BlockFiles:
         For reads over more blocks than a handle keeps mapped: mapping them would
         evict, at every such read, the blocks the next one needs first
         (``BlockStore.span_into``). Raises CorruptBlobError if the file is
-        missing or ends before the rows.
+        missing or ends before the rows. A reader's caller checks that the
+        files were this blob's (``_check_home``) once it has read them all.
         """
         off, rb = self._spans[f]
         path, fd = self.path(bid), self.lent.get(bid, -1)
@@ -209,6 +253,7 @@ class BlockFiles:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
+                self._check_home(path)
                 raise CorruptBlobError(
                     f"block file {path!r} is missing", path=path, reason="block-missing"
                 ) from None

@@ -242,6 +242,7 @@ class BlockStore(BlockFiles):
             rows = np.empty((hi - lo, rb), dtype=np.uint8)
             self.read_rows(bid, f, lo, hi, rows)
             dst[idx] = rows[at - lo]
+        self._check_home(self.dir)  # every file read was this blob's (one stat for all)
 
     def span_into(self, blocks: list[int], f: int, start: int, stop: int, dst: np.ndarray) -> None:
         """Copy rows ``start:stop`` of field ``f`` of the snapshot whose slot list is
@@ -303,6 +304,7 @@ class BlockStore(BlockFiles):
                 self.read_rows(bid, f, off, off + end - pos, dst[at : at + end - pos])
             at += end - pos
             pos = end
+        self._check_home(self.dir)  # every file read was this blob's (one stat for all)
 
     def _entry(self, bid: int) -> _Entry:
         cache = self._cache
@@ -355,6 +357,7 @@ class BlockStore(BlockFiles):
                 )
             except RuntimeError as again:
                 raise self._unmappable(path, again) from again
+        self._check_home(path)  # the file mapped is this blob's
         # A plain tensor view of the same mapped storage: indexing it skips the
         # subclass dispatch of MemoryMappedTensor on every row access.
         return mmt.as_subclass(torch.Tensor)

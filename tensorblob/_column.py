@@ -75,7 +75,10 @@ class Column:
 
     def __getitems__(self, indices: Any) -> list[torch.Tensor]:
         """A DataLoader batch of this field, gathered in one call (see TensorBlob's)."""
-        return _rows.Reader.__getitems__(self, indices)  # type: ignore[arg-type]
+        db = self._db
+        db._check_open()
+        what = f"field {self.name!r} of database {db.path!r}"
+        return _rows.items(indices, db._state.length, what, self._take, lambda b: b.unbind(0))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         db = self._db

@@ -56,15 +56,6 @@ def _make_parents(parent: str, path: str) -> None:
         _durable.fsync_dir(os.path.dirname(d))
 
 
-def gone(path: str) -> bool:
-    """The blob at ``path`` was deleted or moved away: its directory is not there.
-
-    The one rule by which a reader's ``refresh()``, ``follow()`` and the
-    watcher tell a deleted blob from a damaged one.
-    """
-    return not os.path.isdir(path)
-
-
 def is_empty(path: str) -> bool:
     """True if the directory ``path`` is empty (a blob's meta file says at once it is not)."""
     return not os.path.exists(os.path.join(path, META)) and not os.listdir(path)

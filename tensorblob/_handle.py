@@ -192,7 +192,7 @@ class Handle(Cursor, Transactions, Reader, Pickled):
         max_cached: int,
         sync: str,
         timeout: float,
-        snapshot: tuple[ReaderLease, State] | None = None,
+        snapshot: tuple[ReaderLease, State, tuple[int, int]] | None = None,
     ) -> None:
         self._path = root
         self._mode = mode
@@ -224,11 +224,12 @@ class Handle(Cursor, Transactions, Reader, Pickled):
                 self._lock.release()
                 raise
         elif snapshot is not None:  # unpickling: the lease already holds the state
-            self._lease, self._state = snapshot
+            self._lease, self._state, self._blocks.home = snapshot
             self._blocks.set_logged(self._state.logged)
         else:
             self._lease = ReaderLease(root)
             try:
+                self._blocks.pin_home()  # before the snapshot: it is of this directory's blob
                 self._state = self._load_snapshot(self._lease)
             except BaseException:
                 self._lease.release()
@@ -260,7 +261,8 @@ class Handle(Cursor, Transactions, Reader, Pickled):
 
         Raises:
             BlobClosedError: the blob is closed.
-            BlobNotFoundError: the blob was deleted or moved (the snapshot is kept).
+            BlobNotFoundError: the blob was deleted, moved or created again (the snapshot is
+                kept).
             CorruptBlobError: a file of the blob is damaged.
         """
         self._check_open()
@@ -272,11 +274,12 @@ class Handle(Cursor, Transactions, Reader, Pickled):
                 state = self._load_snapshot(self._lease)
             except (CorruptBlobError, NotABlobError) as exc:
                 self._lease.hold(self._state.seq)  # keep the snapshot this reader has
-                if not _dirs.gone(self._path):
+                if not self._blocks.gone():
                     raise
                 raise BlobNotFoundError(
-                    f"{self._KIND} {self._path!r} was deleted or moved; this reader keeps "
-                    "its snapshot (rows of blocks it never read may be gone)"
+                    f"{self._KIND} {self._path!r} was deleted, moved or created again; this "
+                    "reader keeps its snapshot (rows of blocks it never read are gone: "
+                    "reading them raises SnapshotGoneError)"
                 ) from exc
             self._state = state
             self._pos = min(self._pos, self._state.length)

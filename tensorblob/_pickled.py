@@ -57,7 +57,11 @@ class Pickled:
 
 def _unpickle_reader(cls: type[H], path: str, state: State, pos: int, max_cached: int) -> H:
     """A reader on exactly the pickled snapshot ``state``; SnapshotGoneError if it is gone."""
-    if not os.path.isdir(path):
+    try:  # before meta's uuid is checked: the blocks read are of that blob
+        home = BlockStore.home_of(path)
+    except OSError:
+        home = None
+    if home is None or not os.path.isdir(path):
         raise SnapshotGoneError(
             f"cannot unpickle a reader of blob {path!r}: nothing is there. The blob was "
             "deleted since, or this process does not see that path (another machine or "
@@ -86,6 +90,6 @@ def _unpickle_reader(cls: type[H], path: str, state: State, pos: int, max_cached
     except BaseException:
         lease.release()
         raise
-    blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT, (lease, state))
+    blob._setup(path, "r", meta, max_cached, "normal", DEFAULT_TIMEOUT, (lease, state, home))
     blob._pos = min(pos, state.length)
     return blob

@@ -251,6 +251,18 @@ def gather(
     return dst if dst is not None else got.view(fld.dtype).reshape(n, *fld.shape)
 
 
+def items(indices: Any, n: int, what: str, take: Any, unbatch: Any) -> Rows:
+    """``__getitems__`` of a reader or column of ``n`` rows: ``take`` gathers the batch,
+    ``unbatch`` splits it into rows (``Reader.__getitems__`` says what it returns)."""
+    p = plan(indices, n, what)
+    if not isinstance(p, np.ndarray):
+        raise BlobTypeError(f"__getitems__ takes a sequence of indices, not {indices!r}")
+    batch = take(p)
+    rows = Rows(unbatch(batch))
+    rows.collated, rows.n = batch, len(rows)
+    return rows
+
+
 def _empty(fld: Field) -> torch.Tensor:
     return torch.empty((0, *fld.shape), dtype=fld.dtype)
 
@@ -388,10 +400,5 @@ class Reader:
             BlobClosedError: closed.
         """
         self._check_open()
-        p = plan(indices, self._state.length, f"{self._KIND} {self._path!r}")
-        if not isinstance(p, np.ndarray):
-            raise BlobTypeError(f"__getitems__ takes a sequence of indices, not {indices!r}")
-        batch = self._take(p)
-        rows = Rows(self._unbatch(batch))
-        rows.collated, rows.n = batch, len(rows)
-        return rows
+        what = f"{self._KIND} {self._path!r}"
+        return items(indices, self._state.length, what, self._take, self._unbatch)

@@ -28,7 +28,14 @@ from .errors import BlobTypeError, InvalidArgumentError
 STATE_VERSION = 1
 _MAX_SEED = 1 << 63
 # Keys of the state that fix the order; each must match the sampler's own.
-_ORDER_KEYS = ("seed", "shuffle", "window_blocks", "block_size", "drop_last")
+# What a state must match to resume (the epoch's order), and the types each may have.
+_ORDER_KEYS = {
+    "seed": (int,),
+    "shuffle": (bool,),
+    "window_blocks": (int, type(None)),
+    "block_size": (int, type(None)),
+    "drop_last": (bool,),
+}
 
 
 def _int(value: object, what: str, low: int, high: int | None = None) -> int:
@@ -315,22 +322,33 @@ class DistributedBlobSampler(Sampler):
         be the same rows (true of a blob that is only appended to).
 
         Raises:
-            BlobTypeError: ``state`` is not a mapping, or a value has the wrong type.
-            InvalidArgumentError: a key is missing or out of range, the state
+            BlobTypeError: ``state`` is not a mapping, or a value has the wrong type
+                (a bool where an int belongs, or the reverse, included).
+            InvalidArgumentError: a key is missing or unknown, a value is out of range, the state
                 orders differently (seed, shuffle, window, block size,
                 drop_last), or ``data`` is shorter than the saved length.
         """
         if not isinstance(state, Mapping):
             raise BlobTypeError(f"state must be a mapping, got {type(state).__name__}")
-        missing = sorted({"version", "epoch", "length", "position", *_ORDER_KEYS} - set(state))
-        if missing:
-            raise InvalidArgumentError(f"state: missing keys {missing}")
+        keys = {"version", "epoch", "length", "position", *_ORDER_KEYS}
+        missing, unknown = sorted(keys - set(state)), sorted(map(repr, set(state) - keys))
+        if missing or unknown:
+            said = [f"missing keys {missing}"] if missing else []
+            said += [f"unknown keys {unknown}"] if unknown else []
+            raise InvalidArgumentError("state: " + ", ".join(said))
+        _int(state["version"], "state['version']", 0)
         if state["version"] != STATE_VERSION:
             raise InvalidArgumentError(
                 f"state: version {state['version']!r}, this sampler reads {STATE_VERSION}"
             )
-        for key in _ORDER_KEYS:
-            if state[key] != getattr(self, key):
+        for key, types in _ORDER_KEYS.items():
+            mine = getattr(self, key)
+            if type(state[key]) not in types:  # True is not 1: the type is part of it
+                raise BlobTypeError(
+                    f"state: {key}={state[key]!r} is of type {type(state[key]).__name__}, "
+                    f"not {' or '.join(t.__name__ for t in types)}"
+                )
+            if state[key] != mine:
                 raise InvalidArgumentError(
                     f"state: {key}={state[key]!r} but this sampler has {key}="
                     f"{getattr(self, key)!r}; the rest of the epoch would be another order"

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from . import _dirs, _locking, _snapshot
+from . import _blockfiles, _locking, _snapshot
 from ._journal import JOURNAL
 from ._locking import LOCK
 from ._manifest import MANIFEST
@@ -40,8 +40,8 @@ from .errors import (
     BlobClosedError,
     BlobNotFoundError,
     BlobTypeError,
-    CorruptBlobError,
     InvalidArgumentError,
+    SnapshotGoneError,
     UnsupportedOperationError,
     WaitTimeoutError,
 )
@@ -128,7 +128,7 @@ class Watcher:
             try:
                 st = os.stat(os.path.join(self.root, name))
             except FileNotFoundError:
-                if _dirs.gone(self.root):
+                if _blockfiles.gone(self.root):
                     return None
                 st = None
             out.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else (0, 0, 0))
@@ -258,9 +258,7 @@ def _follow(
                     start = blob.tell()
                     try:
                         rows = blob.read(min(step, length - start))
-                    except CorruptBlobError:
-                        if not _dirs.gone(root):
-                            raise
+                    except SnapshotGoneError:
                         return  # deleted under it: the block files went with it
                     if batch:
                         yield rows

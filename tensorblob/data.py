@@ -321,26 +321,40 @@ class BlobLoader(DataLoader):
         return sampler, self.batch_size
 
     def __iter__(self) -> Iterator[Any]:
+        sampler = self._blob_sampler
+        before = None if sampler is None else sampler._passes
         it = super().__iter__()
-        if self._blob_sampler is None:
+        if sampler is None:
             return it
-        return _Reporting(it, self._blob_sampler, self._per_batch)
+        # With workers the iterator begins its pass here (it prefetches); without,
+        # at its first batch (_Reporting then takes the pass begun by that batch).
+        begun = sampler._passes if sampler._passes != before else None
+        return _Reporting(it, sampler, self._per_batch, begun)
 
 
 class _Reporting:
-    """Iterates a DataLoader iterator, reporting each batch it returns to the sampler."""
+    """Iterates a DataLoader iterator, reporting each batch it returns to the sampler,
+    while the sampler's current pass is this iterator's (``begun``; None: the one its
+    first batch begins)."""
 
-    def __init__(self, it: Any, sampler: DistributedBlobSampler, per: int) -> None:
+    def __init__(
+        self, it: Any, sampler: DistributedBlobSampler, per: int, begun: int | None
+    ) -> None:
         self._it = it
         self._sampler = sampler
         self._per = per
+        self._pass = begun
 
     def __iter__(self) -> _Reporting:
         return self
 
     def __next__(self) -> Any:
         batch = next(self._it)
-        self._sampler._advance(self._per)
+        sampler = self._sampler
+        if self._pass is None:
+            self._pass = sampler._passes
+        if sampler._passes == self._pass:  # an older iterator's batches are not counted
+            sampler._advance(self._per)
         return batch
 
     def __len__(self) -> int:

@@ -301,12 +301,14 @@ class MissingDependencyError(TensorBlobError, ImportError):
 
 
 class SnapshotGoneError(TensorBlobError, FileNotFoundError):
-    """A pickled reader's snapshot no longer exists, so its copy cannot read it.
+    """A reader's snapshot no longer exists, so it cannot be read.
 
-    Its blocks were freed once no reader held the snapshot any more, or the
-    blob was deleted or created again. A copy never switches to another
-    snapshot on its own: keep the original reader open while its copies
-    unpickle, or open the blob again for its newest snapshot.
+    Unpickling a reader: its blocks were freed once no reader held the
+    snapshot any more, or the blob was deleted or created again. A copy
+    never switches to another snapshot on its own: keep the original reader
+    open while its copies unpickle, or open the blob again for its newest
+    snapshot. Reading rows: the blob was deleted, moved or created again
+    since the reader opened it, and the rows lie in a block it never mapped.
     """
 
 

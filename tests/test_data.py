@@ -194,6 +194,26 @@ def test_with_workers_a_blob_loader_counts_exactly_the_batches_the_loop_received
     assert torch.equal(torch.cat(got[:4] + rest), torch.cat(got))
 
 
+@pytest.mark.parametrize("workers", [{}, FORK])
+def test_a_blob_loader_iterator_resumed_after_a_newer_pass_began_is_not_counted(blob, workers):
+    """ddp.md, Limits: only the sampler's newest pass moves its position."""
+    sampler = DistributedBlobSampler(blob, num_replicas=1, rank=0, batch_size=4, shuffle=False)
+    loader = BlobLoader(blob, batch_sampler=sampler, **workers)
+    old = iter(loader)
+    for _ in range(3):
+        next(old)
+    assert sampler.state_dict()["position"] == 12
+    new = iter(loader)
+    assert next(new).tolist() == [0, 1, 2, 3]
+    assert sampler.state_dict()["position"] == 4
+    next(old)
+    next(old)
+    assert sampler.state_dict()["position"] == 4
+    assert next(new).tolist() == [4, 5, 6, 7]
+    assert sampler.state_dict()["position"] == 8
+    del old, new
+
+
 def test_a_blob_loader_batching_a_sample_sampler_counts_its_batch_size(blob):
     sampler = DistributedBlobSampler(blob, num_replicas=3, rank=2, seed=1)
     loader = BlobLoader(blob, sampler=sampler, batch_size=7, **FORK)

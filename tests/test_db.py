@@ -145,6 +145,25 @@ def test_a_column_reads_one_field_with_the_whole_indexing_of_a_blob(tmp_path):
         col[0]
 
 
+def test_a_column_is_a_dataloader_dataset(tmp_path):
+    """DataLoader batches of one field, gathered in one call (``__getitems__``)."""
+    want = make(tmp_path / "db", 13)["reward"]
+    with TensorDB.open(tmp_path / "db") as db:
+        col = db.column("reward")
+        got = col.__getitems__([12, 0, 5])
+        assert torch.equal(torch.stack(got), want[[12, 0, 5]])
+        assert torch.equal(got.collated, want[[12, 0, 5]])
+        for collate_fn in (None, collate):
+            loader = DataLoader(col, batch_size=4, collate_fn=collate_fn)
+            assert torch.equal(torch.cat(list(loader)), want)
+        with pytest.raises(tensorblob.BlobTypeError, match="sequence of indices"):
+            col.__getitems__(3)
+        with pytest.raises(InvalidIndexError, match="out of bounds"):
+            col.__getitems__([13])
+    with pytest.raises(tensorblob.BlobClosedError):
+        col.__getitems__([0])
+
+
 def test_iterating_and_self_extending_a_database_read_what_it_holds_now(tmp_path):
     path = tmp_path / "db"
     want = make(path, 10)

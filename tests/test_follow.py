@@ -25,6 +25,7 @@ from tensorblob import (
     BlobNotFoundError,
     BlobTypeError,
     InvalidArgumentError,
+    SnapshotGoneError,
     TensorBlob,
     UnsupportedOperationError,
     WaitTimeoutError,
@@ -230,13 +231,42 @@ def test_refresh_wait_for_and_follow_after_the_blob_was_deleted(tmp_path):
     with TensorBlob.open(path) as reader:
         assert reader[:].tolist() == [0, 1, 2]  # mapped: readable after the deletion
         TensorBlob.unlink(path)
-        with pytest.raises(BlobNotFoundError, match="deleted or moved"):
+        with pytest.raises(BlobNotFoundError, match="deleted, moved or created again"):
             reader.refresh()
-        with pytest.raises(BlobNotFoundError, match="deleted or moved"):
+        with pytest.raises(BlobNotFoundError, match="deleted, moved or created again"):
             reader.wait_for(5, timeout=1)
         assert (len(reader), reader[:].tolist()) == (3, [0, 1, 2])
         assert list(reader.follow(timeout=1)) == [0, 1, 2]
         assert list(reader.follow(timeout=1)) == []
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["deleted", "created-again"])
+@pytest.mark.parametrize("cached", [4, 1], ids=["mapped", "pread"])
+def test_a_reader_never_reads_another_blob_at_its_path(tmp_path, again, cached):
+    """A blob deleted (and created again) under an open reader: the rows it had read stay
+    readable; rows of blocks it never read raise SnapshotGoneError, even where the new
+    blob has block files of the same names (it read the new blob's rows before), and
+    refresh() raises BlobNotFoundError."""
+    path = str(tmp_path / "b")
+    with TensorBlob.open(path, "w", dtype="int64", shape=(), block_size=4) as w:
+        w.write(torch.arange(12))
+    with TensorBlob.open(path, max_cached_blocks=cached) as reader:
+        assert reader[0:4].tolist() == [0, 1, 2, 3]
+        TensorBlob.unlink(path)
+        if again:
+            with TensorBlob.open(path, "w", dtype="int64", shape=(), block_size=4) as w:
+                w.write(torch.arange(1000, 1012))
+        if cached > 1:
+            assert reader[1:3].tolist() == [1, 2]  # still mapped
+        for read in (lambda: reader[4:12], lambda: reader[[5, 9]], lambda: reader[9]):
+            with pytest.raises(SnapshotGoneError, match="deleted, moved or created again"):
+                read()
+        with pytest.raises(BlobNotFoundError, match="deleted, moved or created again"):
+            reader.refresh()
+        assert len(reader) == 12
+    if again:
+        with TensorBlob.open(path) as fresh:
+            assert fresh[:].tolist() == list(range(1000, 1012))
 
 
 # -- cost and latency ------------------------------------------------------------------

@@ -395,6 +395,12 @@ def good_state() -> dict:
         ({"window_blocks": 2}, InvalidArgumentError, "state: window_blocks=2"),
         ({"drop_last": True}, InvalidArgumentError, "state: drop_last=True"),
         ({"position": None}, BlobTypeError, "state['position'] must be an int, got NoneType"),
+        ({"version": True}, BlobTypeError, "state['version'] must be an int, got bool"),
+        ({"seed": "0"}, BlobTypeError, "state: seed='0' is of type str"),
+        ({"shuffle": 1}, BlobTypeError, "state: shuffle=1 is of type int"),
+        ({"drop_last": 0}, BlobTypeError, "state: drop_last=0 is of type int"),
+        ({"window_blocks": 0.0}, BlobTypeError, "state: window_blocks=0.0 is of type float"),
+        ({"spare": 1}, InvalidArgumentError, "state: unknown keys [\"'spare'\"]"),
     ],
 )
 def test_bad_states_are_refused_and_change_nothing(change, cls, fragment):
