@@ -74,6 +74,7 @@ def random_task(seed: int, examples: int) -> Task:
 CI_POWER = (
     "full_sync",
     "full_logged",
+    "full_logged_sessions",
     "records_logged",
     "full_new_block",
     "full_overwrite",

@@ -21,7 +21,7 @@ Ops::
     ["flush"] | ["close"]
     ["unlink"]                  # TensorBlob.unlink(path), with no handle open
     ["checkpoint_every", nbytes]  # lower the journal bound (and ROTATE_BYTES) in the child
-    ["log_bound", rows, journal]  # lower the bounds on rows logged in the journal (sync="full")
+    ["log_bound", rows, journal(, close)]  # lower the bounds on rows logged (sync="full")
 
 ``WORKLOADS`` is the shared catalogue (tests/test_crash.py and fuzz/ use it).
 
@@ -303,6 +303,24 @@ WORKLOADS: dict[str, list[list[Any]]] = {
         ["write", 1, 7],
         ["close"],
     ],
+    # Sessions of logged rows: close() checkpoints past its bound on logged rows
+    # (here 30 bytes: 3 rows), else leaves them and the padding to the next session.
+    "full_logged_sessions": [
+        ["log_bound", 40, 600, 30],
+        ["open", "w", "full", NEW],
+        *[["write", 1, i] for i in range(3)],
+        ["close"],
+        ["open", "a", "full", {}],
+        ["write", 1, 3],
+        ["close"],
+        ["open", "a", "full", {}],
+        ["write", 1, 4],
+        ["write", 1, 5],
+        ["close"],
+        ["open", "a", "normal", {}],
+        ["write", 1, 6],
+        ["close"],
+    ],
     "records_logged": [
         ["log_bound", 60, 800],
         ["open", "w", "full", NEW_DB],
@@ -488,7 +506,8 @@ def set_bound(op: list[Any]) -> None:
     """Lower a bound of the engine in this (child) process, so that a short workload
     reaches it: ``checkpoint_every`` the journal's (and ROTATE_BYTES), ``log_bound``
     the bytes of rows logged in the journal (F6 ``r``) before the blocks are fsynced
-    and before the journal is checkpointed, ``close_checkpoint_every`` the records past
+    and before the journal is checkpointed (and, given a third value, at close),
+    ``close_checkpoint_every`` the records past
     which close() checkpoints."""
     if op[0] == "checkpoint_every":
         _durability.CHECKPOINT_BYTES = op[1]
@@ -497,6 +516,8 @@ def set_bound(op: list[Any]) -> None:
         _durability.CLOSE_CHECKPOINT_RECORDS = op[1]
     else:
         _fast.LOG_BUDGET, _durability.LOGGED_JOURNAL_BYTES = op[1], op[2]
+        if len(op) > 3:
+            _durability.CLOSE_CHECKPOINT_LOGGED = op[3]
 
 
 def _run_ops(path: str, ops: list[list[Any]], ack_fd: int) -> None:
