@@ -136,9 +136,9 @@ class TensorBlob(Handle):
             path, mode, layout, fits, block_size, max_cached_blocks, sync, timeout, verify, trust_fs
         )
 
-    def _setup(self, root: str, mode: str, meta: Meta, *args: Any) -> None:
+    def _setup(self, root: str, mode: str, meta: Meta, *args: Any, **kw: Any) -> None:
         self._row_shape = torch.Size(meta.shape)
-        super()._setup(root, mode, meta, *args)
+        super()._setup(root, mode, meta, *args, **kw)
 
     def _fast_ok(self) -> bool:
         """write() copies rows as raw bytes on its fast path: right for every dtype but

@@ -13,6 +13,7 @@ goes through ``_durable``.
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 
 from . import _durable
@@ -105,13 +106,15 @@ def parse_block_name(name: str) -> int | None:
 
 
 def gone(root: str, home: tuple[int, int] | None = None) -> bool:
-    """The blob once at ``root`` is no longer there: ``blocks/`` is missing or, given the
-    ``home`` it had (``BlockFiles.home_of``), another directory. The one rule by which
+    """The blob once at ``root`` is no longer there: ``root`` is not a directory or, given
+    the ``home`` it was (``BlockFiles.home_of``), another one. The one rule by which
     readers, ``refresh()`` and ``follow()`` tell a blob deleted, moved or created again
     from a damaged one."""
     try:
-        st = os.stat(os.path.join(root, BLOCKS))
+        st = os.stat(root)
     except OSError:
+        return True
+    if not stat.S_ISDIR(st.st_mode):
         return True
     return home is not None and (st.st_dev, st.st_ino) != home
 
@@ -128,22 +131,17 @@ class BlockFiles:
         # Block files a writer holds open for reading and writing (its write
         # window): fsynced and read through that descriptor.
         self.lent: dict[int, int] = {}
-        # A reader's ``blocks/`` directory, as (device, inode), when it opened
-        # the blob (``pin_home``); None: not pinned (writers: the lock pins it).
+        # A reader's blob directory, as (device, inode), found before it read the
+        # blob's meta: a blob deleted and created again numbers its block files
+        # from 0 again, and the reader must not read the new blob's files as its
+        # own (``gone``). None: not pinned (a writer: its lock pins the blob).
         self.home: tuple[int, int] | None = None
 
     @staticmethod
     def home_of(root: str) -> tuple[int, int]:
-        """Which directory the blob at ``root`` keeps its blocks in: (device, inode) of
-        ``blocks/`` (``pin_home``). Raises FileNotFoundError if there is none."""
-        st = os.stat(os.path.join(root, BLOCKS))
+        """(device, inode) of the directory ``root`` (``home``); OSError if there is none."""
+        st = os.stat(root)
         return st.st_dev, st.st_ino
-
-    def pin_home(self) -> None:
-        """Remember which directory ``blocks/`` is now, before a reader loads its snapshot:
-        a blob deleted and created again numbers its block files from 0 again, and
-        the reader must not read the new blob's files as its own (``gone``)."""
-        self.home = self.home_of(os.path.dirname(self.dir))
 
     def gone(self) -> bool:
         """The blob is no longer at its path (``gone``, with the pinned ``home``)."""

@@ -130,10 +130,10 @@ class TensorDB(Handle):
             path, mode, layout, fits, block_size, max_cached_blocks, sync, timeout, verify, trust_fs
         )
 
-    def _setup(self, root: str, mode: str, meta: Meta, *args: Any) -> None:
+    def _setup(self, root: str, mode: str, meta: Meta, *args: Any, **kw: Any) -> None:
         self._names = meta.names
         self._shapes = tuple(torch.Size(f.shape) for f in meta.fields)
-        super()._setup(root, mode, meta, *args)
+        super()._setup(root, mode, meta, *args, **kw)
 
     def _fast_ok(self) -> bool:
         """write() copies rows as raw bytes on its fast path: right for every dtype but

@@ -203,8 +203,11 @@ def _replay(sc: Scan, m: State, meta: Meta) -> None:
             i, reason = _first_failure(m, j.records[:cut], meta)
             cut = min(i, cut - 1)
     dropped = [r for r in j.records[cut:] if r["t"] in _records.COMMITS]
-    lost = [r for r in j.lost if r is None or r.get("t") in _records.COMMITS]
-    if cut == len(j.records) and not j.lost:
+    # Intact frames after the damage that a power cut does not explain (readers and
+    # writers refuse the blob); those it explains are a torn tail, dropped by recovery.
+    damage = j.lost if j.lost and _snapshot.tail_is_damage(j.records, j.lost) else []
+    lost = [r for r in damage if r is None or r.get("t") in _records.COMMITS]
+    if cut == len(j.records) and not damage:
         sc.loaded = sc.committed = loaded
         _describe_replay(sc, loaded)
         return
@@ -230,13 +233,13 @@ def _replay(sc: Scan, m: State, meta: Meta) -> None:
             f"restore the blob from a backup; otherwise {salvage}",
             JOURNAL,
         )
-    if j.lost:
+    if damage:
         sc.add(
             "error",
             "journal-lost-frames",
-            f"the journal is damaged at offset {j.end}, and {len(j.lost)} intact record(s) "
-            f"follow the damage ({len(lost)} committed transaction(s)); readers stop at the "
-            "damage and do not see them",
+            f"the journal is damaged at offset {j.end}, and {len(damage)} intact record(s) "
+            f"follow the damage ({len(lost)} committed transaction(s)); readers and writers "
+            "refuse the blob rather than drop them",
             "copy the blob somewhere safe first; " + salvage + " for good",
             JOURNAL,
         )
@@ -246,7 +249,7 @@ def _replay(sc: Scan, m: State, meta: Meta) -> None:
     )
     if claims:
         line += f" (the last dropped transaction had left it at {rows_text(claims[-1])})"
-    if j.lost and cut == len(j.records):
+    if damage and cut == len(j.records):
         line += "; the damaged record itself may have been a transaction too"
     sc.drops.lines.append(line)
 

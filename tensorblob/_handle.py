@@ -125,10 +125,12 @@ class Handle(Cursor, Transactions, Reader, Pickled):
         timeout: float,
     ) -> Self:
         kind, creating = cls._KIND, mode[0] in "wa"
-        try:  # one stat for os.path.exists and os.path.isdir
-            isdir: bool | None = stat.S_ISDIR(os.stat(root).st_mode)
+        try:  # one stat for os.path.exists, os.path.isdir and the reader's home
+            st = os.stat(root)
+            isdir: bool | None = stat.S_ISDIR(st.st_mode)
+            home = (st.st_dev, st.st_ino)  # taken before meta is read (BlockFiles.home)
         except (OSError, ValueError):
-            isdir = None  # as os.path.exists: not there (or not reachable)
+            isdir = home = None  # as os.path.exists: not there (or not reachable)
         if isdir is None or (creating and isdir and _dirs.is_empty(root)):
             new = layout(secrets.token_bytes(16), block_size or DEFAULT_BLOCK_SIZE)
             if not creating or (mode[0] == "a" and new is None):
@@ -170,7 +172,8 @@ class Handle(Cursor, Transactions, Reader, Pickled):
                     f"the layout is fixed at creation ({cls.__name__}.unlink it to start over)"
                 )
         handle = cls.__new__(cls)
-        handle._setup(root, mode, meta, max_cached_blocks or default_max_cached(), sync, timeout)
+        max_cached = max_cached_blocks or default_max_cached()
+        handle._setup(root, mode, meta, max_cached, sync, timeout, home=home)
         return handle
 
     def _fast_ok(self) -> bool:
@@ -193,6 +196,7 @@ class Handle(Cursor, Transactions, Reader, Pickled):
         sync: str,
         timeout: float,
         snapshot: tuple[ReaderLease, State, tuple[int, int]] | None = None,
+        home: tuple[int, int] | None = None,
     ) -> None:
         self._path = root
         self._mode = mode
@@ -229,7 +233,8 @@ class Handle(Cursor, Transactions, Reader, Pickled):
         else:
             self._lease = ReaderLease(root)
             try:
-                self._blocks.pin_home()  # before the snapshot: it is of this directory's blob
+                # The directory as found before meta was read: the snapshot is its blob's.
+                self._blocks.home = home or self._blocks.home_of(root)
                 self._state = self._load_snapshot(self._lease)
             except BaseException:
                 self._lease.release()

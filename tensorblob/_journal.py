@@ -35,6 +35,9 @@ class JournalImage:
     end: int = 0
     size: int = 0
     version: int = _format.WRITE_VERSION  # of the header: a writer upgrades version 1
+    # Frames with a valid CRC in the tail (``_format.intact_frames``): damage, not a
+    # tear, unless a power cut explains them (``_snapshot.check_tail``).
+    lost: list[dict[str, Any] | None] = field(default_factory=list)
 
     @property
     def torn(self) -> bool:
@@ -118,7 +121,7 @@ def read_journal(root: str, uuid: bytes) -> JournalImage:
         j = _decode_grown(path, data, uuid, what) or _decode_journal(data, uuid, what, path)
         _DECODED.put(path, data, j, uuid)
     # Records are only ever read: the image may share them, not the list.
-    return JournalImage(j.gen, j.salt, j.base, list(j.records), j.end, j.size, j.version)
+    return JournalImage(j.gen, j.salt, j.base, list(j.records), j.end, j.size, j.version, j.lost)
 
 
 def _decode_grown(path: str, data: bytes, uuid: bytes, what: str) -> JournalImage | None:
@@ -135,7 +138,13 @@ def _decode_grown(path: str, data: bytes, uuid: bytes, what: str) -> JournalImag
     for rec in records:
         _records.check_record(rec, what)
     size = _format.content_end(data, end)
-    return JournalImage(j.gen, j.salt, j.base, j.records + records, end, size, j.version)
+    lost = _lost(data, end, size, j.salt)
+    return JournalImage(j.gen, j.salt, j.base, j.records + records, end, size, j.version, lost)
+
+
+def _lost(data: bytes, end: int, size: int, salt: int) -> list[dict[str, Any] | None]:
+    """The intact frames in a torn tail (``bytes [end, size)``; none without a tail)."""
+    return _format.intact_frames(data[:size], end, salt) if size > end else []
 
 
 def _decode_journal(data: bytes, uuid: bytes, what: str, path: str) -> JournalImage:
@@ -152,7 +161,8 @@ def _decode_journal(data: bytes, uuid: bytes, what: str, path: str) -> JournalIm
     gen = header["gen"]
     base = header.get("base", gen)
     size = _format.content_end(data, end)
-    return JournalImage(gen, header["salt"], base, records, end, size, version)
+    lost = _lost(data, end, size, header["salt"])
+    return JournalImage(gen, header["salt"], base, records, end, size, version, lost)
 
 
 @dataclass
@@ -228,7 +238,7 @@ def scan_journal(root: str, uuid: bytes) -> JournalScan:
         except CorruptBlobError as exc:
             js.bad_index, js.bad_reason = i, str(exc)
             break
-    js.lost = _format.intact_frames(data, js.end, js.salt)
+    js.lost = _lost(data, js.end, js.size, js.salt)
     return js
 
 

@@ -65,10 +65,17 @@ def _locked(fd: int, start: int, end: int) -> bool:
     return _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, req))[0] != fcntl.F_UNLCK
 
 
+def _owner(data: bytes) -> str:
+    """The owner line of a lock file's first bytes (``record_owner``), or "" if there is
+    none: it is informational and never fsynced, so a crash may leave zeros or garbage."""
+    text = data.decode("utf-8", "replace").strip()
+    return text if text.isprintable() else ""
+
+
 def _holder(root: str) -> str:
     try:
-        with open(os.path.join(root, LOCK)) as f:
-            text = f.read(200).strip()
+        with open(os.path.join(root, LOCK), "rb") as f:
+            text = _owner(f.read(200))
     except OSError:
         return ""
     return f" (held by {text})" if text else ""
@@ -271,7 +278,7 @@ def probe_lock(root: str) -> LockInfo:
     info = LockInfo(exists=True)
     try:
         with contextlib.suppress(OSError):  # the owner line only informs (EIO, EISDIR)
-            info.text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            info.text = _owner(os.pread(fd, 200, 0))
         info.held = _held(fd)
         if info.held:
             info.pid = _flock_holder(os.fstat(fd))

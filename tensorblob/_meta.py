@@ -278,6 +278,8 @@ def read_meta(root: str) -> Meta:
         raise NotABlobError(f"{root!r} is not a tensorblob: it has no meta file") from None
     except IsADirectoryError:
         raise NotABlobError(f"{root!r} is not a tensorblob: {path!r} is a directory") from None
+    except NotADirectoryError:
+        raise NotABlobError(f"{root!r} is not a tensorblob (it is not a directory)") from None
     meta = _DECODED.get(path, data)
     if meta is None:
         meta = _decode_meta(root, data)

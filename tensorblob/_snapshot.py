@@ -150,6 +150,37 @@ class _Scan:
         return {i for i, b in self.logged if i < keep and (every_boot or b != now)}
 
 
+def tail_is_damage(
+    records: list[dict[str, Any]], lost: list[dict[str, Any] | None], scan: _Scan | None = None
+) -> bool:
+    """Do the intact frames after a journal's valid ``records`` (``lost``; ``scan``: of
+    ``records``, if at hand) mean damage, not a tear? Then dropping them would drop
+    committed transactions (G5): readers and writers refuse the blob.
+
+    A power cut explains them when they were never made durable and were
+    written in another boot: the page cache may have written a later frame
+    back and not an earlier one (frames written in place over padding), and
+    the boot rule (F9) would cut them anyway. Not when one of them is a
+    durable marker (the journal was flushed after the damaged frame was
+    written), nor when they were written in this boot (no power cut since:
+    the page cache holds every frame as written).
+    """
+    if scan is None:
+        scan = _Scan(_durable.boot_id()).extend(records)
+    durable, boots = False, set()
+    inherited = True  # frames before the first open record inherit the valid part's boot
+    for rec in lost:
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("t") == _records.REC_OPEN:
+            boots.add(rec.get("b"))
+            inherited = False
+        durable |= rec.get("t") == _records.REC_SYNC or bool(rec.get("d"))
+    if inherited:
+        boots.add(scan.boot)
+    return durable or scan.now in boots
+
+
 def applied(records: list[dict[str, Any]]) -> int:
     """How many leading records ``load`` applies: the power-loss rule of F9.
 
@@ -201,6 +232,16 @@ def _replay(
     records = journal.records
     hit = _resume(state, records, cache) if cache is not None else None
     scan = (hit.scan if hit else _Scan(_durable.boot_id())).extend(records)
+    if journal.lost and tail_is_damage(records, journal.lost, scan):
+        n = sum(isinstance(r, dict) and r.get("t") in _records.COMMITS for r in journal.lost)
+        raise CorruptBlobError(
+            f"the journal of {cache or 'the blob'!r} (generation {journal.gen}) is damaged at "
+            f"offset {journal.end}: {len(journal.lost)} intact record(s) follow the damage ({n} "
+            "committed transaction(s)), which readers and writers would drop. Copy the blob "
+            "somewhere safe, then run `tensorblob check` and `tensorblob recover --salvage`",
+            path=cache,
+            reason="lost-frames",
+        )
     keep = scan.keep
     if hit is not None and (hit.scan.count > keep or (redo_all and scan.logged)):
         hit = None  # its records are no longer all kept, or it redid none of theirs

@@ -89,6 +89,7 @@ REASONS = {
     "foreign": "the file belongs to another blob (its uuid differs from meta's)",
     "generations": "the journal does not follow the manifest's generation",
     "does-not-fit": "a journal record does not apply to the state before it",
+    "lost-frames": "intact journal records follow damage: committed transactions would be lost",
     "block-missing": "a block file is missing",
     "block-size": "a block file has the wrong size",
     "block-short": "a block file ends before its committed rows",

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
 import torch
 
@@ -588,7 +589,7 @@ def test_journal_damaged_in_the_middle_is_not_mistaken_for_a_torn_tail(run: Run,
     got = run.inspect(path)
     check = got["check"][1]
     assert "intact record(s) follow the damage (1 committed transaction(s))" in check
-    assert "readers stop at the damage and do not see them" in check
+    assert "readers and writers refuse the blob rather than drop them" in check
     assert "copy the blob somewhere safe first" in check
     assert "journal-torn" not in codes(got["check_json"][1])
     first, done = _stops_then_salvages(run, path, got)
@@ -596,6 +597,62 @@ def test_journal_damaged_in_the_middle_is_not_mistaken_for_a_torn_tail(run: Run,
     assert "the damaged record itself may have been a transaction too" in first
     assert done["dropped"]["rows"] == 5
     assert torch.equal(content(path), data[:8])
+
+
+def test_readers_and_writers_refuse_a_journal_damaged_before_intact_records(
+    blob: Any, tmp_path: Path
+) -> None:
+    """G5: never drop committed transactions silently. A flipped byte before intact
+    records is damage: every open refuses the blob and changes nothing (it opened as
+    far as the damage, and a writer's open then dropped the rest for good)."""
+    path, data = blob
+    j = scan_journal(path, read_meta(path).uuid)
+    first_commit = next(i for i, r in enumerate(j.records) if r["t"] in ("a", "c"))
+    raw = bytearray(Path(path, "journal").read_bytes())
+    raw[j.offsets[first_commit] + 12] ^= 0xFF
+    Path(path, "journal").write_bytes(bytes(raw))
+    for boot in (None, "another boot"):  # sync records follow the damage: in any boot
+        with no_disk_change(path, read_only=False), _maybe_boot(boot):
+            for mode in ("r", "a", "r+", "w"):
+                with pytest.raises(tensorblob.CorruptBlobError, match="intact record") as e:
+                    TensorBlob.open(path, mode)
+                assert e.value.reason == "lost-frames"
+
+    # A session killed before its close (no sync record): damage to its first append,
+    # with its second one intact after it.
+    live = str(tmp_path / "live")
+    shutil.copytree(path, live)
+    shutil.rmtree(path)
+    make_blob(path)
+    with TensorBlob.open(path, "a") as w:
+        w.write(rows(13, 14))
+        w.write(rows(14, 15))
+        shutil.rmtree(live)
+        shutil.copytree(path, live)  # the files as a kill -9 would leave them
+    j = scan_journal(live, read_meta(live).uuid)
+    appends = [i for i, r in enumerate(j.records) if r["t"] == "a"]
+    raw = bytearray(Path(live, "journal").read_bytes())
+    raw[j.offsets[appends[-2]] + 10] ^= 0xFF
+    Path(live, "journal").write_bytes(bytes(raw))
+    with pytest.raises(tensorblob.CorruptBlobError, match="intact record"):
+        TensorBlob.open(live)  # this boot: no power cut since, so nothing was torn
+    with harness.fake_boot("another boot"):
+        # After a power cut the same bytes are a torn tail: the page cache may have
+        # written the later frame back and not the earlier one. The boot rule drops
+        # both, as it drops every record after the last durable marker.
+        with TensorBlob.open(live) as r:
+            assert torch.equal(r[:], data)
+        with TensorBlob.open(live, "a") as w:
+            assert len(w) == 13
+
+
+@contextmanager
+def _maybe_boot(boot: str | None) -> Iterator[None]:
+    if boot is None:
+        yield
+    else:
+        with harness.fake_boot(boot):
+            yield
 
 
 def test_older_manifest_copied_back_is_salvaged_to_that_manifest(run: Run, tmp_path: Path) -> None:
@@ -727,6 +784,24 @@ def test_a_path_that_is_not_a_blob_is_a_usage_error(run: Run, tmp_path: Path, ki
             assert said in out
             assert run.json(*args, str(path))[1]["verdict"] == "not-a-blob"
     assert os.path.exists(path) is (kind != "nothing")
+    if kind in ("file", "other-dir"):  # copy reads its source as the library's readers do
+        dst = str(tmp_path / "copy")
+        code, out = run("copy", str(path), dst)
+        assert code == 2, out
+        assert "not-a-blob" in out
+        with pytest.raises(tensorblob.NotABlobError):
+            tensorblob.copy_blob(str(path), dst)
+        assert not os.path.exists(dst)
+
+
+def test_info_says_nothing_of_a_lock_file_left_holding_zeros(run: Run, blob: Any) -> None:
+    """The owner line is never fsynced: after a crash the lock file may hold zeros."""
+    path, _ = blob
+    Path(path, "lock").write_bytes(bytes(14))
+    code, out = run("info", path)
+    assert code == 0, out
+    assert "\0" not in out
+    assert "writer none (the lock is free) status" in out  # (run() joins the lines)
 
 
 # -- a live writer -----------------------------------------------------------------------
