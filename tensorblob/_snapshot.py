@@ -157,28 +157,34 @@ def tail_is_damage(
     ``records``, if at hand) mean damage, not a tear? Then dropping them would drop
     committed transactions (G5): readers and writers refuse the blob.
 
-    A power cut explains them when they were never made durable and were
-    written in another boot: the page cache may have written a later frame
-    back and not an earlier one (frames written in place over padding), and
-    the boot rule (F9) would cut them anyway. Not when one of them is a
-    durable marker (the journal was flushed after the damaged frame was
-    written), nor when they were written in this boot (no power cut since:
-    the page cache holds every frame as written).
+    A power cut explains them when they were written in another boot and
+    none of them is known to have been flushed: the page cache may have
+    written a later frame back and not an earlier one (frames written in
+    place over padding), and the boot rule (F9) drops them. A frame that
+    follows a durable marker is known to have been flushed past: the writer
+    flushes the journal right after a durable marker, before it writes
+    anything more, so the damaged bytes before the marker were on the disk.
+    (The marker alone proves nothing: a power cut may come before its
+    flush, with its page written back.) In this boot no power cut came:
+    the page cache holds every frame as written, so any intact frame in the
+    tail means damage.
     """
     if scan is None:
         scan = _Scan(_durable.boot_id()).extend(records)
-    durable, boots = False, set()
+    marker = flushed = False
+    boots = set()
     inherited = True  # frames before the first open record inherit the valid part's boot
     for rec in lost:
+        flushed |= marker  # written after the marker's flush returned
         if not isinstance(rec, dict):
             continue
         if rec.get("t") == _records.REC_OPEN:
             boots.add(rec.get("b"))
             inherited = False
-        durable |= rec.get("t") == _records.REC_SYNC or bool(rec.get("d"))
+        marker |= rec.get("t") == _records.REC_SYNC or bool(rec.get("d"))
     if inherited:
         boots.add(scan.boot)
-    return durable or scan.now in boots
+    return flushed or scan.now in boots
 
 
 def applied(records: list[dict[str, Any]]) -> int:

@@ -621,29 +621,31 @@ def test_readers_and_writers_refuse_a_journal_damaged_before_intact_records(
     # A session killed before its close (no sync record): damage to its first append,
     # with its second one intact after it.
     live = str(tmp_path / "live")
-    shutil.copytree(path, live)
-    shutil.rmtree(path)
-    make_blob(path)
-    with TensorBlob.open(path, "a") as w:
-        w.write(rows(13, 14))
-        w.write(rows(14, 15))
-        shutil.rmtree(live)
-        shutil.copytree(path, live)  # the files as a kill -9 would leave them
-    j = scan_journal(live, read_meta(live).uuid)
-    appends = [i for i, r in enumerate(j.records) if r["t"] == "a"]
-    raw = bytearray(Path(live, "journal").read_bytes())
-    raw[j.offsets[appends[-2]] + 10] ^= 0xFF
-    Path(live, "journal").write_bytes(bytes(raw))
-    with pytest.raises(tensorblob.CorruptBlobError, match="intact record"):
-        TensorBlob.open(live)  # this boot: no power cut since, so nothing was torn
-    with harness.fake_boot("another boot"):
-        # After a power cut the same bytes are a torn tail: the page cache may have
-        # written the later frame back and not the earlier one. The boot rule drops
-        # both, as it drops every record after the last durable marker.
-        with TensorBlob.open(live) as r:
-            assert torch.equal(r[:], data)
-        with TensorBlob.open(live, "a") as w:
-            assert len(w) == 13
+    # sync="full": the intact frame is a durable marker (d), but nothing follows it,
+    # so nothing shows that its flush ever ran (a power cut may come first).
+    for sync in ("normal", "full"):
+        shutil.rmtree(path)
+        make_blob(path)
+        with TensorBlob.open(path, "a", sync=sync) as w:
+            w.write(rows(13, 14))
+            w.write(rows(14, 15))
+            shutil.rmtree(live, ignore_errors=True)
+            shutil.copytree(path, live)  # the files as a kill -9 would leave them
+        j = scan_journal(live, read_meta(live).uuid)
+        appends = [i for i, r in enumerate(j.records) if r["t"] == "a"]
+        raw = bytearray(Path(live, "journal").read_bytes())
+        raw[j.offsets[appends[-2]] + 10] ^= 0xFF
+        Path(live, "journal").write_bytes(bytes(raw))
+        with pytest.raises(tensorblob.CorruptBlobError, match="intact record"):
+            TensorBlob.open(live)  # this boot: no power cut since, so nothing was torn
+        with harness.fake_boot("another boot"):
+            # After a power cut the same bytes are a torn tail: the page cache may
+            # have written the later frame back and not the earlier one. The boot
+            # rule drops both, as it drops every record after the last durable marker.
+            with TensorBlob.open(live) as r:
+                assert torch.equal(r[:], data)
+            with TensorBlob.open(live, "a") as w:
+                assert len(w) == 13
 
 
 @contextmanager
