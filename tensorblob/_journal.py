@@ -36,7 +36,7 @@ class JournalImage:
     size: int = 0
     version: int = _format.WRITE_VERSION  # of the header: a writer upgrades version 1
     # Frames with a valid CRC in the tail (``_format.intact_frames``): damage, not a
-    # tear, unless a power cut explains them (``_snapshot.check_tail``).
+    # tear, unless a power cut explains them (``_snapshot.tail_is_damage``).
     lost: list[dict[str, Any] | None] = field(default_factory=list)
 
     @property

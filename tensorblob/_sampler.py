@@ -27,8 +27,8 @@ from .errors import BlobTypeError, InvalidArgumentError
 
 STATE_VERSION = 1
 _MAX_SEED = 1 << 63
-# Keys of the state that fix the order; each must match the sampler's own.
-# What a state must match to resume (the epoch's order), and the types each may have.
+# The keys of a state that fix the epoch's order (each must match the sampler's own to
+# resume), with the types each may have.
 _ORDER_KEYS = {
     "seed": (int,),
     "shuffle": (bool,),
@@ -350,8 +350,8 @@ class DistributedBlobSampler(Sampler):
                 )
             if state[key] != mine:
                 raise InvalidArgumentError(
-                    f"state: {key}={state[key]!r} but this sampler has {key}="
-                    f"{getattr(self, key)!r}; the rest of the epoch would be another order"
+                    f"state: {key}={state[key]!r} but this sampler has {key}={mine!r}; "
+                    "the rest of the epoch would be another order"
                 )
         epoch = _int(state["epoch"], "state['epoch']", 0, _MAX_SEED)
         length = state["length"]
